@@ -1,0 +1,28 @@
+"""bigcos: is cosine similarity of embeddings really about similarity? At production scale.
+
+Python API (what the CLI does, callable from a notebook)::
+
+    import bigcos
+    data = bigcos.ingest("data/ml-latest-small/interactions.parquet", "out/matrix")
+    data = bigcos.load_matrix("out/matrix")   # data.train (CSR), data.test, data.user_ids ...
+"""
+
+__version__ = "0.1.0"
+
+# Public name -> module that defines it; imported on first use so `bigcos --help` stays fast.
+_API = {
+    "ingest": "bigcos.matrix",
+    "load_matrix": "bigcos.matrix",
+    "Interactions": "bigcos.matrix",
+    "UserError": "bigcos.errors",
+}
+
+__all__ = ["__version__", *_API]
+
+
+def __getattr__(name):
+    if name in _API:
+        import importlib
+
+        return getattr(importlib.import_module(_API[name]), name)
+    raise AttributeError(f"module 'bigcos' has no attribute {name!r}")

@@ -1,0 +1,3 @@
+from bigcos.cli import main
+
+main()

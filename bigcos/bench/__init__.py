@@ -1,0 +1,1 @@
+"""Benchmarks behind ``bigcos bench``: bigcos beside its peers, in one process."""

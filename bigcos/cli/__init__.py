@@ -1,0 +1,51 @@
+"""The ``bigcos`` command line: a thin layer over the Python API.
+
+Each command lives in its own module of this package and is registered in ``COMMANDS``.
+A :class:`bigcos.errors.UserError` raised anywhere becomes a one-line ``Error: ...`` and exit
+status 1; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+
+import click
+
+from bigcos import __version__
+from bigcos.errors import UserError
+
+# (module in bigcos.cli, attribute): one entry per command, in the order of the pipeline.
+COMMANDS = [
+    ("ingest", "ingest"),
+    ("bench", "bench"),
+]
+
+
+class _Group(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except UserError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="bigcos")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.option("-q", "--quiet", is_flag=True, help="Only errors.")
+def main(verbose: int, quiet: bool) -> None:
+    """bigcos: is cosine similarity of your embeddings really about similarity?
+
+    Sparse, large-scale batch jobs after Steck, Ekanadham & Kallus (2024): interaction logs
+    to CSR, closed-form embeddings under every admissible rescaling, blocked top-N
+    neighbours by cosine and dot product on Dask, and reports comparing them.
+    """
+    level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if quiet:
+        logging.getLogger("distributed").setLevel(logging.ERROR)
+
+
+for _module, _attr in COMMANDS:
+    main.add_command(getattr(importlib.import_module(f"bigcos.cli.{_module}"), _attr))

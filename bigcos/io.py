@@ -1,0 +1,250 @@
+"""Parquet in and out, atomic output directories, and run manifests.
+
+Everything bigcos writes goes through :func:`atomic_output_dir`: outputs are built in a hidden
+temporary sibling directory and renamed into place only when complete, so a failed or
+interrupted run leaves the previous result or nothing, never a mix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+from bigcos.errors import UserError
+
+MANIFEST = "manifest.json"
+PARQUET_COMPRESSION = "zstd"
+_VERSIONED = ("bigcos", "numpy", "scipy", "dask", "distributed", "pyarrow", "implicit", "click")
+
+
+# --------------------------------------------------------------------------- directories
+@contextlib.contextmanager
+def atomic_output_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a fresh temporary directory that replaces ``path`` when the block succeeds.
+
+    The temporary directory is a hidden sibling of ``path`` (same filesystem, so the final
+    rename is atomic). On an exception it is removed and ``path`` is left untouched. An
+    existing ``path`` is a :class:`UserError` unless ``overwrite`` is true.
+    """
+    final = Path(path)
+    if final.exists() and not overwrite:
+        raise UserError(f"{final}: output already exists (pass --overwrite to replace it)")
+    if final.exists() and not final.is_dir():
+        raise UserError(f"{final}: exists and is not a directory")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    replace_dir(tmp, final)
+
+
+def replace_dir(src: Path, dst: Path) -> None:
+    """Move directory ``src`` to ``dst``, replacing an existing ``dst`` with two renames."""
+    if dst.exists():
+        trash = dst.parent / f".{dst.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(dst, trash)
+        os.replace(src, dst)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(src, dst)
+
+
+def require_dir(path: str | os.PathLike, what: str, must_contain: str = MANIFEST) -> Path:
+    """Return ``path`` as a Path after checking it is a bigcos output directory of kind ``what``."""
+    p = Path(path)
+    if not p.is_dir():
+        raise UserError(f"{p}: no such {what} directory")
+    if not (p / must_contain).exists():
+        raise UserError(f"{p}: not a {what} directory ({must_contain} is missing)")
+    return p
+
+
+# --------------------------------------------------------------------------- manifests
+def versions() -> dict[str, str]:
+    """Versions of Python and of every library whose behaviour shapes bigcos's results."""
+    out = {"python": platform.python_version()}
+    for name in _VERSIONED:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "absent"
+    return out
+
+
+def fingerprint(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Size and sha256 of a file, or of every file below a directory (sorted by path)."""
+    p = Path(path)
+    files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file())
+    out = []
+    for f in files:
+        digest = hashlib.sha256()
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+        out.append({"path": str(f.resolve()), "bytes": f.stat().st_size, "sha256": digest.hexdigest()})
+    return out
+
+
+class Timings:
+    """Wall-clock seconds of named steps, in the order they ran: ``with t("svd"): ...``."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._start = time.perf_counter()
+
+    @contextlib.contextmanager
+    def __call__(self, step: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[step] = self.seconds.get(step, 0.0) + time.perf_counter() - t0
+
+    def as_dict(self) -> dict[str, float]:
+        return {**{k: round(v, 4) for k, v in self.seconds.items()},
+                "total": round(time.perf_counter() - self._start, 4)}
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    return obj
+
+
+def write_manifest(directory: Path, command: str, parameters: dict[str, Any],
+                   timings: Timings | None = None, **sections: Any) -> dict[str, Any]:
+    """Write ``manifest.json``: the command, its parameters, versions, timings and any sections.
+
+    Sections are free-form (``inputs=``, ``counts=``, ``accuracy=`` ...); values must be JSON-able
+    after converting numpy scalars/arrays and paths.
+    """
+    manifest = {
+        "command": command,
+        "created_unix": round(time.time(), 3),
+        "argv": sys.argv,
+        "parameters": parameters,
+        **sections,
+        "versions": versions(),
+        "timings_s": timings.as_dict() if timings else {},
+    }
+    manifest = _jsonable(manifest)
+    write_json(directory / MANIFEST, manifest)
+    return manifest
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write JSON to ``path`` via a temporary file and an atomic rename."""
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.write_text(json.dumps(_jsonable(obj), indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+
+
+def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
+    path = Path(directory) / MANIFEST
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path}: missing") from None
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+
+
+# --------------------------------------------------------------------------- Parquet
+def open_dataset(path: str | os.PathLike) -> pads.Dataset:
+    """Open a Parquet file or a directory of Parquet files (hive partitions included).
+
+    Raises :class:`UserError` naming the path when it does not exist or is not Parquet.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"{p}: no such file or directory")
+    try:
+        if p.is_dir():
+            return pads.dataset(p, format="parquet", partitioning="hive",
+                                exclude_invalid_files=False,
+                                ignore_prefixes=[".", "_"])
+        return pads.dataset(p, format="parquet")
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
+        raise UserError(f"{p}: cannot be read as Parquet ({_first_line(exc)})") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def write_table(path: Path, table: pa.Table) -> None:
+    """Write one zstd-compressed Parquet file."""
+    pq.write_table(table, path, compression=PARQUET_COMPRESSION)
+
+
+def read_table(path: str | os.PathLike, columns: list[str] | None = None) -> pa.Table:
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"{p}: no such file")
+    try:
+        return pq.read_table(p, columns=columns)
+    except (pa.ArrowInvalid, OSError, KeyError) as exc:
+        raise UserError(f"{p}: cannot be read as Parquet ({_first_line(exc)})") from None
+
+
+# --------------------------------------------------------------------------- embeddings
+def embeddings_table(ids: pa.Array | np.ndarray, embedding: np.ndarray, id_column: str) -> pa.Table:
+    """A table with ``id_column`` (original ids) and ``embedding`` (fixed_size_list<float32>[k]).
+
+    ``embedding`` has shape (len(ids), k); row i is the embedding of ids[i].
+    """
+    emb = np.ascontiguousarray(embedding, dtype=np.float32)
+    if emb.ndim != 2 or emb.shape[0] != len(ids):
+        raise ValueError(f"embedding shape {emb.shape} does not match {len(ids)} ids")
+    k = emb.shape[1]
+    values = pa.array(emb.reshape(-1), type=pa.float32())
+    column = pa.FixedSizeListArray.from_arrays(values, k)
+    return pa.table({id_column: pa.array(ids), "embedding": column})
+
+
+def write_embeddings(path: Path, ids: pa.Array | np.ndarray, embedding: np.ndarray,
+                     id_column: str) -> None:
+    write_table(path, embeddings_table(ids, embedding, id_column))
+
+
+def read_embeddings(path: str | os.PathLike, id_column: str) -> tuple[pa.Array, np.ndarray]:
+    """Read a table written by :func:`write_embeddings`: (ids, float32 array of shape (m, k))."""
+    table = read_table(path)
+    for col in (id_column, "embedding"):
+        if col not in table.column_names:
+            raise UserError(f"{path}: column '{col}' not found")
+    emb_col = table.column("embedding").combine_chunks()
+    if not pa.types.is_fixed_size_list(emb_col.type):
+        raise UserError(f"{path}: column 'embedding' must be a fixed-size list of float32")
+    k = emb_col.type.list_size
+    flat = emb_col.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    return table.column(id_column).combine_chunks(), flat.reshape(len(table), k)
