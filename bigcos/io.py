@@ -101,7 +101,8 @@ def fingerprint(path: str | os.PathLike) -> list[dict[str, Any]]:
         with open(f, "rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 digest.update(chunk)
-        out.append({"path": str(f.resolve()), "bytes": f.stat().st_size, "sha256": digest.hexdigest()})
+        out.append({"path": str(f.resolve()), "bytes": f.stat().st_size,
+                    "sha256": digest.hexdigest()})
     return out
 
 

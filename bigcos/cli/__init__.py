@@ -41,7 +41,8 @@ def main(verbose: int, quiet: bool) -> None:
     to CSR, closed-form embeddings under every admissible rescaling, blocked top-N
     neighbours by cosine and dot product on Dask, and reports comparing them.
     """
-    level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
+    levels = (logging.WARNING, logging.INFO, logging.DEBUG)
+    level = logging.ERROR if quiet else levels[min(verbose, 2)]
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     if quiet:
         logging.getLogger("distributed").setLevel(logging.ERROR)
