@@ -1,0 +1,311 @@
+"""Closed-form models against independent dense numpy / scipy solves on small matrices.
+
+The reference embeddings are built straight from the paper's formulas on ``np.linalg.svd`` of the
+dense matrix; bigcos's come from ``solve`` on an eigendecomposition of X^T X plus the blocked
+product ``project_rows`` on the sparse matrix. Only rotation-invariant products are compared
+(singular vectors have arbitrary signs). Tolerance 1e-5 relative: the float64 path is accurate to
+~1e-12 here, so this leaves room only for conditioning, not for a wrong formula.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import scipy.optimize
+import scipy.sparse as sp
+
+from bigcos.errors import UserError
+from bigcos.models import (
+    NAMED_SCALINGS,
+    ALSOptions,
+    ModelSpec,
+    Preprocessing,
+    Scaling,
+    als_factors,
+    losses,
+    parse_scaling,
+    project_rows,
+    solve,
+    squared_norm,
+)
+
+RTOL = 1e-5
+
+
+def sparse_matrix(n: int, p: int, density: float, seed: int) -> sp.csr_matrix:
+    """Binary n x p CSR float32 with every row and column non-empty."""
+    rng = np.random.default_rng(seed)
+    dense = (rng.random((n, p)) < density).astype(np.float32)
+    dense[np.arange(n), rng.integers(0, p, n)] = 1.0
+    dense[rng.integers(0, n, p), np.arange(p)] = 1.0
+    return sp.csr_matrix(dense)
+
+
+def eigh_spectrum(Xt: np.ndarray, k: int) -> SimpleNamespace:
+    """Spectrum-like (sigma, V, residuals) of dense Xt from eigh of Xt^T Xt (top k)."""
+    w, V = np.linalg.eigh(Xt.T @ Xt)
+    order = np.argsort(w)[::-1][:k]
+    return SimpleNamespace(sigma=np.sqrt(np.maximum(w[order], 0)), V=V[:, order],
+                           residuals=np.zeros(k), info={"method": "test-eigh"})
+
+
+def reference_factors(Xt: np.ndarray, k: int, objective: int, lam: float, scaling: str | None,
+                      d_values: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(A, B) from the paper's formulas on np.linalg.svd (independent of bigcos.models)."""
+    _, s, Vt = np.linalg.svd(Xt, full_matrices=False)
+    s, V = s[:k], Vt[:k].T
+    if objective == 2:
+        keep = s > lam
+        s, V = s[keep], V[:, keep]
+        return (V * np.sqrt((1 / s) * (1 - lam / s)), V * np.sqrt(s * (1 - lam / s)))
+    g = s**2 / (s**2 + lam)
+    D = {"symmetric": np.ones(k), "item-orthonormal": np.sqrt(g),
+         "user-orthonormal": 1 / np.sqrt(g), "sigma": 1 / np.sqrt(s)}.get(scaling, d_values)
+    return V * np.sqrt(g) * D, V * np.sqrt(g) / D
+
+
+def cos(E: np.ndarray) -> np.ndarray:
+    En = E / np.linalg.norm(E, axis=1, keepdims=True)
+    return En @ En.T
+
+
+def cos2(E: np.ndarray, F: np.ndarray) -> np.ndarray:
+    return (E / np.linalg.norm(E, axis=1, keepdims=True)) @ \
+        (F / np.linalg.norm(F, axis=1, keepdims=True)).T
+
+
+def rel_err(ours: np.ndarray, ref: np.ndarray) -> float:
+    return float(np.max(np.abs(ours - ref)) / np.max(np.abs(ref)))
+
+
+def assert_same_products(users: np.ndarray, items: np.ndarray, ref_users: np.ndarray,
+                         ref_items: np.ndarray) -> None:
+    pairs = {
+        "B B^T": (items @ items.T, ref_items @ ref_items.T),
+        "XA (XA)^T": (users @ users.T, ref_users @ ref_users.T),
+        "XA B^T": (users @ items.T, ref_users @ ref_items.T),
+        "cos(B, B)": (cos(items), cos(ref_items)),
+        "cos(XA, XA)": (cos(users), cos(ref_users)),
+        "cos(XA, B)": (cos2(users, items), cos2(ref_users, ref_items)),
+    }
+    for what, (ours, ref) in pairs.items():
+        assert rel_err(ours, ref) <= RTOL, what
+
+
+def dense_loss(Xt: np.ndarray, A: np.ndarray, B: np.ndarray, objective: int, lam: float) -> float:
+    XA = Xt @ A
+    recon = np.sum((Xt - XA @ B.T) ** 2)
+    if objective == 1:
+        return float(recon + lam * np.sum((A @ B.T) ** 2))
+    return float(recon + lam * (np.sum(XA**2) + np.sum(B**2)))
+
+
+def ours(X: sp.csr_matrix, Xt: np.ndarray, k: int, spec: ModelSpec, block_rows: int = 7,
+         pre: tuple = (None, None)):
+    """(solution, users, items, V) of bigcos on sparse X whose preprocessed dense form is Xt."""
+    spec_ = eigh_spectrum(Xt, k)
+    sol = solve(spec_.sigma, spec)
+    P = project_rows(X, spec_.V, *pre, block_rows=block_rows)
+    return sol, P[:, sol.kept] * sol.a[sol.kept], sol.B(spec_.V), spec_.V, P
+
+
+SPECS = ([(1, 50.0, s) for s in NAMED_SCALINGS] + [(1, 0.0, "symmetric"), (1, 50.0, "vector"),
+                                                     (2, 2.0, None), (2, 0.0, None)])
+
+
+@pytest.mark.parametrize(("objective", "lam", "scaling"), SPECS)
+def test_products_match_dense_reference(objective, lam, scaling):
+    X = sparse_matrix(60, 25, 0.2, seed=1)
+    Xt = X.toarray().astype(np.float64)
+    k = 8
+    d_values = np.random.default_rng(5).uniform(0.2, 3.0, k)
+    sc = (None if objective == 2 else
+          Scaling("vector", values=tuple(d_values)) if scaling == "vector" else Scaling(scaling))
+    sol, users, items, _, _ = ours(X, Xt, k, ModelSpec(objective, lam, sc))
+    A, B = reference_factors(Xt, k, objective, lam, scaling, d_values)
+    assert sol.kept.sum() == A.shape[1]
+    assert_same_products(users, items, Xt @ A, B)
+
+
+def test_objective_2_drops_and_counts_dimensions_with_sigma_at_most_lam():
+    X = sparse_matrix(60, 25, 0.2, seed=2)
+    Xt = X.toarray().astype(np.float64)
+    s = np.linalg.svd(Xt, compute_uv=False)
+    lam = float((s[3] + s[4]) / 2)  # exactly 4 dims above lam
+    sol, users, items, _, _ = ours(X, Xt, 10, ModelSpec(2, lam))
+    assert sol.kept.tolist() == [True] * 4 + [False] * 6
+    assert users.shape == (60, 4) and items.shape == (25, 4)
+    # P = XA = U_k dMat(sqrt(sigma - lam)): column norms^2 are sigma - lam
+    np.testing.assert_allclose(np.sum(users**2, axis=0), s[:4] - lam, rtol=1e-10)
+    with pytest.raises(UserError, match="no dimension is kept"):
+        solve(s[:10], ModelSpec(2, float(s[0]) * 1.01))
+
+
+def test_full_rank_item_orthonormal_gives_identity_item_cosine():
+    X = sparse_matrix(80, 15, 0.3, seed=3)
+    Xt = X.toarray().astype(np.float64)
+    assert np.linalg.matrix_rank(Xt) == 15
+    _, _, items, _, _ = ours(X, Xt, 15, ModelSpec(1, 30.0, Scaling("item-orthonormal")))
+    np.testing.assert_allclose(cos(items), np.eye(15), atol=1e-10)
+    _, _, items_sym, _, _ = ours(X, Xt, 15, ModelSpec(1, 30.0, Scaling("symmetric")))
+    assert np.max(np.abs(cos(items_sym) - np.eye(15))) > 0.05  # the identity is D's doing
+
+
+def test_full_rank_user_orthonormal_gives_cosine_of_raw_rows():
+    X = sparse_matrix(80, 15, 0.3, seed=4)
+    Xt = X.toarray().astype(np.float64)
+    _, users, _, _, _ = ours(X, Xt, 15, ModelSpec(1, 30.0, Scaling("user-orthonormal")))
+    np.testing.assert_allclose(cos(users), cos(Xt), atol=1e-10)
+    _, users_sym, _, _, _ = ours(X, Xt, 15, ModelSpec(1, 30.0, Scaling("symmetric")))
+    assert np.max(np.abs(cos(users_sym) - cos(Xt))) > 0.01
+
+
+def test_objective_1_loss_is_the_same_for_every_D_and_matches_the_closed_form():
+    X = sparse_matrix(50, 20, 0.25, seed=6)
+    Xt = X.toarray().astype(np.float64)
+    lam, k = 20.0, 6
+    spectrum = eigh_spectrum(Xt, k)
+    scalings = [Scaling(s) for s in NAMED_SCALINGS] + [
+        Scaling("random", spread=100.0, seed=3), Scaling("vector", values=(1, 2, 3, 4, 5, 6))]
+    P = Xt @ spectrum.V
+    dense, reported = [], []
+    for sc in scalings:
+        sol = solve(spectrum.sigma, ModelSpec(1, lam, sc))
+        dense.append(dense_loss(Xt, sol.A(spectrum.V), sol.B(spectrum.V), 1, lam))
+        reported.append(losses(sol, squared_norm(X, None, None), np.sum(P**2, axis=0))
+                        ["objective"])
+    s = np.linalg.svd(Xt, compute_uv=False)
+    closed = np.sum(Xt**2) - np.sum(s[:k] ** 4 / (s[:k] ** 2 + lam))
+    np.testing.assert_allclose(dense, closed, rtol=1e-10)
+    np.testing.assert_allclose(reported, closed, rtol=1e-10)
+
+
+def test_objective_2_loss_rises_under_any_small_perturbation():
+    X = sparse_matrix(40, 12, 0.3, seed=7)
+    Xt = X.toarray().astype(np.float64)
+    lam = 1.0
+    spectrum = eigh_spectrum(Xt, 5)
+    sol = solve(spectrum.sigma, ModelSpec(2, lam))
+    A, B = sol.A(spectrum.V), sol.B(spectrum.V)
+    base = dense_loss(Xt, A, B, 2, lam)
+    rng = np.random.default_rng(0)
+    for eps in (1e-2, 1e-3):
+        for _ in range(40):
+            dA, dB = rng.standard_normal(A.shape), rng.standard_normal(B.shape)
+            assert dense_loss(Xt, A + eps * dA, B + eps * dB, 2, lam) > base
+    s = np.linalg.svd(Xt, compute_uv=False)
+    closed = np.sum(Xt**2) - np.sum(np.maximum(s[:5] - lam, 0) ** 2)
+    np.testing.assert_allclose(base, closed, rtol=1e-10)
+
+
+@pytest.mark.parametrize(("objective", "lam"), [(1, 3.0), (2, 0.5)])
+def test_losses_equal_an_independent_numerical_optimum(objective, lam):
+    """scipy.optimize over all (A, B) of a tiny problem finds no lower loss than ours."""
+    X = sparse_matrix(7, 4, 0.4, seed=8)
+    Xt = X.toarray().astype(np.float64)
+    k = 2
+    spectrum = eigh_spectrum(Xt, k)
+    sol = solve(spectrum.sigma, ModelSpec(objective, lam))
+    P = Xt @ spectrum.V
+    reported = losses(sol, squared_norm(X, None, None), np.sum(P**2, axis=0))["objective"]
+
+    def f(z):
+        A, B = z[:8].reshape(4, k), z[8:].reshape(4, k)
+        return dense_loss(Xt, A, B, objective, lam)
+
+    rng = np.random.default_rng(1)
+    best = min(scipy.optimize.minimize(f, rng.standard_normal(16), method="BFGS",
+                                       options={"gtol": 1e-10}).fun for _ in range(8))
+    assert best >= reported - 1e-6 * reported
+    np.testing.assert_allclose(best, reported, rtol=1e-6)
+
+
+@pytest.mark.parametrize("objective", [1, 2])
+def test_project_back_has_the_inner_products_of_the_original_space(objective):
+    X = sparse_matrix(50, 20, 0.25, seed=9)
+    Xt = X.toarray().astype(np.float64)
+    lam = 10.0 if objective == 1 else 1.0
+    sol, users, items, V, _ = ours(X, Xt, 6, ModelSpec(objective, lam, project_back=True))
+    for sc in ([None] if objective == 2 else [Scaling(s) for s in NAMED_SCALINGS]):
+        fac = solve(sol.sigma, ModelSpec(objective, lam, sc))
+        W = fac.A(V) @ fac.B(V).T  # p x p: A B^T, the same for every D
+        assert_same_products(users, items, Xt @ W, W)
+
+
+@pytest.mark.parametrize("kind", ["standardize", "popularity"])
+def test_column_remedies_are_implicit_and_match_the_dense_preprocessed_matrix(kind):
+    X = sparse_matrix(70, 18, 0.25, seed=10)
+    dense = X.toarray().astype(np.float64)
+    if kind == "standardize":
+        Xt = (dense - dense.mean(axis=0)) / dense.std(axis=0)
+    else:
+        Xt = dense * (dense != 0).sum(axis=0) ** -0.5
+    pre = Preprocessing(kind, beta=0.5)
+    center, scale = pre.columns(X)
+    assert squared_norm(X, center, scale) == pytest.approx(np.sum(Xt**2), rel=1e-12)
+    for spec in (ModelSpec(1, 5.0, Scaling("sigma")), ModelSpec(2, 0.5)):
+        sol, users, items, _, _ = ours(X, Xt, 6, spec, pre=(center, scale))
+        A, B = reference_factors(Xt, 6, spec.objective, spec.lam,
+                                 "sigma" if spec.objective == 1 else None)
+        assert_same_products(users, items, Xt @ A, B)
+
+
+def test_project_rows_is_the_same_for_any_block_size_and_on_a_local_cluster():
+    from bigcos.cluster import ClusterOptions, dask_client
+
+    X = sparse_matrix(300, 40, 0.1, seed=11)
+    V = np.linalg.qr(np.random.default_rng(0).standard_normal((40, 5)))[0]
+    center, scale = np.linspace(0, 1, 40), np.linspace(1, 2, 40)
+    one = project_rows(X, V, center, scale, block_rows=300)
+    many = project_rows(X, V, center, scale, block_rows=19)
+    dense = (X.toarray() - center) * scale @ V
+    np.testing.assert_allclose(one, dense, rtol=1e-12, atol=1e-12)
+    assert np.array_equal(one, many)
+    with dask_client(ClusterOptions(n_workers=2, processes=True)):
+        distributed = project_rows(X, V, center, scale, block_rows=19)
+    assert np.array_equal(one, distributed)
+
+
+def test_parse_scaling_accepts_documented_forms_and_rejects_others():
+    assert parse_scaling("sigma") == Scaling("sigma")
+    assert parse_scaling("random:10:3") == Scaling("random", spread=10.0, seed=3)
+    assert parse_scaling("random:4") == Scaling("random", spread=4.0, seed=0)
+    assert parse_scaling("1,0.5,2").values == (1.0, 0.5, 2.0)
+    for bad in ("banana", "random", "random:0.5", "random:x:1", "1,-2", "1,inf"):
+        with pytest.raises(UserError):
+            parse_scaling(bad)
+    d = Scaling("random", spread=10.0, seed=3).diagonal(np.ones(1000), np.ones(1000))
+    assert d.min() >= 10**-0.5 and d.max() <= 10**0.5 and d.max() / d.min() > 9
+    with pytest.raises(UserError, match="3 values given"):
+        solve(np.ones(4), ModelSpec(1, 0.0, Scaling("vector", values=(1, 2, 3))))
+
+
+def test_model_spec_rejects_meaningless_combinations():
+    with pytest.raises(UserError, match="objective 1 only"):
+        ModelSpec(2, 1.0, Scaling("sigma"))
+    with pytest.raises(UserError, match="do not depend on D"):
+        ModelSpec(1, 1.0, Scaling("sigma"), project_back=True)
+    with pytest.raises(UserError, match=">= 0"):
+        ModelSpec(1, -1.0)
+    with pytest.raises(UserError, match="must be 1 or 2"):
+        ModelSpec(3)
+
+
+def test_als_factors_fit_the_data_and_fold_in_heldout_users():
+    X = sparse_matrix(200, 30, 0.15, seed=12)
+    heldout = np.zeros(200, bool)
+    heldout[::10] = True
+    data = SimpleNamespace(train=X, heldout_users=heldout)
+    opts = ALSOptions(factors=8, iterations=10, regularization=0.05, seed=1)
+    items, users = als_factors(data, opts)
+    assert items.shape == (30, 8) and users.shape == (200, 8)
+    assert items.dtype == users.dtype == np.float32
+    assert np.isfinite(items).all() and np.isfinite(users).all()
+    again = als_factors(data, opts)
+    np.testing.assert_array_equal(again[0], items)
+    scores = users @ items.T
+    dense = X.toarray() > 0
+    for rows in (~heldout, heldout):  # observed items outscore unobserved, fit and folded-in
+        assert scores[rows][dense[rows]].mean() > scores[rows][~dense[rows]].mean() + 0.2
