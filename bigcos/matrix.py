@@ -26,6 +26,8 @@ On disk (a *matrix directory*)::
 from __future__ import annotations
 
 import os
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -170,37 +172,46 @@ def _merge_vocab(codes: list[np.ndarray], dicts: list[pa.Array]) -> tuple[np.nda
 
 
 def _read_log(log: Path, opts: IngestOptions, need_time: bool) -> tuple[_Columns, int]:
-    """Stream the log in record batches into compact columns. Returns (columns, rows read)."""
+    """Stream the log in record batches into compact columns. Returns (columns, rows read).
+
+    Batches are validated and dictionary-encoded on a thread pool (pyarrow releases the GIL),
+    with at most two batches per core in flight, so memory holds the compact columns plus a
+    few record batches.
+    """
     dataset = io.open_dataset(log)
     cols = _check_schema(log, dataset.schema, opts, need_time)
-    wanted = [c for c in (cols["user"], cols["item"], cols["value"], cols["time"] if need_time
-                          else None) if c]
-    u_codes, u_dicts, i_codes, i_dicts, values, times = [], [], [], [], [], []
+    wanted = [c for c in (cols["user"], cols["item"], cols["value"],
+                          cols["time"] if need_time else None) if c]
+
+    def encode(batch: pa.RecordBatch, offset: int) -> tuple:
+        for role in ("user", "item"):
+            col = batch.column(cols[role])
+            if col.null_count:
+                raise UserError(f"{log}: column '{cols[role]}' has null ids "
+                                f"(first at row {offset + _first_null(col)})")
+        return (*_encode(batch.column(cols["user"])), *_encode(batch.column(cols["item"])),
+                _values(log, batch, cols["value"], offset),
+                _times(batch, cols["time"]) if need_time else None)
+
+    parts: list[tuple] = []
     rows = 0
+    workers = os.cpu_count() or 1
     try:
-        batches = dataset.to_batches(columns=wanted, batch_size=BATCH_ROWS)
-        for batch in batches:
-            if batch.num_rows == 0:
-                continue
-            for role in ("user", "item"):
-                col = batch.column(cols[role])
-                if col.null_count:
-                    raise UserError(f"{log}: column '{cols[role]}' has null ids "
-                                    f"(first in record batch at row {rows + _first_null(col)})")
-            c, d = _encode(batch.column(cols["user"]))
-            u_codes.append(c)
-            u_dicts.append(d)
-            c, d = _encode(batch.column(cols["item"]))
-            i_codes.append(c)
-            i_dicts.append(d)
-            values.append(_values(log, batch, cols["value"], rows))
-            if need_time:
-                times.append(_times(log, batch, cols["time"]))
-            rows += batch.num_rows
+        with ThreadPoolExecutor(workers) as pool:
+            pending: deque = deque()
+            for batch in dataset.to_batches(columns=wanted, batch_size=BATCH_ROWS):
+                if batch.num_rows:
+                    pending.append(pool.submit(encode, batch, rows))
+                    rows += batch.num_rows
+                while len(pending) > 2 * workers:
+                    parts.append(pending.popleft().result())
+            parts.extend(f.result() for f in pending)
     except (pa.ArrowInvalid, OSError) as exc:
         raise UserError(f"{log}: cannot be read as Parquet ({io._first_line(exc)})") from None
     if rows == 0:
         raise UserError(f"{log}: the log has no rows")
+    u_codes, u_dicts, i_codes, i_dicts, values, times = (list(x) for x in zip(*parts, strict=True))
+    del parts
     users, user_vocab = _merge_vocab(u_codes, u_dicts)
     del u_codes
     items, item_vocab = _merge_vocab(i_codes, i_dicts)
@@ -233,7 +244,7 @@ def _values(log: Path, batch: pa.RecordBatch, name: str | None, offset: int) -> 
     return v
 
 
-def _times(log: Path, batch: pa.RecordBatch, name: str) -> np.ndarray:
+def _times(batch: pa.RecordBatch, name: str) -> np.ndarray:
     col = batch.column(name)
     if pa.types.is_date(col.type):
         col = col.cast(pa.date64())
@@ -245,16 +256,22 @@ def _times(log: Path, batch: pa.RecordBatch, name: str) -> np.ndarray:
 # --------------------------------------------------------------------------- building
 def _combine(cols: _Columns, how: Duplicates) -> tuple[np.ndarray, np.ndarray, np.ndarray,
                                                        np.ndarray | None]:
-    """Sort by (user, item[, time]) and combine duplicate pairs. Returns rows, cols, vals, times.
+    """Order by (user, item) and combine duplicate pairs. Returns rows, cols, vals, times.
 
     Within one (user, item) pair: ``sum`` adds values, ``max`` keeps the largest, ``last`` keeps
     the value of the latest timestamp (ties: the row read last). ``times`` of a pair is its
-    latest timestamp.
+    latest timestamp. Without timestamps, ``sum`` is scipy's O(nnz) COO→CSR conversion; the
+    other rules sort the (user, item[, time]) keys.
     """
-    n_items = max(len(cols.item_vocab), 1)
+    shape = (len(cols.user_vocab), len(cols.item_vocab))
+    if cols.times is None and how == "sum":
+        csr = sp.coo_matrix((cols.values, (cols.users, cols.items)), shape=shape).tocsr()
+        rows = np.repeat(np.arange(shape[0], dtype=np.int32), np.diff(csr.indptr))
+        return rows, csr.indices.astype(np.int32, copy=False), csr.data, None
+    n_items = max(shape[1], 1)
     key = cols.users.astype(np.int64) * n_items + cols.items
     if cols.times is not None:
-        order = np.lexsort((np.arange(len(key)), cols.times, key))
+        order = np.lexsort((cols.times, key))
     else:
         order = np.argsort(key, kind="stable")
     key = key[order]
@@ -268,10 +285,8 @@ def _combine(cols: _Columns, how: Duplicates) -> tuple[np.ndarray, np.ndarray, n
             vals = np.add.reduceat(vals.astype(np.float64), first).astype(np.float32)
         elif how == "max":
             vals = np.maximum.reduceat(vals, first)
-        elif how == "last":
-            vals = vals[last]
         else:
-            raise UserError(f"duplicates: unknown rule '{how}' (sum, max or last)")
+            vals = vals[last]
         times = times[last] if times is not None else None
         key = key[first]
     return (key // n_items).astype(np.int32), (key % n_items).astype(np.int32), vals, times
@@ -370,8 +385,8 @@ def build(log: str | os.PathLike, opts: IngestOptions = IngestOptions()
     if len(rows) == 0:
         raise UserError(f"{log}: no interactions left after threshold and minimum-count filters")
     # drop users/items left without interactions and renumber, keeping sorted order
-    used_u = np.unique(rows)
-    used_i = np.unique(items)
+    used_u = np.flatnonzero(np.bincount(rows, minlength=n_users))
+    used_i = np.flatnonzero(np.bincount(items, minlength=n_items))
     user_ids = cols.user_vocab.take(pa.array(used_u))
     item_ids = cols.item_vocab.take(pa.array(used_i))
     remap_u = np.full(n_users, -1, np.int32)
