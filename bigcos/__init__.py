@@ -15,6 +15,8 @@ _API = {
     "load_matrix": "bigcos.matrix",
     "Interactions": "bigcos.matrix",
     "UserError": "bigcos.errors",
+    "simulate": "bigcos.simulate",
+    "SimulationParams": "bigcos.simulate",
 }
 
 __all__ = ["__version__", *_API]
