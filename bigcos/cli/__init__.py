@@ -19,6 +19,7 @@ from bigcos.errors import UserError
 COMMANDS = [
     ("ingest", "ingest"),
     ("simulate", "simulate"),
+    ("report", "report"),
     ("bench", "bench"),
 ]
 

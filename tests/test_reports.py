@@ -1,0 +1,367 @@
+"""bigcos.reports and `bigcos report` on a small clustered data set built here.
+
+Model directories and the neighbour dataset are written in exactly the contract layout from a
+dense numpy SVD and dense numpy top-N (an oracle independent of bigcos.reports).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from bigcos import io, reports
+from bigcos.cli import main
+from bigcos.errors import UserError
+from bigcos.matrix import IngestOptions, ingest
+
+N_USERS, N_ITEMS, N_CLUSTERS, K, DEPTH = 180, 60, 3, 8, 12
+LAM1, LAM2 = 20.0, 2.0
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+# --------------------------------------------------------------------------- fixtures
+def clustered_log(seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Users prefer one of three item clusters; item popularity varies within a cluster."""
+    rng = np.random.default_rng(seed)
+    cluster = np.arange(N_ITEMS) % N_CLUSTERS
+    popularity = rng.power(0.7, size=N_ITEMS) + 0.05
+    rows = []
+    for u in range(N_USERS):
+        pref = np.where(cluster == u % N_CLUSTERS, 1.0, 0.08) * popularity
+        n = rng.integers(6, 18)
+        for i in rng.choice(N_ITEMS, size=n, replace=False, p=pref / pref.sum()):
+            rows.append((1000 + u, 500 + int(i), 1.0))
+    log = pd.DataFrame(rows, columns=["user_id", "item_id", "value"])
+    items = pd.DataFrame({"item_id": 500 + np.arange(N_ITEMS), "cluster": cluster,
+                          "title": [f"Film {i} (c{c})" for i, c in enumerate(cluster)]})
+    return log, items
+
+
+def factor_models(fit: np.ndarray, train: np.ndarray) -> dict[str, tuple]:
+    """Objective 1 under three D and objective 2 from a dense SVD of ``fit``.
+
+    Returns name -> (items, users, params); users are rows of X A over every row of ``train``
+    (fold-in rows of held-out users included).
+    """
+    _, sigma, vt = np.linalg.svd(fit, full_matrices=False)
+    V, s = vt[:K].T, sigma[:K]
+    g = s**2 / (s**2 + LAM1)
+    rng = np.random.default_rng(42)
+    out = {}
+    svd = {"k": K, "seed": 0}
+    pre = {"kind": "none"}
+    for name, d in (("obj1-symmetric", np.ones(K)),
+                    ("obj1-random100x-seed1", 100 ** rng.uniform(-.5, .5, K)),
+                    ("obj1-random100x-seed2", 100 ** rng.uniform(-.5, .5, K))):
+        A = V * np.sqrt(g) * d
+        B = V * np.sqrt(g) / d
+        params = {"objective": 1, "lam": LAM1, "scaling": {"kind": name}, "svd": svd,
+                  "preprocessing": pre}
+        out[name] = (B, train @ A, params)
+    keep = np.clip(1 - LAM2 / s, 0, None)
+    A2, B2 = V * np.sqrt(keep / s), V * np.sqrt(s * keep)
+    out["obj2"] = (B2, train @ A2, {"objective": 2, "lam": LAM2, "scaling": None, "svd": svd,
+                                    "preprocessing": pre})
+    return out
+
+
+def dense_topn(queries: np.ndarray, candidates: np.ndarray, metric: str, n: int,
+               exclude: np.ndarray) -> np.ndarray:
+    """Top-n candidate indices per query row, ties by smaller index; exclude: (m, c) bool."""
+    if metric == "cos":
+        queries, candidates = (x / np.where(n > 0, n, 1) for x, n in
+                               ((x, np.linalg.norm(x, axis=1, keepdims=True))
+                                for x in (queries, candidates)))
+    scores = np.where(exclude, -np.inf, queries @ candidates.T)
+    order = np.lexsort((np.broadcast_to(np.arange(scores.shape[1]), scores.shape), -scores),
+                       axis=1)
+    return order[:, :n], np.take_along_axis(scores, order[:, :n], axis=1)
+
+
+def write_neighbors(root: Path, kind: str, model: str, metric: str, query_ids, neighbor_ids,
+                    top: np.ndarray, scores: np.ndarray) -> None:
+    leaf = root / f"kind={kind}" / f"model={model}" / f"metric={metric}"
+    leaf.mkdir(parents=True)
+    m, n = top.shape
+    table = pa.table({"query_id": np.repeat(np.asarray(query_ids), n),
+                      "rank": pa.array(np.tile(np.arange(1, n + 1), m), pa.int32()),
+                      "neighbor_id": np.asarray(neighbor_ids)[top.reshape(-1)],
+                      "score": pa.array(scores.reshape(-1), pa.float32())})
+    pq.write_table(table, leaf / "part-00000.parquet")
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> dict[str, Path]:
+    tmp = tmp_path_factory.mktemp("report-inputs")
+    log, items = clustered_log()
+    log.to_parquet(tmp / "log.parquet")
+    items.to_parquet(tmp / "items.parquet")
+    data = ingest(tmp / "log.parquet", tmp / "matrix",
+                  IngestOptions(split="users", heldout_users=0.25, test_fraction=0.3, seed=1),
+                  items=tmp / "items.parquet")
+    train = data.train.toarray().astype(np.float64)
+    fit = data.fit_matrix.toarray().astype(np.float64)
+    user_ids = np.asarray(data.user_ids)
+    item_ids = np.asarray(data.item_ids)
+    model_dirs = []
+    nb_root = tmp / "neighbors"
+    for name, (B, U, params) in factor_models(fit, train).items():
+        d = tmp / "models" / name
+        d.mkdir(parents=True)
+        io.write_embeddings(d / "items.parquet", data.item_ids, B.astype(np.float32), "item_id")
+        io.write_embeddings(d / "users.parquet", data.user_ids, U.astype(np.float32), "user_id")
+        io.write_manifest(d, "fit", params, model_name=name, matrix_dir=str(tmp / "matrix"))
+        model_dirs.append(d)
+        B32, U32 = B.astype(np.float32), U.astype(np.float32)
+        for metric in ("cos", "dot"):
+            top, sc = dense_topn(B32, B32, metric, DEPTH, np.eye(N_ITEMS, dtype=bool))
+            write_neighbors(nb_root, "item-item", name, metric, item_ids, item_ids, top, sc)
+            top, sc = dense_topn(U32, B32, metric, DEPTH, train > 0)
+            write_neighbors(nb_root, "user-item", name, metric, user_ids, item_ids, top, sc)
+            top, sc = dense_topn(U32, U32, metric, DEPTH, np.eye(len(user_ids), dtype=bool))
+            write_neighbors(nb_root, "user-user", name, metric, user_ids, user_ids, top, sc)
+    io.write_manifest(nb_root, "neighbors", {"n": DEPTH})
+    return {"tmp": tmp, "matrix": tmp / "matrix", "models": model_dirs, "neighbors": nb_root,
+            "items": tmp / "items.parquet"}
+
+
+@pytest.fixture(scope="module")
+def report_dir(inputs) -> Path:
+    out = inputs["tmp"] / "report"
+    args = ["report", "--matrix", str(inputs["matrix"]), "--neighbors", str(inputs["neighbors"]),
+            "--out", str(out), "--depth", "10", "--auc-pairs", "5000", "--example", "500"]
+    for d in inputs["models"]:
+        args += ["--model", str(d)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+# --------------------------------------------------------------------------- reading inputs
+def test_lists_from_table_round_trip_with_string_ids():
+    ids = pa.array(["a", "b", "c", "d"])
+    table = pa.table({"query_id": ["c", "a", "a", "c", "a"], "rank": pa.array([2, 2, 1, 1, 3],
+                                                                            pa.int32()),
+                      "neighbor_id": ["a", "c", "b", "d", "d"]})
+    nl = reports.lists_from_table(table, "item-item", "m", "cos", ids, ids, "t")
+    np.testing.assert_array_equal(nl.queries, [0, 2])
+    np.testing.assert_array_equal(nl.neighbors, [[1, 2, 3], [3, 0, -1]])
+    bad = table.set_column(2, "neighbor_id", pa.array(["a", "zz", "b", "d", "d"]))
+    with pytest.raises(UserError, match="id zz is not in the matrix"):
+        reports.lists_from_table(bad, "item-item", "m", "cos", ids, ids, "t")
+
+
+def test_read_neighbor_lists_matches_written_oracle(inputs):
+    data_items = pq.read_table(inputs["matrix"] / "items.parquet").column("item_id")
+    data_users = pq.read_table(inputs["matrix"] / "users.parquet").column("user_id")
+    lists = reports.read_neighbor_lists(inputs["neighbors"], data_users.combine_chunks(),
+                                        data_items.combine_chunks())
+    assert len(lists) == 4 * 2 * 3
+    nl = next(x for x in lists if (x.kind, x.model, x.metric) == ("item-item", "obj2", "dot"))
+    rows = pq.read_table(inputs["neighbors"] / "kind=item-item/model=obj2/metric=dot").to_pandas()
+    first = rows[rows["query_id"] == 500].sort_values("rank")["neighbor_id"].to_numpy() - 500
+    np.testing.assert_array_equal(nl.neighbors[0], first)
+    with pytest.raises(UserError, match="no kind="):
+        reports.read_neighbor_lists(inputs["matrix"], data_users.combine_chunks(),
+                                    data_items.combine_chunks())
+
+
+def test_read_item_info_aligns_labels_and_titles(inputs):
+    ids = pa.array([502, 999, 500], pa.int64())
+    info = reports.read_item_info(inputs["items"], ids)
+    assert info.label_source == "cluster"
+    np.testing.assert_array_equal(reports.single_labels(info.labels), [2, -1, 0])
+    assert list(info.titles) == ["Film 2 (c2)", "999", "Film 0 (c0)"]
+
+
+def test_d_family_groups_objective1_rescalings_only():
+    params = {"objective": 1, "lam": 10.0, "scaling": {"kind": "random"}, "svd": {"k": 8},
+              "preprocessing": {"kind": "none"}}
+    fam = reports.d_family({"parameters": params}, "x")
+    assert fam == reports.d_family({"parameters": {**params, "scaling": {"kind": "sigma"}}}, "y")
+    assert fam != reports.d_family({"parameters": {**params, "lam": 5.0}}, "x")
+    assert reports.d_family({"parameters": {**params, "scaling": None}}, "obj1-project-back") \
+        is None
+    assert reports.d_family({"parameters": {**params, "objective": 2}}, "obj2") is None
+
+
+# --------------------------------------------------------------------------- kernels
+def test_top_items_matches_dense_sort_with_exclusions():
+    rng = np.random.default_rng(3)
+    users, items = rng.normal(size=(37, 5)), rng.normal(size=(23, 5))
+    users[4] = 0.0  # zero-norm user: cosine scores 0, ranking by index
+    exclude = (rng.random((37, 23)) < 0.3)
+    import scipy.sparse as sp
+
+    for metric in ("cos", "dot"):
+        got = reports.top_items(users, items, metric, sp.csr_matrix(exclude), 7, block=8)
+        want, _ = dense_topn(users, items, metric, 7, exclude)
+        np.testing.assert_array_equal(got, want)
+
+
+def test_pair_scores_and_zero_norm_cosine():
+    emb = np.array([[3.0, 4.0], [0.0, 0.0], [6.0, 8.0]])
+    np.testing.assert_allclose(reports.pair_scores(emb, np.array([0, 0]), np.array([2, 1]), "cos"),
+                               [1.0, 0.0])
+    np.testing.assert_allclose(reports.pair_scores(emb, np.array([0]), np.array([2]), "dot"), [50])
+
+
+# --------------------------------------------------------------------------- tables
+def test_tables_read_back_with_documented_schema(report_dir):
+    manifest = json.loads((report_dir / "manifest.json").read_text())
+    assert manifest["schema"]["version"] == reports.SCHEMA_VERSION
+    for name in reports._FIELDS:
+        path = report_dir / f"{name}.parquet"
+        schema = pq.read_schema(path)
+        expected = reports.table_schema(name, pa.int64())
+        assert schema.equals(expected, check_metadata=False), name
+        assert json.loads(schema.metadata[b"bigcos.schema"]) == {"table": name, "version": 1}
+        frame = pd.read_parquet(path)
+        assert list(frame.columns) == [f.name for f in expected]
+        assert manifest["counts"][name] == len(frame)
+        con = duckdb.connect()
+        assert con.execute(f"select count(*) from read_parquet('{path}')").fetchone()[0] == \
+            len(frame)
+        described = {r[0]: r[1] for r in con.execute(
+            f"describe select * from read_parquet('{path}')").fetchall()}
+        assert list(described) == expected.names
+
+
+def test_agreement_pairs_and_identities(report_dir):
+    agree = pd.read_parquet(report_dir / "agreement.parquet")
+    n_configs = 4 * 2
+    assert len(agree) == 3 * n_configs * (n_configs - 1) // 2
+    assert (agree["depth"] == 10).all()
+    # user-item dot is D-invariant (X A B^T does not depend on D): identical lists up to
+    # float32 rounding of near-ties.
+    d_sens = pd.read_parquet(report_dir / "d_sensitivity.parquet")
+    ui = d_sens[(d_sens["kind"] == "user-item")].set_index("metric")
+    assert ui.loc["dot", "n_models"] == 3 and ui.loc["dot", "n_pairs"] == 3
+    assert ui.loc["dot", "jaccard_mean"] > 0.98
+    assert ui.loc["cos", "jaccard_mean"] < ui.loc["dot", "jaccard_mean"]
+    ii = d_sens[d_sens["kind"] == "item-item"].set_index("metric")
+    assert ii.loc["cos", "jaccard_min"] < 0.95  # cosine of item embeddings moves with D
+    assert set(d_sens["family"]) == {f"obj1 lam={LAM1:g} k={K}"}
+
+
+def test_agreement_per_item_recomputes_from_the_neighbour_files(report_dir, inputs):
+    per_item = pd.read_parquet(report_dir / "agreement_per_item.parquet")
+    pair = per_item[(per_item.model_a == "obj1-symmetric") & (per_item.metric_a == "cos")
+                    & (per_item.model_b == "obj2") & (per_item.metric_b == "dot")]
+    assert len(pair) == N_ITEMS
+    def lists(model, metric):
+        t = pd.read_parquet(inputs["neighbors"] / f"kind=item-item/model={model}/metric={metric}")
+        t = t[t["rank"] <= 10].sort_values(["query_id", "rank"])
+        return {q: list(g["neighbor_id"]) for q, g in t.groupby("query_id")}
+
+    a, b = lists("obj1-symmetric", "cos"), lists("obj2", "dot")
+    for _, row in pair.head(15).iterrows():
+        sa, sb = set(a[row.query_id]), set(b[row.query_id])
+        assert row.jaccard == pytest.approx(len(sa & sb) / len(sa | sb))
+        x = [len(set(a[row.query_id][:d]) & set(b[row.query_id][:d])) for d in range(1, 11)]
+        rbo = x[-1] / 10 * 0.9**10 + 0.1 / 0.9 * sum(x[d - 1] / d * 0.9**d for d in range(1, 11))
+        assert row.rbo == pytest.approx(rbo)
+
+
+def test_ground_truth_beats_popularity_matched_baseline(report_dir, inputs):
+    truth = pd.read_parquet(report_dir / "ground_truth.parquet")
+    assert len(truth) == 8 and (truth["label_source"] == "cluster").all()
+    assert (truth["precision"] > truth["baseline_precision"]).all()
+    assert truth["baseline_precision"].between(0.2, 0.5).all()  # 3 equal clusters: ~1/3
+    assert (truth["auc"] > 0.5).all() and (truth["n_auc_pairs"] > 1000).all()
+    # precision recomputed by hand from the neighbour files
+    t = pd.read_parquet(inputs["neighbors"] / "kind=item-item/model=obj2/metric=cos")
+    t = t[t["rank"] <= 10]
+    share = ((t["query_id"] - 500) % 3 == (t["neighbor_id"] - 500) % 3).mean()
+    got = truth.set_index(["model", "metric"]).loc[("obj2", "cos"), "precision"]
+    assert got == pytest.approx(share)
+
+
+def test_heldout_matches_a_python_loop(report_dir, inputs):
+    from bigcos.matrix import load_matrix
+
+    held = pd.read_parquet(report_dir / "heldout.parquet")
+    assert len(held) == 8 and (held["protocol"] == "strong").all()
+    data = load_matrix(inputs["matrix"])
+    items = pq.read_table(inputs["models"][0] / "items.parquet").column("embedding")
+    users = pq.read_table(inputs["models"][0] / "users.parquet").column("embedding")
+    B = np.array(items.to_pylist(), np.float32)
+    U = np.array(users.to_pylist(), np.float32)
+    train, test = data.train.toarray() > 0, data.test.toarray() > 0
+    recalls = []
+    for u in np.flatnonzero(data.heldout_users & test.any(1)):
+        scores = np.where(train[u], -np.inf, U[u] @ B.T)
+        top = np.lexsort((np.arange(N_ITEMS), -scores))[:20]
+        recalls.append(test[u, top].sum() / min(20, test[u].sum()))
+    row = held.set_index(["model", "metric"]).loc[("obj1-symmetric", "dot")]
+    assert row["n_users"] == len(recalls)
+    assert row["recall_at_20"] == pytest.approx(np.mean(recalls))
+    # dot ranking is D-invariant: every objective 1 model gets the same held-out numbers
+    dot = held[(held.metric == "dot") & held.model.str.startswith("obj1")]
+    np.testing.assert_allclose(dot["ndcg_at_100"], dot["ndcg_at_100"].iloc[0], rtol=1e-6)
+
+
+def test_popularity_table(report_dir, inputs):
+    pop = pd.read_parquet(report_dir / "popularity.parquet")
+    assert len(pop) == 8
+    assert pop["norm_popularity_spearman"].between(-1, 1).all()
+    assert pop["frac_more_popular"].between(0, 1).all()
+    # both metrics of one model share the model's norm-popularity correlation
+    assert pop.groupby("model")["norm_popularity_spearman"].nunique().max() == 1
+
+
+def test_report_refuses_existing_output_and_bad_schema_version(report_dir, inputs, tmp_path):
+    result = CliRunner().invoke(main, ["report", "--matrix", str(inputs["matrix"]), "--model",
+                                       str(inputs["models"][0]), "--neighbors",
+                                       str(inputs["neighbors"]), "--out", str(report_dir)])
+    assert result.exit_code == 1 and "already exists" in result.output
+    table = reports.read_report_table(report_dir, "agreement")
+    pq.write_table(table.replace_schema_metadata({"bigcos.schema": '{"version": 0}'}),
+                   tmp_path / "agreement.parquet")
+    with pytest.raises(UserError, match="schema version 0"):
+        reports.read_report_table(tmp_path, "agreement")
+
+
+# --------------------------------------------------------------------------- the page
+def test_html_is_self_contained_with_examples(report_dir):
+    page = (report_dir / "report.html").read_text()
+    assert not re.search(r"(src|href)=[\"']?(https?:|//|file:)", page)
+    assert page.count("data:image/png;base64,") >= 6
+    assert "nearest items to Film 0 (c0)" in page
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium not installed")
+def test_html_renders_its_images_in_headless_chromium(report_dir, tmp_path):
+    probe = tmp_path / "probe.html"
+    script = ("<script>window.addEventListener('load', () => {const imgs = [...document.images];"
+              "const ok = imgs.filter(i => i.complete && i.naturalWidth > 0).length;"
+              "const d = document.createElement('div'); d.id = 'probe';"
+              "d.textContent = `images ${ok}/${imgs.length}`; document.body.appendChild(d);});"
+              "</script>")
+    probe.write_text((report_dir / "report.html").read_text().replace("</body>",
+                                                                      script + "</body>"))
+    flags = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+             "--no-first-run", "--disable-background-networking", "--disable-component-update",
+             "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}",
+             "--virtual-time-budget=5000"]
+    dom = subprocess.run([*flags, "--dump-dom", probe.as_uri()], capture_output=True, text=True,
+                         timeout=120).stdout
+    match = re.search(r"images (\d+)/(\d+)", dom)
+    assert match, dom[-500:]
+    assert int(match[2]) >= 6 and match[1] == match[2]
+    shot = tmp_path / "page.png"
+    subprocess.run([*flags, f"--screenshot={shot}", "--window-size=1200,3000",
+                    (report_dir / "report.html").as_uri()], capture_output=True, timeout=120)
+    assert shot.stat().st_size > 20_000
+    shutil.copy(shot, Path("/tmp") / "bigcos-report-screenshot.png")
