@@ -40,7 +40,7 @@ equivalently one Poisson process of rate sum(w) whose points are labelled i with
 w_i / sum(w), i.e. draws *with* replacement, so the first k_u distinct draws of a with-replacement
 stream are exactly the sequential sample. A draw factorises, p_ui = P(cluster c | u) P(i | c)
 with P(c | u) proportional to p_uc S_c (S_c = sum of p_i in c) and P(i | c) = p_i / S_c, so a draw
-costs O(C + log p) with one table of cumulative popularities shared by all users. Users with
+costs O(C) with one alias table per cluster shared by all users. Users with
 k_u >= ``dense_fraction`` * p, and users whose rejection stream exceeds ``budget_factor`` * k_u
 draws (a user concentrated on a steep cluster keeps redrawing its head), are finished with an
 explicit race over all items not yet drawn: by the Markov property of sequential sampling the
@@ -151,9 +151,10 @@ class ItemModel:
     ``cluster`` (p,) int32 and ``popularity`` (p,) float64 (p_i > 0) are indexed by item id;
     ``rank`` (p,) int32 is the popularity rank within the cluster (1 = most popular).
     ``order`` (p,) int64 lists item ids by (cluster, descending popularity); ``starts``
-    (C + 1,) are the cluster boundaries in ``order``; ``cum`` (p,) float64 is the inclusive
-    cumulative sum of popularity along ``order`` and ``mass`` (C,) is S_c (0 for an empty
-    cluster).
+    (C + 1,) are the cluster boundaries in ``order``; ``mass`` (C,) is S_c (0 for an empty
+    cluster). ``alias_prob`` (p,) float64 and ``alias`` (p,) int64 are Walker/Vose alias tables
+    of each cluster's distribution p_i / S_c over its positions in ``order``: a uniform position
+    j of cluster c is kept with probability alias_prob[j], else replaced by alias[j].
     """
 
     cluster: np.ndarray
@@ -163,8 +164,9 @@ class ItemModel:
     exponent: np.ndarray  # (C,) beta_c
     order: np.ndarray
     starts: np.ndarray
-    cum: np.ndarray
     mass: np.ndarray
+    alias_prob: np.ndarray
+    alias: np.ndarray
 
     @property
     def n_items(self) -> int:
@@ -200,10 +202,42 @@ def make_items(params: SimulationParams) -> ItemModel:
             rank[members[by_value]] = np.arange(1, m + 1)
     order = np.lexsort((rank, cluster)).astype(np.int64)
     starts = np.searchsorted(cluster[order], np.arange(n_c + 1)).astype(np.int64)
-    cum = np.cumsum(popularity[order])
-    ends = np.concatenate([[0.0], cum])[starts]
-    mass = np.diff(ends)
-    return ItemModel(cluster, popularity, rank, p_c, beta, order, starts, cum, mass)
+    sorted_popularity = popularity[order]
+    mass = np.array([sorted_popularity[s:e].sum() for s, e in zip(starts[:-1], starts[1:],
+                                                                  strict=True)])
+    alias_prob = np.ones(p, dtype=np.float64)
+    alias = np.arange(p, dtype=np.int64)
+    for s, e in zip(starts[:-1], starts[1:], strict=True):
+        if e > s:
+            alias_prob[s:e], alias[s:e] = alias_table(sorted_popularity[s:e])
+            alias[s:e] += s
+    return ItemModel(cluster, popularity, rank, p_c, beta, order, starts, mass, alias_prob,
+                     alias)
+
+
+def alias_table(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Vose's alias method for the distribution proportional to ``weights`` (m,) > 0.
+
+    Returns (prob (m,) float64, alias (m,) int64): drawing j uniformly and keeping it with
+    probability prob[j], else taking alias[j], yields j with probability w_j / sum(w).
+    O(m) time (a Python loop over the items: ~1 s per million items, once per simulation).
+    """
+    m = weights.size
+    scaled = (weights * (m / weights.sum())).tolist()
+    prob = [1.0] * m
+    alias = list(range(m))
+    small = [j for j, x in enumerate(scaled) if x < 1.0]
+    large = [j for j, x in enumerate(scaled) if x >= 1.0]
+    while small and large:
+        j = small.pop()
+        g = large[-1]
+        prob[j] = scaled[j]
+        alias[j] = g
+        scaled[g] = (scaled[g] + scaled[j]) - 1.0
+        if scaled[g] < 1.0:
+            small.append(large.pop())
+    # Leftovers are 1 up to rounding: they keep prob 1 and alias themselves.
+    return np.array(prob, dtype=np.float64), np.array(alias, dtype=np.int64)
 
 
 # --------------------------------------------------------------------------- users
@@ -337,19 +371,15 @@ def _draw_with_replacement(items: ItemModel, ccum: np.ndarray, users: np.ndarray
     ccum: (B, C) normalised cumulative cluster probabilities of each user.
     """
     u_cluster = rng.random(users.size)
-    u_item = rng.random(users.size)
     cluster = np.zeros(users.size, dtype=np.int64)
-    row = ccum[users]
     for c in range(items.n_clusters - 1):
-        cluster += u_cluster >= row[:, c]
-    # A draw equal to a boundary of an empty cluster steps past it: clusters with zero weight
-    # have ccum equal to the previous boundary, and ">=" moves past every such duplicate.
-    # Item within the cluster: invert the cumulative popularity table on the cluster's range.
-    # (searchsorted on the global table; clipping guards against rounding at a boundary.)
-    base = np.concatenate([[0.0], items.cum])[items.starts[cluster]]
-    target = base + u_item * items.mass[cluster]
-    pos = np.searchsorted(items.cum, target, side="right")
-    pos = np.clip(pos, items.starts[cluster], items.starts[cluster + 1] - 1)
+        # A cluster of zero weight has the previous boundary again, and ">=" steps past it.
+        cluster += u_cluster >= np.ascontiguousarray(ccum[:, c])[users]
+    # Item within the cluster: a uniform position, kept or replaced by its alias.
+    size = (items.starts[1:] - items.starts[:-1])[cluster]
+    pos = items.starts[cluster] + np.minimum((rng.random(users.size) * size).astype(np.int64),
+                                             size - 1)
+    pos = np.where(rng.random(users.size) < items.alias_prob[pos], pos, items.alias[pos])
     return items.order[pos]
 
 
