@@ -261,7 +261,7 @@ def _combine(cols: _Columns, how: Duplicates) -> tuple[np.ndarray, np.ndarray, n
     Within one (user, item) pair: ``sum`` adds values, ``max`` keeps the largest, ``last`` keeps
     the value of the latest timestamp (ties: the row read last). ``times`` of a pair is its
     latest timestamp. Without timestamps, ``sum`` is scipy's O(nnz) COO→CSR conversion; the
-    other rules sort the (user, item[, time]) keys.
+    other rules sort the (user, item) keys once and reduce over runs of equal keys.
     """
     shape = (len(cols.user_vocab), len(cols.item_vocab))
     if cols.times is None and how == "sum":
@@ -270,25 +270,21 @@ def _combine(cols: _Columns, how: Duplicates) -> tuple[np.ndarray, np.ndarray, n
         return rows, csr.indices.astype(np.int32, copy=False), csr.data, None
     n_items = max(shape[1], 1)
     key = cols.users.astype(np.int64) * n_items + cols.items
-    if cols.times is not None:
-        order = np.lexsort((cols.times, key))
-    else:
-        order = np.argsort(key, kind="stable")
+    order = np.argsort(key)  # not stable: ties within a pair are resolved explicitly below
     key = key[order]
-    vals = cols.values[order]
-    times = cols.times[order] if cols.times is not None else None
-    del order
     first = np.flatnonzero(np.concatenate(([True], key[1:] != key[:-1])))
-    if len(first) < len(key):
-        last = np.concatenate((first[1:], [len(key)])) - 1
-        if how == "sum":
-            vals = np.add.reduceat(vals.astype(np.float64), first).astype(np.float32)
-        elif how == "max":
-            vals = np.maximum.reduceat(vals, first)
-        else:
-            vals = vals[last]
-        times = times[last] if times is not None else None
-        key = key[first]
+    if how == "sum":
+        vals = np.add.reduceat(cols.values[order].astype(np.float64), first).astype(np.float32)
+    elif how == "max":
+        vals = np.maximum.reduceat(cols.values[order], first)
+    else:  # last: the latest timestamp, and among equal times the row read last
+        t = cols.times[order]
+        latest = np.maximum.reduceat(t, first)
+        is_latest = t == np.repeat(latest, np.diff(np.append(first, len(key))))
+        winner = np.maximum.reduceat(np.where(is_latest, order, -1), first)
+        vals = cols.values[winner]
+    times = np.maximum.reduceat(cols.times[order], first) if cols.times is not None else None
+    key = key[first]
     return (key // n_items).astype(np.int32), (key % n_items).astype(np.int32), vals, times
 
 
