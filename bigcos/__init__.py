@@ -15,6 +15,9 @@ _API = {
     "load_matrix": "bigcos.matrix",
     "Interactions": "bigcos.matrix",
     "UserError": "bigcos.errors",
+    "load_model": "bigcos.models",
+    "Model": "bigcos.models",
+    "fit": "bigcos.models",
     "simulate": "bigcos.simulate",
     "SimulationParams": "bigcos.simulate",
 }

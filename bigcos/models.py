@@ -171,6 +171,33 @@ class ModelSpec:
         return f"obj1-{(self.scaling or Scaling('symmetric')).label}"
 
 
+def model_specs(objectives: tuple[str, ...], lams: dict[int, float], scalings: tuple[str, ...],
+                every: bool, project_back: bool) -> list:
+    """The closed-form models one ``bigcos fit`` call asks for.
+
+    ``objectives`` ("1"/"2"), ``lams`` {objective: lam}, ``scalings`` (``--scaling`` texts),
+    ``every`` (``--all``: both objectives, every named D, project-back of both),
+    ``project_back`` (``--remedy project-back``: project-back instead of the factor models,
+    unless D's are asked for too).
+    """
+    objs = sorted({1, 2} if every else {int(o) for o in objectives})
+    if scalings and 1 not in objs:
+        raise UserError("--scaling: applies to objective 1 only (add --objective 1)")
+    specs = []
+    for obj in objs:
+        if obj == 1:
+            chosen = [parse_scaling(s) for s in scalings]
+            if every and not chosen:
+                chosen = [Scaling(s) for s in NAMED_SCALINGS]
+            if not project_back or every or chosen:
+                specs += [ModelSpec(1, lams[1], sc) for sc in chosen or [Scaling("symmetric")]]
+        elif not project_back or every:
+            specs.append(ModelSpec(2, lams[2]))
+        if project_back or every:
+            specs.append(ModelSpec(obj, lams[obj], project_back=True))
+    return specs
+
+
 @dataclass(frozen=True)
 class Solution:
     """A closed-form model in the basis V_k: per-dimension vectors of length k (float64).
@@ -515,6 +542,12 @@ def _write_model(directory: Path, data, items: np.ndarray, users: np.ndarray,
         io.write_table(directory / DIMENSIONS, dimensions)
 
 
+def _check_out(out: str | os.PathLike, overwrite: bool) -> None:
+    """Fail before any work when ``out`` exists and may not be replaced."""
+    if Path(out).exists() and not overwrite:
+        raise UserError(f"{out}: output already exists (pass --overwrite to replace it)")
+
+
 def _fit_rows(data) -> np.ndarray:
     """Indices of the rows a model may be fit on (all but strong-generalisation held-out users)."""
     n = data.train.shape[0]
@@ -550,6 +583,7 @@ def fit(matrix_dir: str | os.PathLike, out: str | os.PathLike, specs: Sequence[M
 
     timings = io.Timings()
     matrix_dir = Path(matrix_dir).resolve()
+    _check_out(out, overwrite)
     specs = list(specs)
     if not specs:
         raise UserError("no model to fit")
@@ -673,6 +707,7 @@ def fit_als(matrix_dir: str | os.PathLike, out: str | os.PathLike, als: ALSOptio
 
     timings = io.Timings()
     matrix_dir = Path(matrix_dir).resolve()
+    _check_out(out, overwrite)
     with timings("load_matrix"):
         data = load_matrix(matrix_dir)
     with io.atomic_output_dir(out, overwrite=overwrite) as tmp:

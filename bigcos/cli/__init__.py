@@ -18,6 +18,7 @@ from bigcos.errors import UserError
 # (module in bigcos.cli, attribute): one entry per command, in the order of the pipeline.
 COMMANDS = [
     ("ingest", "ingest"),
+    ("fit", "fit"),
     ("simulate", "simulate"),
     ("report", "report"),
     ("bench", "bench"),

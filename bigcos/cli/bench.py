@@ -9,6 +9,8 @@ import click
 # (module in bigcos.bench, attribute): one entry per benchmark command.
 BENCHMARKS = [
     ("ingest", "ingest"),
+    ("simulate", "simulate"),
+    ("fit", "fit"),
 ]
 
 

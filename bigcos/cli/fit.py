@@ -1,0 +1,131 @@
+"""``bigcos fit``: closed-form embeddings of both objectives (every D) or implicit ALS."""
+
+from __future__ import annotations
+
+import click
+
+from bigcos.cli.common import dask_options, overwrite_option
+from bigcos.errors import UserError
+
+
+def _parse_lams(values: tuple[str, ...]) -> dict[int, float]:
+    """``--lam X`` (every objective) or ``--lam OBJ:X`` (objective OBJ) -> {objective: lam}."""
+    lams = {1: 0.0, 2: 0.0}
+    for text in values:
+        target, _, number = text.rpartition(":")
+        try:
+            lam = float(number)
+        except ValueError:
+            raise UserError(f"--lam '{text}': expected a number or OBJECTIVE:NUMBER") from None
+        if target == "":
+            lams = {1: lam, 2: lam}
+        elif target in ("1", "2"):
+            lams[int(target)] = lam
+        else:
+            raise UserError(f"--lam '{text}': objective must be 1 or 2")
+    return lams
+
+
+@click.command("fit")
+@click.argument("matrix_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", required=True, type=click.Path(),
+              help="Model directory (one model) or root directory (several: one per model).")
+@click.option("--model", "model_kind", type=click.Choice(["closed-form", "als"]),
+              default="closed-form", show_default=True,
+              help="Closed-form embeddings from one truncated SVD, or implicit's ALS as a peer.")
+@click.option("-k", "k", type=click.IntRange(min=1), default=64, show_default=True,
+              help="SVD dimensions (closed form); default ALS factors.")
+@click.option("--objective", type=click.Choice(["1", "2"]), multiple=True, default=("1",),
+              show_default=True, help="1: ||X-XAB'||^2 + lam ||AB'||^2 (any D); "
+              "2: ... + lam (||XA||^2 + ||B||^2). Repeat for both.")
+@click.option("--lam", multiple=True, metavar="[OBJ:]LAM",
+              help="Regularisation (default 0). LAM for every objective, or 1:LAM / 2:LAM. "
+                   "Objective 1's acts on sigma^2, objective 2's on sigma (paper: 1:10000 2:100).")
+@click.option("--scaling", multiple=True, metavar="D",
+              help="Objective 1's rescaling D: symmetric (default), item-orthonormal, "
+                   "user-orthonormal, sigma, a comma list of k floats, or random:SPREAD[:SEED] "
+                   "(d_i = SPREAD^u, u ~ U(-1/2, 1/2)). Repeat for several models.")
+@click.option("--all", "every", is_flag=True,
+              help="Every model of one SVD: objective 1 with each named D, objective 2, and "
+                   "project-back of both, under OUT/<model name>/.")
+@click.option("--remedy", multiple=True,
+              type=click.Choice(["project-back", "standardize", "popularity"]),
+              help="project-back: D-invariant embeddings of A B' and X A B'; standardize: "
+                   "columns to mean 0, variance 1; popularity: columns times count^-beta "
+                   "(both implicit, X is never densified).")
+@click.option("--beta", type=float, default=0.75, show_default=True,
+              help="Exponent of --remedy popularity.")
+@click.option("--name", default=None, help="Model name (single model; default from the config).")
+@click.option("--exact", is_flag=True, help="Dense eigendecomposition of X'X (small p; k <= p).")
+@click.option("--oversampling", type=click.IntRange(min=0), default=None,
+              help="Extra SVD subspace columns (default: the SVD's).")
+@click.option("--svd-iterations", type=click.IntRange(min=0), default=None,
+              help="SVD power iterations / passes (default: the SVD's).")
+@click.option("--tol", type=float, default=None, help="SVD residual tolerance for stopping.")
+@click.option("--seed", type=int, default=0, show_default=True, help="SVD / ALS seed.")
+@click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32",
+              show_default=True, help="SVD arithmetic on X.")
+@click.option("--block-rows", type=click.IntRange(min=1), default=None,
+              help="Rows per Dask block (speed and memory only).")
+@click.option("--svd-cache", type=click.Path(file_okay=False), default=None,
+              help="Where spectra are kept for reuse (default: MATRIX_DIR/svd-cache).")
+@click.option("--no-svd-cache", is_flag=True, help="Neither read nor write the SVD cache.")
+@click.option("--factors", type=click.IntRange(min=1), default=None,
+              help="ALS factors (default: -k).")
+@click.option("--als-iterations", type=click.IntRange(min=1), default=15, show_default=True)
+@click.option("--regularization", type=float, default=0.01, show_default=True,
+              help="ALS L2 regularisation.")
+@click.option("--alpha", type=float, default=1.0, show_default=True,
+              help="ALS confidence weight of observed entries.")
+@dask_options
+@overwrite_option
+def fit(matrix_dir, out, model_kind, k, objective, lam, scaling, every, remedy, beta, name,
+        exact, oversampling, svd_iterations, tol, seed, dtype, block_rows, svd_cache,
+        no_svd_cache, factors, als_iterations, regularization, alpha, cluster, overwrite):
+    """Fit embeddings of MATRIX_DIR (from `bigcos ingest`) and write them to --out.
+
+    A model directory holds items.parquet and users.parquet (original ids, `embedding` as
+    fixed-size float32 lists), spectrum.parquet (sigma, g, the D used, kept, per dimension)
+    and manifest.json; read it back with bigcos.load_model(DIR). Several configurations in one
+    call (--scaling repeated, both --objective, --all) share ONE SVD and write
+    OUT/<model name>/ each. The spectrum is cached under MATRIX_DIR/svd-cache/<key>/ (key:
+    matrix content, SVD parameters, column remedy), so later fits of the same matrix skip the
+    SVD; the manifest records whether the cache was hit.
+
+    \b
+    Example:
+      bigcos fit out/matrix --out out/models -k 50 --all --lam 1:10000 --lam 2:100
+      bigcos fit out/matrix --out out/obj1-sigma -k 50 --scaling sigma --lam 10000
+      bigcos fit out/matrix --out out/als --model als --factors 128
+    """
+    from bigcos import models
+
+    if model_kind == "als":
+        if every or scaling or remedy or objective != ("1",) or lam or exact:
+            raise UserError("--model als: --objective, --lam, --scaling, --all, --remedy and "
+                            "--exact apply to closed-form models only")
+        als = models.ALSOptions(factors=factors or k, iterations=als_iterations,
+                                regularization=regularization, alpha=alpha, seed=seed)
+        path = models.fit_als(matrix_dir, out, als, name=name or "als", overwrite=overwrite)
+        click.echo(f"wrote {path} (als, {als.factors} factors)")
+        return
+    columns = [r for r in remedy if r != "project-back"]
+    if len(set(columns)) > 1:
+        raise UserError("--remedy: standardize and popularity are alternatives; pick one")
+    if factors is not None:
+        raise UserError("--factors: applies to --model als only (closed form: use -k)")
+    specs = models.model_specs(objective, _parse_lams(lam), scaling, every,
+                               "project-back" in remedy)
+    pre = models.Preprocessing(columns[0] if columns else "none", beta=beta)
+    svd = models.SVDOptions(k=k, oversampling=oversampling, n_iter=svd_iterations, seed=seed,
+                            dtype=dtype, exact=exact, tol=tol, block_rows=block_rows)
+    cache = None if no_svd_cache else (svd_cache or "default")
+    from bigcos.cluster import dask_client
+
+    with dask_client(cluster):
+        result = models.fit(matrix_dir, out, specs, svd, pre, cache_dir=cache, name=name,
+                            overwrite=overwrite)
+    hit = "SVD from cache" if result.svd_cache_hit else "SVD computed"
+    for model_name, path in result.models.items():
+        click.echo(f"wrote {path} ({model_name})")
+    click.echo(f"{len(result.models)} model(s), {hit}")

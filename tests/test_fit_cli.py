@@ -1,0 +1,213 @@
+"""``bigcos fit`` end to end on small matrix directories made by ``bigcos.matrix.ingest``.
+
+Embeddings read back with ``load_model`` are compared (rotation-invariant products, float32
+storage: 1e-5 relative) with the paper's formulas on ``np.linalg.svd`` of the dense matrix.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+import bigcos
+from bigcos.cli import main
+from bigcos.io import read_manifest
+from bigcos.matrix import IngestOptions, ingest, load_matrix
+
+RTOL = 1e-5
+
+
+def write_log(path: Path, n_users: int, n_items: int, seed: int) -> None:
+    """A log with string user ids and int item ids; every user and item appears."""
+    rng = np.random.default_rng(seed)
+    users, items = [], []
+    for u in range(n_users):
+        chosen = rng.choice(n_items, size=int(rng.integers(3, n_items // 2)), replace=False)
+        users += [f"user-{u:03d}"] * len(chosen)
+        items += (chosen * 10 + 7).tolist()
+    users += [f"user-{u % n_users:03d}" for u in range(n_items)]
+    items += [i * 10 + 7 for i in range(n_items)]
+    pq.write_table(pa.table({"user_id": users, "item_id": pa.array(items, pa.int64())}), path)
+
+
+@pytest.fixture(scope="module")
+def matrix_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("fitcli")
+    write_log(root / "log.parquet", 60, 16, seed=0)
+    ingest(root / "log.parquet", root / "matrix")
+    return root / "matrix"
+
+
+@pytest.fixture(scope="module")
+def heldout_matrix_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("fitcli-heldout")
+    write_log(root / "log.parquet", 80, 16, seed=1)
+    ingest(root / "log.parquet", root / "matrix",
+           IngestOptions(split="users", heldout_users=0.25, test_fraction=0.3, seed=2))
+    return root / "matrix"
+
+
+def run(*args: str, ok: bool = True):
+    result = CliRunner().invoke(main, ["-q", "fit", *map(str, args), "--workers", "1"])
+    if ok:
+        assert result.exit_code == 0, result.output
+    return result
+
+
+def cos(E: np.ndarray) -> np.ndarray:
+    En = E / np.linalg.norm(E, axis=1, keepdims=True)
+    return En @ En.T
+
+
+def rel_err(ours: np.ndarray, ref: np.ndarray) -> float:
+    return float(np.max(np.abs(ours - ref)) / np.max(np.abs(ref)))
+
+
+def dense_reference(Xfit: np.ndarray, k: int, lam: float, d_of) -> tuple[np.ndarray, np.ndarray]:
+    """(A, B) of objective 1 with D = d_of(sigma, g), from np.linalg.svd."""
+    _, s, Vt = np.linalg.svd(Xfit, full_matrices=False)
+    s, V = s[:k], Vt[:k].T
+    g = s**2 / (s**2 + lam)
+    d = d_of(s, g)
+    return V * np.sqrt(g) * d, V * np.sqrt(g) / d
+
+
+def test_fit_writes_a_model_directory_that_load_model_reads_back(matrix_dir, tmp_path):
+    out = tmp_path / "obj1-sigma"
+    run(matrix_dir, "--out", out, "-k", 6, "--scaling", "sigma", "--lam", 20, "--exact",
+        "--svd-cache", tmp_path / "cache")
+    model = bigcos.load_model(out)
+    data = load_matrix(matrix_dir)
+    assert model.name == "obj1-sigma"
+    assert model.matrix_dir == matrix_dir.resolve()
+    assert model.item_ids.equals(data.item_ids) and model.user_ids.equals(data.user_ids)
+    assert model.item_embeddings.shape == (16, 6) and model.user_embeddings.shape == (60, 6)
+    assert model.item_embeddings.dtype == np.float32
+    X = data.train.toarray().astype(np.float64)
+    A, B = dense_reference(X, 6, 20.0, lambda s, g: 1 / np.sqrt(s))
+    items, users = model.item_embeddings.astype(np.float64), model.user_embeddings
+    assert rel_err(items @ items.T, B @ B.T) < RTOL
+    assert rel_err(users @ items.T, (X @ A) @ B.T) < RTOL
+    assert rel_err(cos(users.astype(np.float64)), cos(X @ A)) < RTOL
+    m = model.manifest
+    assert m["svd"]["cache_hit"] is False and m["counts"]["dims_kept"] == 6
+    assert m["parameters"]["lam"] == 20.0 and m["parameters"]["objective"] == 1
+    s = np.linalg.svd(X, compute_uv=False)
+    np.testing.assert_allclose(m["losses"]["objective"],
+                               np.sum(X**2) - np.sum(s[:6] ** 4 / (s[:6] ** 2 + 20)), rtol=1e-6)
+    dims = model.dimensions.to_pydict()
+    np.testing.assert_allclose(dims["sigma"], s[:6], rtol=1e-6)
+    np.testing.assert_allclose(dims["d"], 1 / np.sqrt(s[:6]), rtol=1e-6)
+
+
+def test_second_fit_reuses_the_cached_svd_and_a_new_k_does_not(matrix_dir, tmp_path):
+    cache = tmp_path / "cache"
+    common = ["-k", 5, "--exact", "--svd-cache", cache]
+    run(matrix_dir, "--out", tmp_path / "a", *common, "--scaling", "symmetric")
+    second = run(matrix_dir, "--out", tmp_path / "b", *common, "--objective", "2", "--lam", 1)
+    assert "SVD from cache" in second.output
+    a, b = bigcos.load_model(tmp_path / "a"), bigcos.load_model(tmp_path / "b")
+    assert a.manifest["svd"]["cache_hit"] is False and b.manifest["svd"]["cache_hit"] is True
+    assert a.manifest["svd"]["key"] == b.manifest["svd"]["key"]
+    assert a.dimensions.column("sigma").equals(b.dimensions.column("sigma"))
+    assert len(list(cache.iterdir())) == 1
+    run(matrix_dir, "--out", tmp_path / "c", "-k", 4, "--exact", "--svd-cache", cache)
+    assert bigcos.load_model(tmp_path / "c").manifest["svd"]["cache_hit"] is False
+    assert len(list(cache.iterdir())) == 2
+    run(matrix_dir, "--out", tmp_path / "d", *common, "--remedy", "popularity")
+    assert bigcos.load_model(tmp_path / "d").manifest["svd"]["cache_hit"] is False
+
+
+def test_all_writes_every_model_of_one_svd_under_a_root(matrix_dir, tmp_path):
+    out = tmp_path / "models"
+    run(matrix_dir, "--out", out, "-k", 16, "--exact", "--all", "--lam", "1:5", "--lam", "2:0.5",
+        "--no-svd-cache")
+    names = sorted(p.name for p in out.iterdir() if p.is_dir())
+    assert names == sorted(["obj1-symmetric", "obj1-item-orthonormal", "obj1-user-orthonormal",
+                            "obj1-sigma", "obj2", "obj1-project-back", "obj2-project-back"])
+    assert sorted(read_manifest(out)["models"]) == names
+    X = load_matrix(matrix_dir).train.toarray().astype(np.float64)
+    # k = p (full rank): the paper's two identities, through the files
+    item_orth = bigcos.load_model(out / "obj1-item-orthonormal").item_embeddings
+    np.testing.assert_allclose(cos(item_orth.astype(np.float64)), np.eye(16), atol=1e-5)
+    user_orth = bigcos.load_model(out / "obj1-user-orthonormal").user_embeddings
+    np.testing.assert_allclose(cos(user_orth.astype(np.float64)), cos(X), atol=1e-5)
+    obj2 = bigcos.load_model(out / "obj2")
+    kept = obj2.dimensions.column("kept").to_numpy(zero_copy_only=False)
+    s = np.linalg.svd(X, compute_uv=False)
+    assert kept.sum() == (s > 0.5).sum() == obj2.item_embeddings.shape[1]
+    assert obj2.manifest["counts"]["dims_dropped"] == 16 - kept.sum()
+    losses = [bigcos.load_model(out / n).manifest["losses"]["objective"]
+              for n in names if n.startswith("obj1")]
+    np.testing.assert_allclose(losses, losses[0], rtol=1e-9)
+
+
+def test_heldout_users_are_folded_in_not_fitted(heldout_matrix_dir, tmp_path):
+    out = tmp_path / "m"
+    run(heldout_matrix_dir, "--out", out, "-k", 5, "--exact", "--scaling", "user-orthonormal",
+        "--no-svd-cache")
+    data = load_matrix(heldout_matrix_dir)
+    held = data.heldout_users
+    assert held.sum() == 20
+    X = data.train.toarray().astype(np.float64)
+    _, s, Vt = np.linalg.svd(X[~held], full_matrices=False)
+    model = bigcos.load_model(out)
+    np.testing.assert_allclose(model.dimensions.column("sigma").to_numpy(), s[:5], rtol=1e-6)
+    users = model.user_embeddings.astype(np.float64)
+    ref = X @ Vt[:5].T  # user-orthonormal: A = V_k, so every user (fold-in too) is x_u V_k
+    assert rel_err(users @ users.T, ref @ ref.T) < RTOL
+    assert np.abs(users[held]).sum() > 0
+    assert model.manifest["counts"]["fit_users"] == 60
+
+
+def test_als_model_is_written_in_the_same_format(matrix_dir, tmp_path):
+    out = tmp_path / "als"
+    run(matrix_dir, "--out", out, "--model", "als", "--factors", 4, "--als-iterations", 5)
+    model = bigcos.load_model(out)
+    assert model.name == "als" and model.dimensions is None
+    assert model.item_embeddings.shape == (16, 4) and model.user_embeddings.shape == (60, 4)
+    assert model.manifest["parameters"]["iterations"] == 5
+    assert model.item_ids.equals(load_matrix(matrix_dir).item_ids)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--scaling", "banana"], "--scaling 'banana'"),
+    (["--scaling", "random:0.1"], "SPREAD >= 1"),
+    (["--objective", "2", "--scaling", "sigma"], "objective 1 only"),
+    (["--lam", "-3"], "--lam"),
+    (["--lam", "3:1"], "objective must be 1 or 2"),
+    (["--remedy", "standardize", "--remedy", "popularity"], "pick one"),
+    (["--model", "als", "--scaling", "sigma"], "closed-form models only"),
+    (["--factors", "3"], "--model als only"),
+    (["-k", "99", "--exact"], "-k 99"),
+    (["--objective", "2", "--lam", "1e9", "--exact"], "no dimension is kept"),
+    (["--scaling", "1,2"], "2 values given"),
+])
+def test_bad_options_give_one_line_errors_and_exit_1(matrix_dir, tmp_path, args, message):
+    result = run(matrix_dir, "--out", tmp_path / "m", "-k", 4, "--no-svd-cache", *args, ok=False)
+    assert result.exit_code == 1, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and message in errors[0], result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "m").exists()
+
+
+def test_existing_output_needs_overwrite(matrix_dir, tmp_path):
+    out = tmp_path / "m"
+    run(matrix_dir, "--out", out, "-k", 3, "--exact", "--no-svd-cache")
+    result = run(matrix_dir, "--out", out, "-k", 3, "--exact", "--no-svd-cache", ok=False)
+    assert result.exit_code == 1 and "--overwrite" in result.output
+    run(matrix_dir, "--out", out, "-k", 2, "--exact", "--no-svd-cache", "--overwrite")
+    assert bigcos.load_model(out).item_embeddings.shape == (16, 2)
+
+
+def test_help_ends_with_an_example():
+    result = CliRunner().invoke(main, ["fit", "--help"])
+    assert result.exit_code == 0 and "Example:" in result.output
+    result = CliRunner().invoke(main, ["bench", "fit", "--help"])
+    assert result.exit_code == 0 and "Example:" in result.output
