@@ -407,8 +407,16 @@ def _explicit_race(items: ItemModel, prefs: np.ndarray, k: np.ndarray, users: np
         mine = np.isin(have_user, block)
         keys[slot[have_user[mine]], have_item[mine]] = np.inf
         missing = k[block] - np.bincount(slot[have_user[mine]], minlength=block.size)
-        order = np.argsort(keys, axis=1, kind="stable")
-        take = np.arange(p) < missing[:, None]
+        # the smallest `missing` keys of each row, in increasing order: partition, then sort
+        width = int(missing.max())
+        if width < p:
+            candidates = np.argpartition(keys, width - 1, axis=1)[:, :width]
+        else:
+            candidates = np.broadcast_to(np.arange(p), keys.shape)
+        order = np.take_along_axis(
+            candidates, np.argsort(np.take_along_axis(keys, candidates, axis=1), axis=1,
+                                   kind="stable"), axis=1)
+        take = np.arange(width) < missing[:, None]
         rows = np.nonzero(take)[0]
         out_user.append(block[rows])
         out_item.append(order[take].astype(np.int64))
@@ -439,8 +447,9 @@ def block_interactions(params: SimulationParams, items: ItemModel, block: int) -
     return table, counts
 
 
-def _write_block(params: SimulationParams, items: ItemModel, block: int, directory: str
-                 ) -> dict[str, int]:
+def write_block(params: SimulationParams, items: ItemModel, block: int, directory: str
+                ) -> dict[str, int]:
+    """Write ``directory/part-<block:05d>.parquet`` (one Dask task); return the block's counts."""
     table, counts = block_interactions(params, items, block)
     io.write_table(Path(directory) / f"part-{block:05d}.parquet", table)
     return counts
@@ -520,7 +529,7 @@ def simulate(out: str | os.PathLike, params: SimulationParams | None = None,
         parts.mkdir()
         with timings("interactions"):
             shared_items = dask.delayed(make_items, pure=True)(params)
-            tasks = [dask.delayed(_write_block, pure=True)(params, shared_items, b, str(parts))
+            tasks = [dask.delayed(write_block, pure=True)(params, shared_items, b, str(parts))
                      for b in range(params.n_blocks)]
             results = dask.compute(*tasks)
         with timings("users"):
