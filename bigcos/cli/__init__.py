@@ -20,6 +20,7 @@ COMMANDS = [
     ("ingest", "ingest"),
     ("fit", "fit"),
     ("simulate", "simulate"),
+    ("figure1", "figure1"),
     ("report", "report"),
     ("bench", "bench"),
 ]
