@@ -20,6 +20,7 @@ _API = {
     "fit": "bigcos.models",
     "simulate": "bigcos.simulate",
     "SimulationParams": "bigcos.simulate",
+    "figure1": "bigcos.figure1",
 }
 
 __all__ = ["__version__", *_API]

@@ -19,6 +19,7 @@ from bigcos.errors import UserError
 from bigcos.simulate import (
     SimulationParams,
     activity_table,
+    alias_table,
     block_rngs,
     draw_users,
     make_items,
@@ -98,6 +99,21 @@ def test_sampling_respects_zero_preferences_and_takes_every_item():
                                  budget_factor=4.0)
     assert sorted(item[user == 0].tolist()) == reachable.tolist()
     assert sorted(item[user == 1].tolist()) == list(range(40))
+
+
+@pytest.mark.parametrize("weights", [
+    np.arange(1, 200, dtype=float) ** -1.5,  # steep Zipf
+    np.random.default_rng(0).random(300) ** 4 + 1e-9,  # many tiny weights
+    np.ones(7),
+    np.array([5.0]),
+])
+def test_alias_table_represents_the_distribution_exactly(weights):
+    """P(j) = prob[j] / m + sum over cells i aliased to j of (1 - prob[i]) / m equals w_j / W."""
+    prob, alias = alias_table(weights)
+    m = weights.size
+    assert np.all((prob >= 0) & (prob <= 1)) and np.all((alias >= 0) & (alias < m))
+    implied = prob / m + np.bincount(alias, weights=(1 - prob) / m, minlength=m)
+    assert np.allclose(implied, weights / weights.sum(), rtol=1e-9, atol=1e-15)
 
 
 # --------------------------------------------------------------------------- generator laws
