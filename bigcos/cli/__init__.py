@@ -22,6 +22,7 @@ COMMANDS = [
     ("simulate", "simulate"),
     ("figure1", "figure1"),
     ("report", "report"),
+    ("run", "run"),
     ("bench", "bench"),
 ]
 
@@ -48,8 +49,9 @@ def main(verbose: int, quiet: bool) -> None:
     levels = (logging.WARNING, logging.INFO, logging.DEBUG)
     level = logging.ERROR if quiet else levels[min(verbose, 2)]
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    if quiet:
-        logging.getLogger("distributed").setLevel(logging.ERROR)
+    # Dask's own INFO chatter only with -vv; the dashboard link is printed by the commands
+    dask_level = level if verbose >= 2 else max(level, logging.WARNING)
+    logging.getLogger("distributed").setLevel(dask_level)
 
 
 for _module, _attr in COMMANDS:

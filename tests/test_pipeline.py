@@ -1,0 +1,268 @@
+"""`bigcos run`: job files, resumable stages, real Dask clusters (local and remote processes)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from bigcos.cli import main
+from bigcos.cluster import ClusterOptions
+from bigcos.errors import UserError
+from bigcos.pipeline import load_job, plan, run_job
+
+ROOT = Path(__file__).resolve().parents[1]
+DASK = Path(sys.executable).with_name("dask")
+
+TINY_JOB = """
+[job]
+name = "tiny"
+out = "out"
+
+[fit]
+k = 8
+random_d = 2
+remedies = ["popularity"]
+als_iterations = 2
+
+[neighbors]
+kinds = ["item-item", "user-item"]
+n = 5
+
+[report]
+depth = 5
+
+[[dataset]]
+name = "sim"
+simulate = { n_users = 600, n_items = 80, n_clusters = 3, max_items = 40, block_users = 200 }
+ingest = { split = "users", heldout_users = 0.2 }
+fit = { lam1 = 50.0, lam2 = 2.0 }
+
+[[dataset]]
+name = "ml"
+log = "LOG"
+items = "ITEMS"
+ingest = { threshold = 4.0, min_user = 20, min_item = 20 }
+fit = { lam1 = 100.0, lam2 = 5.0, k = 6 }
+"""
+
+
+def write_job(tmp: Path, text: str = TINY_JOB) -> Path:
+    data = ROOT / "data" / "ml-latest-small"
+    job = tmp / "job.toml"
+    job.write_text(text.replace("LOG", str(data / "interactions.parquet"))
+                   .replace("ITEMS", str(data / "items.parquet")))
+    return job
+
+
+def tables(out: Path) -> dict[str, str]:
+    """sha256 of every Parquet/npz output (manifests hold timings, so they are left out)."""
+    return {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(out.rglob("*")) if p.suffix in (".parquet", ".npz")
+            and "svd-cache" not in p.parts}
+
+
+def threaded() -> ClusterOptions:
+    return ClusterOptions(n_workers=1, threads_per_worker=2, processes=False)
+
+
+# --------------------------------------------------------------------------- job files
+@pytest.mark.parametrize("text, needle", [
+    ("[job]\nnme = 'x'\n", "[job] unknown key 'nme'"),
+    ("[fit]\nk = 'ten'\n[[dataset]]\nname='a'\nlog='LOG'\n", "[fit].k: expected an integer"),
+    ("[fit]\nscalings = ['sigma', 'bogus']\n[[dataset]]\nname='a'\nlog='LOG'\n",
+     "unknown scaling 'bogus'"),
+    ("[neighbors]\nkinds = ['item-user']\n[[dataset]]\nname='a'\nlog='LOG'\n",
+     "[neighbors].kinds[0]: 'item-user' is not one of"),
+    ("[[dataset]]\nname = 'a'\nlog = 'missing.parquet'\n", "missing.parquet does not exist"),
+    ("[[dataset]]\nname = 'a'\n", "give either log or simulate"),
+    ("[[dataset]]\nname = 'a'\nsimulate = { users = 5 }\n", "simulate: unknown key 'users'"),
+    ("[[dataset]]\nname = 'a'\nlog = 'LOG'\ningest = { threshold = 'high' }\n",
+     "ingest.threshold: expected a number"),
+    ("[[dataset]]\nname='a'\nlog='LOG'\n[[dataset]]\nname='a'\nlog='LOG'\n", "used twice"),
+    ("[sparkle]\n", "unknown section [sparkle]"),
+    ("[job\n", "not valid TOML"),
+])
+def test_bad_job_files_fail_before_any_work(tmp_path, text, needle):
+    job = write_job(tmp_path, text)
+    result = CliRunner().invoke(main, ["run", str(job), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 1
+    assert needle in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_default_job_and_example_jobs_validate():
+    job = load_job(None)
+    assert [d.name for d in job.datasets] == ["ml-latest-small", "simulation"]
+    sim = job.datasets[1]
+    assert (sim.simulate.n_users, sim.simulate.n_items) == (20_000, 1_000)
+    assert (sim.fit.k, sim.fit.lam1, sim.fit.lam2) == (50, 10_000.0, 100.0)  # the paper's
+    for path in sorted((ROOT / "jobs").glob("*.toml")):
+        if "user-supplied" in path.read_text():
+            continue  # needs data the user brings
+        assert load_job(path).datasets, path
+
+
+def test_every_stage_has_a_distinct_directory(tmp_path):
+    stages = plan(load_job(write_job(tmp_path)))
+    dirs = [s.directory for s in stages]
+    assert len(set(dirs)) == len(dirs)
+    assert [s.name for s in stages if s.dataset == "sim"] == [
+        "simulate", "ingest", "fit-closed-form", "fit-popularity", "fit-als", "neighbors",
+        "report"]
+
+
+# --------------------------------------------------------------------------- runs
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("local")
+    job = load_job(write_job(tmp))
+    result = run_job(job, threaded(), progress=False, echo=lambda s: None)
+    return job, result
+
+
+def test_run_writes_every_stage_and_a_report(local_run):
+    job, result = local_run
+    assert result.skipped == []
+    assert len(result.ran) == len(plan(job))
+    for report in result.reports:
+        assert report.exists() and report.stat().st_size > 10_000
+    assert (job.out / "dask-performance-report.html").exists()
+    manifest = json.loads((job.out / "manifest.json").read_text())
+    assert manifest["ran"] == result.ran and "versions" in manifest
+    models = json.loads((job.out / "sim" / "models" / "closed-form" / "manifest.json")
+                        .read_text())["models"]
+    assert {"obj1-symmetric", "obj1-item-orthonormal", "obj2", "obj1-project-back"} <= set(models)
+
+
+def test_rerun_skips_complete_stages_and_redoes_what_changed(local_run, tmp_path):
+    job, first = local_run
+    before = tables(job.out)
+    again = run_job(job, threaded(), progress=False, echo=lambda s: None)
+    assert again.ran == [] and again.skipped == first.ran
+    assert tables(job.out) == before
+    # changing N redoes only the neighbour lists and reports
+    import dataclasses
+
+    changed = dataclasses.replace(job, neighbors=dataclasses.replace(job.neighbors, n=4))
+    third = run_job(changed, threaded(), progress=False, echo=lambda s: None)
+    assert sorted(third.ran) == ["ml/neighbors", "ml/report", "sim/neighbors", "sim/report"]
+
+
+def test_a_half_written_stage_is_redone(local_run):
+    job, _ = local_run
+    marker = job.out / "ml" / "neighbors" / "stage.json"
+    marker.unlink()  # as if the process died after the rename and before the marker
+    stale = job.out / "ml" / ".report.tmp-999999-deadbeef"
+    stale.mkdir()
+    result = run_job(job, threaded(), progress=False, echo=lambda s: None)
+    assert "ml/neighbors" in result.ran and "ml/ingest" in result.skipped
+    assert not stale.exists()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def remote_cluster(tmp_path):
+    """A real `dask scheduler` and two `dask worker` processes on 127.0.0.1."""
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    procs = [subprocess.Popen([str(DASK), "scheduler", "--host", "127.0.0.1", "--port",
+                               str(port), "--dashboard-address", ":0", "--no-show"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)]
+    time.sleep(1.5)
+    for i in range(2):
+        procs.append(subprocess.Popen(
+            [str(DASK), "worker", address, "--nthreads", "1", "--nworkers", "1",
+             "--host", "127.0.0.1", "--dashboard-address", ":0", "--name", f"w{i}",
+             "--local-directory", str(tmp_path / f"w{i}")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env))
+    from distributed import Client
+
+    with Client(address, timeout="30s") as client:
+        client.wait_for_workers(2, timeout=60)
+    yield address, procs
+    for p in reversed(procs):
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+@pytest.mark.cluster
+def test_remote_scheduler_gives_byte_identical_tables(local_run, remote_cluster, tmp_path):
+    job, _ = local_run
+    address, _ = remote_cluster
+    out = tmp_path / "remote"
+    result = CliRunner().invoke(main, ["run", str(job.source), "--out", str(out),
+                                       "--scheduler", address, "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "Dask dashboard:" in result.output and "report:" in result.output
+    assert tables(out) == tables(job.out)
+
+
+@pytest.mark.cluster
+def test_a_killed_worker_does_not_change_the_result(local_run, remote_cluster, tmp_path):
+    job, _ = local_run
+    address, procs = remote_cluster
+    out = tmp_path / "killed"
+    run = subprocess.Popen([sys.executable, "-m", "bigcos", "run", str(job.source), "--out",
+                            str(out), "--scheduler", address, "--no-progress"],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while not (out / "sim" / "matrix" / "stage.json").exists():
+        assert run.poll() is None and time.time() < deadline, run.stdout.read()
+        time.sleep(0.05)
+    procs[2].kill()  # one of the two workers, mid-run
+    output, _ = run.communicate(timeout=300)
+    assert run.returncode == 0, output
+    assert tables(out) == tables(job.out)
+
+
+def test_interrupted_run_resumes_without_redoing_complete_stages(local_run, tmp_path):
+    job, _ = local_run
+    out = tmp_path / "interrupted"
+    cmd = [sys.executable, "-m", "bigcos", "run", str(job.source), "--out", str(out),
+           "--workers", "1", "--threads-per-worker", "2", "--no-progress"]
+    run = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    marker = out / "sim" / "models" / "closed-form" / "stage.json"
+    deadline = time.time() + 120
+    while not marker.exists():
+        assert run.poll() is None and time.time() < deadline, run.stdout.read()
+        time.sleep(0.02)
+    run.send_signal(signal.SIGINT)
+    run.communicate(timeout=60)
+    assert run.returncode != 0
+    done = {p.parent for p in out.rglob("stage.json")}
+    stamps = {d: (d / "stage.json").read_text() for d in done}
+    assert out / "sim" / "matrix" in done
+    resumed = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    for d, stamp in stamps.items():  # complete stages were not redone
+        assert (d / "stage.json").read_text() == stamp
+    assert not list(out.rglob(".*.tmp-*"))
+    assert tables(out) == tables(job.out)
+
+
+def test_unknown_scheduler_is_a_clear_error(tmp_path):
+    job = load_job(write_job(tmp_path))
+    with pytest.raises(UserError, match="cannot reach Dask scheduler"):
+        run_job(job, ClusterOptions(scheduler=f"tcp://127.0.0.1:{free_port()}"),
+                progress=False, echo=lambda s: None)
