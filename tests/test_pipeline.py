@@ -266,3 +266,27 @@ def test_unknown_scheduler_is_a_clear_error(tmp_path):
     with pytest.raises(UserError, match="cannot reach Dask scheduler"):
         run_job(job, ClusterOptions(scheduler=f"tcp://127.0.0.1:{free_port()}"),
                 progress=False, echo=lambda s: None)
+
+
+def test_full_disk_mid_stage_leaves_no_partial_stage_and_resumes(local_run, tmp_path, monkeypatch):
+    import dataclasses
+    import errno
+
+    job, _ = local_run
+    job = dataclasses.replace(job, out=tmp_path / "disk")
+    import bigcos.reports
+
+    real = bigcos.reports.write_tables
+
+    def full_disk(directory, tables_):
+        (directory / "agreement.parquet").write_bytes(b"PAR1 half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(bigcos.reports, "write_tables", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        run_job(job, threaded(), progress=False, echo=lambda s: None)
+    assert not (job.out / "sim" / "report").exists()  # nothing half-written is visible
+    assert not list(job.out.rglob(".*.tmp-*"))
+    monkeypatch.setattr(bigcos.reports, "write_tables", real)
+    resumed = run_job(job, threaded(), progress=False, echo=lambda s: None)
+    assert resumed.ran[0] == "sim/report" and "sim/neighbors" in resumed.skipped
