@@ -233,8 +233,10 @@ def read_item_info(path: str | Path | None, item_ids: pa.Array) -> ItemInfo:
             break
     if "cluster" in table.column_names:
         clusters = table.column("cluster").to_numpy(zero_copy_only=False).astype(np.int64)
-        return ItemInfo(metrics.label_sets(np.where(present, clusters[row], -1)), "cluster",
-                        titles)
+        aligned = np.where(present, clusters[row], -1)
+        titles = np.array([f"{t} [cluster {c}]" if c >= 0 else t
+                           for t, c in zip(titles, aligned, strict=True)], dtype=object)
+        return ItemInfo(metrics.label_sets(aligned), "cluster", titles)
     if "genres" in table.column_names:
         genres = table.column("genres").to_pylist()
         aligned = [genres[r] if ok else None for r, ok in zip(row, present, strict=True)]
@@ -660,26 +662,40 @@ def plot_agreement_heatmap(rows: list[dict[str, Any]], kind: str) -> str | None:
     return _png(fig)
 
 
-def plot_bars(rows: list[dict[str, Any]], columns: list[str], title: str,
-              reference: str | None = None) -> str | None:
-    """Grouped horizontal bars of ``columns`` per configuration (model/metric)."""
+def plot_cos_vs_dot(rows: list[dict[str, Any]], columns: list[str], title: str,
+                    baseline: str | None = None) -> str | None:
+    """One panel per column: each model a line, its cosine value (red) next to its dot (blue).
+
+    ``baseline`` (optional): a column drawn as a black tick per configuration (e.g. the
+    popularity-matched random baseline of ``columns[0]``).
+    """
     if not rows:
         return None
     plt = _plt()
-    labels = [f"{r['model']}/{r['metric']}" for r in rows]
-    fig, ax = plt.subplots(figsize=(8, 0.8 + 0.3 * len(rows) * len(columns)))
-    y = np.arange(len(rows))
-    height = 0.8 / len(columns)
-    for c, col in enumerate(columns):
-        ax.barh(y + (c - (len(columns) - 1) / 2) * height, [r[col] for r in rows],
-                height=height, label=col)
-    if reference is not None:
-        ax.scatter([r[reference] for r in rows], y, marker="|", s=300, color="black", zorder=3,
-                   label=reference)
-    ax.set_yticks(y, labels, fontsize=7)
-    ax.invert_yaxis()
-    ax.legend(fontsize=7)
-    ax.set_title(title)
+    models = sorted({r["model"] for r in rows})
+    y = {m: i for i, m in enumerate(models)}
+    fig, axes = plt.subplots(1, len(columns), figsize=(3.6 * len(columns) + 1.5,
+                                                        0.9 + 0.28 * len(models)),
+                             sharey=True, squeeze=False)
+    for ax, col in zip(axes[0], columns, strict=True):
+        for metric, color, marker in (("cos", "tab:red", "o"), ("dot", "tab:blue", "s")):
+            sel = [r for r in rows if r["metric"] == metric]
+            ax.scatter([r[col] for r in sel], [y[r["model"]] for r in sel], color=color,
+                       marker=marker, label=metric, zorder=3)
+            if baseline and col == columns[0]:
+                ax.scatter([r[baseline] for r in sel], [y[r["model"]] for r in sel],
+                           color=color, marker="|", s=120, zorder=3,
+                           label=f"{metric}: random, same popularity")
+        for m in models:
+            vals = [r[col] for r in rows if r["model"] == m]
+            ax.plot([min(vals), max(vals)], [y[m], y[m]], color="grey", lw=1, zorder=1)
+        ax.set_title(col, fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0][0].set_yticks(range(len(models)), models, fontsize=7)
+    axes[0][0].invert_yaxis()
+    axes[0][-1].legend(fontsize=7, loc="best")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
     return _png(fig)
 
 
@@ -697,6 +713,7 @@ def plot_norm_vs_popularity(report: Report) -> str | None:
         norms = np.linalg.norm(report.models[name].item_embeddings, axis=1)
         ax.scatter(pop + 1, norms, s=2, alpha=0.3)
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(plt.NullFormatter())
         ax.set_title(f"{name}\nSpearman {metrics.spearman(norms, pop):.2f}", fontsize=8)
         ax.set_xlabel("1 + users per item", fontsize=7)
         ax.set_ylabel("‖item embedding‖", fontsize=7)
@@ -820,6 +837,53 @@ table{border-collapse:collapse;font-size:12px;margin:.5em 0}td,th{border:1px sol
 padding:2px 6px;text-align:left}.scroll{overflow-x:auto}img{max-width:100%}h2{margin-top:2em}"""
 
 
+def _span(values: list[float]) -> str:
+    lo, hi = min(values), max(values)
+    return f"{lo:.3f}" if np.isclose(lo, hi, rtol=0, atol=5e-4) else f"{lo:.3f} to {hi:.3f}"
+
+
+def findings(report: Report) -> list[str]:
+    """Headline sentences computed from the tables (nothing here is hand-written)."""
+    n = report.options.depth
+    out = []
+    for r in _rows(report, "d_sensitivity"):
+        if r["metric"] != "cos":
+            continue
+        dot = next((d for d in _rows(report, "d_sensitivity") if d["metric"] == "dot"
+                    and (d["kind"], d["family"]) == (r["kind"], r["family"])), None)
+        dot_text = (f"; by dot {dot['jaccard_mean']:.3f} (lowest pair {dot['jaccard_min']:.3f})"
+                    if dot else "")
+        out.append(f"{r['kind']} neighbours across {r['n_models']} rescalings D of "
+                   f"{r['family']}: mean Jaccard@{n} by cosine {r['jaccard_mean']:.3f} (lowest "
+                   f"pair {r['jaccard_min']:.3f}){dot_text}.")
+    held = _rows(report, "heldout")
+    families = {name: d_family(m.manifest, name) for name, m in report.models.items()}
+    for fam in sorted({f for f in families.values() if f}):
+        rows = [r for r in held if families.get(r["model"]) == fam]
+        if rows:
+            by = {m: [r["recall_at_20"] for r in rows if r["metric"] == m] for m in METRICS}
+            out.append(f"Held-out Recall@20 across the D of {fam} ({rows[0]['protocol']} "
+                       f"generalisation, {rows[0]['n_users']} users): by dot {_span(by['dot'])}, "
+                       f"by cosine {_span(by['cos'])}.")
+    truth = _rows(report, "ground_truth")
+    if truth:
+        best = max(truth, key=lambda r: r["auc"])
+        worst = min(truth, key=lambda r: r["auc"])
+        out.append(f"Same-{truth[0]['label_source']} vs different-{truth[0]['label_source']} "
+                   f"AUC ranges from {worst['auc']:.3f} ({worst['model']}/{worst['metric']}) to "
+                   f"{best['auc']:.3f} ({best['model']}/{best['metric']}); label precision@{n} "
+                   f"is {_span([r['precision'] for r in truth])} against "
+                   f"{_span([r['baseline_precision'] for r in truth])} for popularity-matched "
+                   f"random neighbours.")
+    pop = _rows(report, "popularity")
+    if pop:
+        by = {m: [r["frac_more_popular"] for r in pop if r["metric"] == m] for m in METRICS}
+        if by["cos"] and by["dot"]:
+            out.append(f"Share of item-item neighbours more popular than their query: by dot "
+                       f"{_span(by['dot'])}, by cosine {_span(by['cos'])} across models.")
+    return out
+
+
 def render_html(report: Report) -> str:
     """The self-contained page: every plot an inline PNG, no external assets."""
     n = report.options.depth
@@ -833,20 +897,26 @@ def render_html(report: Report) -> str:
          f"in agreement.parquet).",
          [plot_agreement_heatmap(_rows(report, "agreement"), k) for k in KINDS], None),
         ("Ground truth: do neighbours share a label?",
-         f"Share of the {n} neighbours with a label in common with the query (bars), next to "
-         f"random neighbours of the same popularity (black mark), and the AUC of similarity "
-         f"for same-label vs different-label item pairs.",
-         [plot_bars(_rows(report, "ground_truth"), ["precision", "auc"],
-                    "label precision@N and AUC", reference="baseline_precision"),
+         f"Share of the {n} item-item neighbours with a label in common with the query, next "
+         f"to random neighbours of the same popularity bins (|), and the AUC of similarity for "
+         f"same-label vs different-label item pairs (0.5 = chance).",
+         [plot_cos_vs_dot(_rows(report, "ground_truth"), ["precision", "auc"],
+                          f"label precision@{n} (| = popularity-matched random) and AUC",
+                          baseline="baseline_precision"),
           plot_cosine_heatmaps(report)], "ground_truth"),
-        ("Held-out interactions: ranking by dot vs cosine", "",
-         [plot_bars(_rows(report, "heldout"), ["recall_at_20", "recall_at_50", "ndcg_at_100"],
-                    "Recall@20, Recall@50, NDCG@100")], "heldout"),
+        ("Held-out interactions: ranking by dot vs cosine",
+         "Every item the user has not interacted with in training is ranked by the score of "
+         "the user and item embeddings; relevant = the user's held-out items (Recall@K divides "
+         "by min(K, number of held-out items)).",
+         [plot_cos_vs_dot(_rows(report, "heldout"),
+                          ["recall_at_20", "recall_at_50", "ndcg_at_100"],
+                          "ranking all unseen items of each test user")], "heldout"),
         ("Popularity and norms", "How the item norm tracks popularity under each model, and "
          "how popular the neighbours are relative to the query.",
          [plot_norm_vs_popularity(report), plot_relative_popularity(report)], "popularity"),
     ]
-    body = []
+    summary = "".join(f"<li>{html.escape(f)}</li>" for f in findings(report))
+    body = [f"<h2>Findings</h2><ul>{summary}</ul>" if summary else ""]
     for title, text, images, table in sections:
         body.append(f"<h2>{html.escape(title)}</h2><p>{html.escape(text)}</p>")
         body.extend(img for img in images if img)

@@ -182,7 +182,7 @@ def test_read_item_info_aligns_labels_and_titles(inputs):
     info = reports.read_item_info(inputs["items"], ids)
     assert info.label_source == "cluster"
     np.testing.assert_array_equal(reports.single_labels(info.labels), [2, -1, 0])
-    assert list(info.titles) == ["Film 2 (c2)", "999", "Film 0 (c0)"]
+    assert list(info.titles) == ["Film 2 (c2) [cluster 2]", "999", "Film 0 (c0) [cluster 0]"]
 
 
 def test_d_family_groups_objective1_rescalings_only():
@@ -338,7 +338,8 @@ def test_html_is_self_contained_with_examples(report_dir):
     page = (report_dir / "report.html").read_text()
     assert not re.search(r"(src|href)=[\"']?(https?:|//|file:)", page)
     assert page.count("data:image/png;base64,") >= 6
-    assert "nearest items to Film 0 (c0)" in page
+    assert "nearest items to Film 0 (c0) [cluster 0]" in page
+    assert "<h2>Findings</h2>" in page and "user-item neighbours across 3 rescalings D" in page
 
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium not installed")
