@@ -32,6 +32,13 @@ and P dMat(h), so a = b = h gives D-invariant k-dimensional embeddings of the or
 
 Only P = X~ V_k touches X: one blocked pass over row blocks of X with Dask, shared by every model
 of one spectrum (X~ V = X (S V) - 1 (mu^T S V), so X is never densified).
+
+"Train with respect to cosine" (the paper's first remedy) is deliberately not a bigcos model:
+scoring by cos(x_u A, b_i) makes the loss non-convex in (A, B) with no closed form, so it would
+need an iterative trainer whose result depends on initialisation and schedule -- the opposite of
+the exact, reproducible spectrum-derived models here. bigcos offers the two remedies that stay
+closed-form (project-back, and normalising columns before the SVD); embeddings trained w.r.t.
+cosine elsewhere can be compared by writing them in the model-directory format below.
 """
 
 from __future__ import annotations
@@ -377,9 +384,9 @@ def squared_norm(X: sp.csr_matrix, col_center: np.ndarray | None,
 
 # --------------------------------------------------------------------------- X~ V over row blocks
 def _block_product(block: sp.csr_matrix, W: np.ndarray, offset: np.ndarray | None) -> np.ndarray:
-    out = np.asarray(block @ W)
+    out = np.asarray(block.astype(W.dtype, copy=False) @ W)
     if offset is not None:
-        out -= offset
+        out -= offset.astype(W.dtype)
     return out
 
 
@@ -392,13 +399,14 @@ def _active_client():
 
 
 def project_rows(X: sp.csr_matrix, V: np.ndarray, col_center: np.ndarray | None = None,
-                 col_scale: np.ndarray | None = None, block_rows: int | None = None
-                 ) -> np.ndarray:
-    """P = (X - 1 mu^T) S V, shape (n, k) float64, computed over row blocks of X with Dask.
+                 col_scale: np.ndarray | None = None, block_rows: int | None = None,
+                 dtype=np.float64) -> np.ndarray:
+    """P = (X - 1 mu^T) S V, shape (n, k) in ``dtype``, computed over row blocks with Dask.
 
-    Never densifies X: each block computes X_b (S V) - 1 (mu^T S V). Runs on the active Dask
-    scheduler (a ``distributed.Client`` if one is open, else threads); the blocks only change
-    speed, never the result (each row is computed by the same product whatever the split).
+    Never densifies X: each block computes X_b (S V) - 1 (mu^T S V) (S V and mu^T S V are
+    formed in float64, then cast). Runs on the active Dask scheduler (a ``distributed.Client``
+    if one is open, else threads); blocks only change speed, never the result (each row is
+    computed by the same product whatever the split).
     """
     import dask
     from dask import delayed
@@ -407,6 +415,7 @@ def project_rows(X: sp.csr_matrix, V: np.ndarray, col_center: np.ndarray | None 
     if col_scale is not None:
         W = W * np.asarray(col_scale, np.float64)[:, None]
     offset = None if col_center is None else np.asarray(col_center, np.float64) @ W
+    W = W.astype(dtype)
     n = X.shape[0]
     if block_rows is None:  # ~ 4 blocks per core, at most ~ 1M non-zeros each
         block_rows = max(1024, min(n, int(n * 1e6 / max(X.nnz, 1))))
@@ -612,8 +621,11 @@ def fit(matrix_dir: str | os.PathLike, out: str | os.PathLike, specs: Sequence[M
         solutions = [solve(spectrum.sigma, s) for s in specs]
     with timings("user_projection"):
         V = np.asarray(spectrum.V, np.float64)
-        P = project_rows(data.train, V, col_center, col_scale, svd.block_rows)
-        p_sq = np.einsum("ij,ij->j", P[fit_rows], P[fit_rows])
+        P = project_rows(data.train, V, col_center, col_scale, svd.block_rows,
+                         dtype=np.dtype(svd.dtype))
+        P_fit = P[fit_rows].astype(np.float64)
+        p_sq = np.einsum("ij,ij->j", P_fit, P_fit)
+        del P_fit
         sq_norm = squared_norm(X_fit, col_center, col_scale)
     svd_section = {
         "key": key, "cache_dir": str(cache_dir) if cache_dir else None, "cache_hit": hit,

@@ -80,7 +80,7 @@ def dense_reference(Xfit: np.ndarray, k: int, lam: float, d_of) -> tuple[np.ndar
 def test_fit_writes_a_model_directory_that_load_model_reads_back(matrix_dir, tmp_path):
     out = tmp_path / "obj1-sigma"
     run(matrix_dir, "--out", out, "-k", 6, "--scaling", "sigma", "--lam", 20, "--exact",
-        "--svd-cache", tmp_path / "cache")
+        "--dtype", "float64", "--svd-cache", tmp_path / "cache")
     model = bigcos.load_model(out)
     data = load_matrix(matrix_dir)
     assert model.name == "obj1-sigma"
@@ -211,3 +211,18 @@ def test_help_ends_with_an_example():
     assert result.exit_code == 0 and "Example:" in result.output
     result = CliRunner().invoke(main, ["bench", "fit", "--help"])
     assert result.exit_code == 0 and "Example:" in result.output
+
+
+def test_randomised_svd_path_reports_its_accuracy(matrix_dir, tmp_path):
+    out = tmp_path / "m"
+    run(matrix_dir, "--out", out, "-k", 4, "--objective", "2", "--lam", "0.5",
+        "--dtype", "float64", "--svd-iterations", 6, "--no-svd-cache")
+    model = bigcos.load_model(out)
+    X = load_matrix(matrix_dir).train.toarray().astype(np.float64)
+    _, s, Vt = np.linalg.svd(X, full_matrices=False)
+    svd = model.manifest["svd"]
+    assert svd["info"]["passes"] >= 1 and svd["residual_max"] < 1e-6
+    np.testing.assert_allclose(model.dimensions.column("sigma").to_numpy(), s[:4], rtol=1e-8)
+    B = Vt[:4].T * np.sqrt(s[:4] - 0.5)
+    items = model.item_embeddings.astype(np.float64)
+    assert rel_err(items @ items.T, B @ B.T) < RTOL

@@ -32,11 +32,14 @@ def power_law_matrix(n_users: int, n_items: int, nnz: int, seed: int = 0) -> sp.
     item_cdf = np.cumsum(item_w / item_w.sum())
     item_perm = rng.permutation(n_items)
     keys = np.empty(0, np.int64)
+    new_fraction = 1.0  # share of the last draw that was not a repeat: sizes the next draw
     while len(keys) < nnz:
-        m = int((nnz - len(keys)) * 1.15) + 1000
+        m = int((nnz - len(keys)) / max(new_fraction, 0.05) * 1.1) + 1000
         u = np.minimum(np.searchsorted(user_cdf, rng.random(m)), n_users - 1)
         i = item_perm[np.minimum(np.searchsorted(item_cdf, rng.random(m)), n_items - 1)]
+        before = len(keys)
         keys = np.unique(np.concatenate([keys, u.astype(np.int64) * n_items + i]))
+        new_fraction = (len(keys) - before) / m
     keys = np.sort(rng.choice(keys, nnz, replace=False)) if len(keys) > nnz else keys
     rows, cols = keys // n_items, (keys % n_items).astype(np.int32)
     indptr = np.zeros(n_users + 1, np.int64)
@@ -87,6 +90,9 @@ def fit(n_users, n_items, nnz, k, als_iterations, svd_iterations, oversampling, 
     Example:
       bigcos bench fit --users 20000 --items 5000 --nnz 1000000 -k 64
     """
+    import dask.array  # noqa: F401  (imports outside the measured calls)
+    import implicit.cpu.als  # noqa: F401
+
     from bigcos import models
 
     click.echo(f"generating a {n_users:,} x {n_items:,} power-law matrix with ~{nnz:,} "
