@@ -1,0 +1,367 @@
+"""Exact top-N neighbours of a model's items and users, by cosine and by dot product, on Dask.
+
+Kinds (MATH.md): ``item-item`` (rows of B against B), ``user-user`` (XA against XA), and
+``user-item`` (XA against B). Every kind runs through the one kernel of :mod:`bigcos.topn`,
+which produces the dot and the cosine lists from the same products. The query itself is
+excluded for item-item and user-user; for user-item the user's training items are excluded
+unless ``exclude_train=False``. Ties go to the smaller matrix index, so the output does not
+depend on block sizes, the number of workers or the scheduler.
+
+Blocking. Queries are cut into *groups* of ``group_rows`` (one Dask task and one output file
+per group and metric), groups into query blocks of ``query_block`` rows, candidates into tiles
+of ``candidate_block``. Peak memory of one task (one worker thread), with R = query_block,
+C = candidate_block, G = group_rows, m = number of metrics, N = neighbours::
+
+    R*C*(9 + 24*m) + 8*R*N*m*3      tiles, hit masks, candidate buffers, running lists
+    + G*N*(8*m + 40)                the group's final lists and its Arrow output table
+
+bytes, independent of the number of queries and candidates; the embeddings and ids are shared
+read-only memory maps (``(n_queries + n_candidates) * k * 4`` bytes, once per machine in the
+page cache). :meth:`Blocking.from_budget` picks the largest blocks within a budget.
+
+Output (contracts.md): a directory of hive partitions
+``kind=<kind>/model=<model>/metric=<metric>/part-<group>.parquet`` with columns ``query_id``,
+``rank`` (int32, 1 = best), ``neighbor_id`` (original ids), ``score`` (float32), and
+``manifest.json`` at the top. Workers write their partitions straight into the temporary
+output directory, which is renamed into place only when every task has succeeded.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.ipc as ipc
+import scipy.sparse as sp
+
+from bigcos import io
+from bigcos.errors import UserError
+from bigcos.topn import METRICS, decode_keys, inverse_norms, query_block_topn
+
+KINDS = ("item-item", "user-user", "user-item")
+GiB = 2**30
+
+
+# --------------------------------------------------------------------------- blocking
+@dataclass(frozen=True)
+class Blocking:
+    """Block sizes: they change speed and memory, never results."""
+
+    query_block: int = 512
+    candidate_block: int = 4096
+    group_rows: int = 16384  # at most; see groups()
+
+    def __post_init__(self):
+        for name, value in asdict(self).items():
+            if value < 1:
+                raise UserError(f"{name}: must be at least 1, got {value}")
+
+    def peak_bytes(self, n: int, n_metrics: int) -> int:
+        """Peak working memory of one task, the formula of the module docstring."""
+        r, c, g = self.query_block, self.candidate_block, self.group_rows
+        return r * c * (9 + 24 * n_metrics) + 24 * r * n * n_metrics + g * n * (8 * n_metrics + 40)
+
+    def groups(self, n_queries: int, min_groups: int = 16) -> list[tuple[int, int]]:
+        """Row ranges of the tasks: at most ``group_rows`` rows, whole query blocks, and at
+        least ``min_groups`` of them when there are enough blocks (so workers finish together)."""
+        n_blocks = -(-n_queries // self.query_block)
+        per_group = self.group_rows // self.query_block
+        n_groups = max(-(-n_blocks // per_group), min(n_blocks, min_groups))
+        rows = -(-n_blocks // n_groups) * self.query_block
+        return [(g0, min(n_queries, g0 + rows)) for g0 in range(0, n_queries, rows)]
+
+    @classmethod
+    def from_budget(cls, budget_bytes: int, n: int, n_metrics: int) -> Blocking:
+        """The largest default-shaped blocks whose :meth:`peak_bytes` fits ``budget_bytes``."""
+        for r, c in ((512, 4096), (256, 4096), (256, 2048), (128, 1024), (64, 512)):
+            spare = budget_bytes - cls(r, c, 1).peak_bytes(n, n_metrics)
+            group = min(spare // (n * (8 * n_metrics + 40)), 1 << 16) // r * r
+            if group >= r:
+                return cls(r, c, int(group))
+        need = cls(64, 512, 64).peak_bytes(n, n_metrics) / 2**20
+        raise UserError(f"--memory-budget: {budget_bytes / 2**20:.0f} MiB is too small for "
+                        f"N = {n} (need about {need:.0f} MiB)")
+
+
+# --------------------------------------------------------------------------- operands
+@dataclass
+class Operands:
+    """What one kind of one model compares: queries (m, k) against candidates (p, k)."""
+
+    queries: np.ndarray
+    query_ids: pa.Array
+    candidates: np.ndarray
+    candidate_ids: pa.Array
+    exclude_self: bool
+    exclude: sp.csr_matrix | None  # (m, p) excluded pairs (user-item: training items)
+
+
+def operands(model, kind: str, exclude_train: bool = True) -> Operands:
+    """The query and candidate embeddings of ``kind`` for a :class:`bigcos.models.Model`."""
+    if kind == "item-item":
+        return Operands(model.item_embeddings, model.item_ids, model.item_embeddings,
+                        model.item_ids, True, None)
+    if kind == "user-user":
+        return Operands(model.user_embeddings, model.user_ids, model.user_embeddings,
+                        model.user_ids, True, None)
+    if kind != "user-item":
+        raise UserError(f"--kind: unknown kind '{kind}' (choose from {', '.join(KINDS)})")
+    exclude = None
+    if exclude_train:
+        exclude = training_items(model)
+    return Operands(model.user_embeddings, model.user_ids, model.item_embeddings,
+                    model.item_ids, False, exclude)
+
+
+def training_items(model) -> sp.csr_matrix:
+    """The model's training matrix (n_users, n_items) CSR, checked against the model's ids."""
+    from bigcos.matrix import load_matrix
+
+    if model.matrix_dir is None:
+        raise UserError(f"model '{model.name}': its manifest names no matrix_dir, so training "
+                        "items cannot be excluded (pass --include-train)")
+    train = load_matrix(model.matrix_dir).train
+    shape = (len(model.user_ids), len(model.item_ids))
+    if train.shape != shape:
+        raise UserError(f"{model.matrix_dir}: training matrix is {train.shape[0]} x "
+                        f"{train.shape[1]} but model '{model.name}' has {shape[0]} users x "
+                        f"{shape[1]} items")
+    return train
+
+
+# --------------------------------------------------------------------------- in process
+def top_n(queries: np.ndarray, candidates: np.ndarray, n: int,
+          metrics: Sequence[str] = METRICS, *, exclude_self: bool = False,
+          exclude: sp.csr_matrix | None = None,
+          blocking: Blocking = Blocking()) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Exact top-``n`` of every query row among the candidate rows, in this process.
+
+    queries (m, k), candidates (p, k) float32; ``exclude_self``: query i is candidate i;
+    ``exclude``: (m, p) CSR of excluded pairs. Returns {metric: (index, score)}, both (m, n):
+    int64 candidate indices (-1 where a row has fewer than n eligible candidates) and float32
+    scores (-inf there), best first.
+    """
+    metrics = check_metrics(metrics)
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    candidates = np.ascontiguousarray(candidates, dtype=np.float32)
+    keys = _group_keys(queries, inverse_norms(queries), candidates, inverse_norms(candidates),
+                       n, metrics, blocking, 0 if exclude_self else None,
+                       None if exclude is None else sp.csr_matrix(exclude))
+    out = {}
+    for m in metrics:
+        scores, index = decode_keys(keys[m])
+        empty = scores == -np.inf
+        out[m] = (np.where(empty, -1, index), scores)
+    return out
+
+
+def check_metrics(metrics: Sequence[str]) -> tuple[str, ...]:
+    metrics = tuple(dict.fromkeys(metrics))
+    bad = [m for m in metrics if m not in METRICS]
+    if bad or not metrics:
+        raise UserError(f"--metric: unknown metric '{','.join(bad)}' (choose from cos, dot)")
+    return metrics
+
+
+def _group_keys(queries, inv_queries, candidates, inv_candidates, n, metrics, blocking,
+                self_offset, exclude) -> dict[str, np.ndarray]:
+    """Keys (rows, n) per metric for all rows of ``queries``, one query block at a time."""
+    parts: dict[str, list[np.ndarray]] = {m: [] for m in metrics}
+    for b0 in range(0, len(queries), blocking.query_block):
+        b1 = min(len(queries), b0 + blocking.query_block)
+        block = query_block_topn(
+            np.ascontiguousarray(queries[b0:b1]), np.asarray(inv_queries[b0:b1]), candidates,
+            inv_candidates, n, metrics, candidate_block=blocking.candidate_block,
+            self_offset=None if self_offset is None else self_offset + b0,
+            exclude=None if exclude is None else exclude[b0:b1])
+        for m in metrics:
+            parts[m].append(block[m])
+    return {m: np.concatenate(parts[m]) if parts[m] else np.empty((0, n), np.int64)
+            for m in metrics}
+
+
+# --------------------------------------------------------------------------- on Dask
+@dataclass(frozen=True)
+class _Job:
+    """Everything a task needs, as paths in the scratch directory (cheap to ship to workers)."""
+
+    scratch: Path
+    out: Path  # the temporary output directory
+    kind: str
+    model: str
+    n: int
+    metrics: tuple[str, ...]
+    blocking: Blocking
+    exclude_self: bool
+    same_operands: bool
+
+
+def neighbors(model_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, *,
+              kinds: Sequence[str] = ("item-item",), metrics: Sequence[str] = METRICS,
+              n: int = 100, exclude_train: bool = True, blocking: Blocking | None = None,
+              memory_budget: int | None = None, overwrite: bool = False) -> dict[str, Any]:
+    """Write the neighbour dataset of every model and kind to ``out``; return its manifest.
+
+    Tasks run on the active Dask scheduler: a ``distributed.Client`` if one is open (workers
+    must see ``out``'s file system), else the threaded scheduler with one BLAS thread.
+    ``blocking`` fixes block sizes; otherwise they are sized from ``memory_budget`` (bytes
+    per worker thread, default 2 GiB).
+    """
+    import dask
+    from threadpoolctl import threadpool_limits
+
+    from bigcos.models import load_model
+
+    if n < 1:
+        raise UserError(f"-N: must be at least 1, got {n}")
+    metrics = check_metrics(metrics)
+    kinds = tuple(dict.fromkeys(kinds))
+    for kind in kinds:
+        if kind not in KINDS:
+            raise UserError(f"--kind: unknown kind '{kind}' (choose from {', '.join(KINDS)})")
+    if blocking is None:
+        blocking = Blocking.from_budget(memory_budget or 2 * GiB, n, len(metrics))
+    models = [load_model(d) for d in model_dirs]
+    names = [m.name for m in models]
+    if len(set(names)) != len(names):
+        dup = next(x for x in names if names.count(x) > 1)
+        raise UserError(f"model name '{dup}' appears twice among the model directories")
+    timings = io.Timings()
+    counts: dict[str, Any] = {}
+    with io.atomic_output_dir(out, overwrite=overwrite) as tmp:
+        scratch_root = tmp / ".scratch"
+        tasks, task_keys = [], []
+        with timings("prepare"):
+            for model in models:
+                for kind in kinds:
+                    ops = operands(model, kind, exclude_train)
+                    job = _prepare(scratch_root / f"{model.name}.{kind}", tmp, ops, kind,
+                                   model.name, n, metrics, blocking)
+                    counts[f"{model.name}/{kind}"] = _operand_counts(ops)
+                    for part, (g0, g1) in enumerate(blocking.groups(len(ops.queries))):
+                        tasks.append(dask.delayed(_run_group, pure=False)(job, part, g0, g1))
+                        task_keys.append(f"{model.name}/{kind}")
+        with timings("compute"), threadpool_limits(1):
+            results = dask.compute(*tasks)
+        for key, result in zip(task_keys, results, strict=True):
+            for name, value in result.items():
+                counts[key][name] = counts[key].get(name, 0) + value
+        shutil.rmtree(scratch_root, ignore_errors=True)
+        parameters = {"kinds": list(kinds), "metrics": list(metrics), "n": n,
+                      "exclude_train": exclude_train, "blocking": asdict(blocking),
+                      "task_peak_bytes": blocking.peak_bytes(n, len(metrics))}
+        inputs = {"models": {m.name: {"dir": str(Path(d).resolve()),
+                                      "matrix_dir": str(m.matrix_dir) if m.matrix_dir else None}
+                             for m, d in zip(models, model_dirs, strict=True)}}
+        return io.write_manifest(tmp, "neighbors", parameters, timings, inputs=inputs,
+                                 counts=counts, scheduler=_scheduler_info())
+
+
+def _prepare(scratch: Path, out: Path, ops: Operands, kind: str, model: str, n: int,
+             metrics: tuple[str, ...], blocking: Blocking) -> _Job:
+    scratch.mkdir(parents=True)
+    same = ops.candidates is ops.queries
+    np.save(scratch / "queries.npy", np.ascontiguousarray(ops.queries, dtype=np.float32))
+    np.save(scratch / "inv_queries.npy", inverse_norms(ops.queries))
+    _write_ids(scratch / "query_ids.arrow", ops.query_ids)
+    if not same:
+        np.save(scratch / "candidates.npy", np.ascontiguousarray(ops.candidates, np.float32))
+        np.save(scratch / "inv_candidates.npy", inverse_norms(ops.candidates))
+        _write_ids(scratch / "candidate_ids.arrow", ops.candidate_ids)
+    if ops.exclude is not None:
+        sp.save_npz(scratch / "exclude.npz", ops.exclude.tocsr(), compressed=False)
+    for metric in metrics:
+        (out / f"kind={kind}" / f"model={model}" / f"metric={metric}").mkdir(parents=True)
+    return _Job(scratch, out, kind, model, n, metrics, blocking, ops.exclude_self, same)
+
+
+def _operand_counts(ops: Operands) -> dict[str, int]:
+    return {"queries": len(ops.queries), "candidates": len(ops.candidates),
+            "zero_norm_queries": int(np.sum(inverse_norms(ops.queries) == 0)),
+            "zero_norm_candidates": int(np.sum(inverse_norms(ops.candidates) == 0)),
+            "excluded_pairs": 0 if ops.exclude is None else int(ops.exclude.nnz)}
+
+
+def _run_group(job: _Job, part: int, g0: int, g1: int) -> dict[str, int]:
+    """One task: the lists of queries g0:g1, written as part ``part`` of every metric."""
+    load = _scratch_loader(job)
+    queries, inv_queries = load("queries.npy"), load("inv_queries.npy")
+    candidates = queries if job.same_operands else load("candidates.npy")
+    inv_candidates = inv_queries if job.same_operands else load("inv_candidates.npy")
+    exclude = None
+    if (job.scratch / "exclude.npz").exists():
+        exclude = sp.load_npz(job.scratch / "exclude.npz").tocsr()[g0:g1]
+    keys = _group_keys(queries[g0:g1], inv_queries[g0:g1], candidates, inv_candidates, job.n,
+                       job.metrics, job.blocking, g0 if job.exclude_self else None, exclude)
+    query_ids = _read_ids(job.scratch / "query_ids.arrow")
+    candidate_ids = query_ids if job.same_operands else _read_ids(
+        job.scratch / "candidate_ids.arrow")
+    written = {}
+    for metric in job.metrics:
+        table = neighbor_table(query_ids.slice(g0, g1 - g0), keys[metric], candidate_ids)
+        directory = job.out / f"kind={job.kind}" / f"model={job.model}" / f"metric={metric}"
+        io.write_table(directory / f"part-{part:05d}.parquet", table)
+        written[f"rows_{metric}"] = table.num_rows
+        written[f"short_lists_{metric}"] = int(np.sum(decode_keys(keys[metric][:, -1])[0]
+                                                      == -np.inf))
+    return written
+
+
+def neighbor_table(query_ids: pa.Array, keys: np.ndarray, candidate_ids: pa.Array) -> pa.Table:
+    """Rows (query_id, rank, neighbor_id, score) of lists of keys (queries, n), best first."""
+    scores, index = decode_keys(keys)
+    valid = scores > -np.inf  # a prefix of each row: EMPTY slots and excluded pairs sort last
+    per_row = valid.sum(axis=1)
+    rank = (np.arange(keys.shape[1], dtype=np.int32)[None, :] + 1)
+    return pa.table({
+        "query_id": query_ids.take(pa.array(np.repeat(np.arange(len(keys)), per_row))),
+        "rank": pa.array(np.broadcast_to(rank, keys.shape)[valid]),
+        "neighbor_id": candidate_ids.take(pa.array(index[valid])),
+        "score": pa.array(scores[valid]),
+    })
+
+
+def _scratch_loader(job: _Job):
+    def load(name: str) -> np.ndarray:
+        return np.load(job.scratch / name, mmap_mode="r")
+    return load
+
+
+def _write_ids(path: Path, ids: pa.Array) -> None:
+    table = pa.table({"id": ids})
+    with pa.OSFile(str(path), "wb") as sink, ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+
+
+def _read_ids(path: Path) -> pa.Array:
+    with pa.memory_map(str(path), "r") as source:
+        return ipc.open_file(source).read_all().column("id").combine_chunks()
+
+
+def _scheduler_info() -> dict[str, Any]:
+    try:
+        from distributed import get_client
+
+        client = get_client()
+    except (ImportError, ValueError):
+        return {"scheduler": "threads", "workers": os.cpu_count()}
+    workers = client.scheduler_info().get("workers", {})
+    return {"scheduler": client.scheduler.address, "workers": len(workers),
+            "threads": sum(w.get("nthreads", 0) for w in workers.values())}
+
+
+# --------------------------------------------------------------------------- reading
+def read_neighbors(path: str | os.PathLike) -> pa.Table:
+    """The whole neighbour dataset at ``path`` as one table (with kind, model, metric columns)."""
+    p = io.require_dir(path, "neighbours")
+    dataset = pads.dataset(p, format="parquet", partitioning="hive",
+                           ignore_prefixes=[".", "_", io.MANIFEST])
+    return dataset.to_table()
+

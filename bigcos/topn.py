@@ -1,0 +1,356 @@
+"""The exact top-N kernel: one block of queries against candidate tiles, dot and cosine at once.
+
+Definitions (MATH.md, "Similarities and top-N"), all in float32:
+
+- ``dot(q, c)`` is the product computed by the GEMM of a tile.
+- ``inv(x) = 1 / ||x||`` (norm accumulated in float64, then rounded), and ``inv(x) = 0`` for a
+  zero-norm row, so that ``cos(q, c) = dot(q, c) * (inv(q) * inv(c))`` is 0, never NaN, when
+  either side has norm 0. The product ``inv(q) * inv(c)`` is formed first, so cos(q, c) and
+  cos(c, q) are the same float.
+- The order is score descending, then candidate index ascending (ties go to the smaller index),
+  so the result does not depend on the tiling.
+- Excluded pairs (the query itself, a user's training items) score -inf and are never returned.
+  A query with norm 0 scores 0 against every candidate, so its list is simply the first N
+  eligible candidates, with score 0.
+
+How it is fast. Per tile of ``R x C`` scores the kernel does one GEMM and a few vectorised
+passes while the tile is hot in cache: for dot, ``S >= threshold`` per row; for cosine, one
+rescaling ``T = S * inv(c)`` and ``T >= threshold * ||q||`` (the threshold loosened by a few ulp,
+so the pass can only admit too much, never too little). Each query row keeps a running
+threshold, the score of its current N-th best; only entries at or above it become candidates.
+Candidates are buffered and merged into the running lists only when the buffer holds as many
+entries as the lists (so about log(number of tiles) merges per row). A (score, index) pair is
+packed into one int64 *key* whose integer order is the required order, so a merge is a single
+``np.partition`` over keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import scipy.sparse as sp
+
+METRICS = ("cos", "dot")
+_LOW32 = np.int64(0xFFFFFFFF)
+_COS_SLACK = 2e-6  # relative; >> the ~4 ulp (2.4e-7) by which T * inv(q) may differ from cos
+
+
+def inverse_norms(x: np.ndarray) -> np.ndarray:
+    """(m,) float32 ``1 / ||x_i||`` (norms accumulated in float64), 0 where the norm is 0."""
+    norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))
+    inv = np.zeros(len(x), dtype=np.float64)
+    np.divide(1.0, norms, out=inv, where=norms > 0)
+    return inv.astype(np.float32)
+
+
+def encode_keys(scores: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """Pack float32 scores and candidate indices (0 <= index < 2**32 - 1) into int64 keys.
+
+    ``key(a) > key(b)`` exactly when a's score is larger, or equal with a smaller index.
+    -0.0 is treated as +0.0. NaN scores are not allowed.
+    """
+    bits = (np.asarray(scores, dtype=np.float32) + np.float32(0.0)).view(np.int32)
+    bits = bits.astype(np.int64)
+    bits ^= (bits >> 31) & 0x7FFFFFFF  # IEEE order -> two's-complement order
+    return (bits << 32) | (_LOW32 - np.asarray(index, dtype=np.int64))
+
+
+def decode_keys(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Inverse of :func:`encode_keys`: (float32 scores, int64 indices), same shape as keys."""
+    bits = keys >> 32
+    bits ^= (bits >> 31) & 0x7FFFFFFF
+    scores = bits.astype(np.int32).view(np.float32)
+    return scores, _LOW32 - (keys & _LOW32)
+
+
+#: key of (-inf, index 2**32 - 1): below every real candidate; marks an empty slot.
+EMPTY = int(encode_keys(np.array([-np.inf], np.float32), np.array([2**32 - 1]))[0])
+
+
+class RunningTopN:
+    """Running top-N lists of ``n_rows`` queries over candidates offered in any order.
+
+    ``keys`` is (n_rows, n) int64, unsorted within a row, EMPTY where fewer than n candidates
+    were seen; ``threshold`` is (n_rows,) float32, the score of each row's n-th best so far
+    (-inf while the row is not full; +inf for frozen rows, which accept nothing). Candidates
+    offered since the last merge wait in a buffer; :meth:`merge` folds them in.
+    Memory: 8 * n_rows * n bytes for the lists plus at most twice that for the buffer.
+    """
+
+    def __init__(self, n_rows: int, n: int, frozen: np.ndarray | None = None) -> None:
+        self.n = n
+        self.keys = np.full((n_rows, n), EMPTY, dtype=np.int64)
+        self.frozen = np.zeros(n_rows, bool) if frozen is None else frozen
+        self.threshold = np.where(self.frozen, np.float32(np.inf), np.float32(-np.inf))
+        self.cold = True  # no tile seen yet: see _warm_up
+        self._rows: list[np.ndarray] = []
+        self._keys: list[np.ndarray] = []
+        self._pending = 0
+
+    def offer(self, rows: np.ndarray, keys: np.ndarray) -> None:
+        """Add candidates (local row numbers, keys); merge when the buffer outgrows the lists."""
+        if len(rows):
+            self._rows.append(rows)
+            self._keys.append(keys)
+            self._pending += len(rows)
+            if self._pending >= self.keys.size:
+                self.merge()
+
+    def merge(self) -> None:
+        """Fold buffered candidates into the lists and update the thresholds."""
+        if not self._pending:
+            return
+        rows = np.concatenate(self._rows)
+        keys = np.concatenate(self._keys)
+        self._rows, self._keys, self._pending = [], [], 0
+        n_rows, n = self.keys.shape
+        counts = np.bincount(rows, minlength=n_rows)
+        touched = np.flatnonzero(counts)
+        width = int(counts.max())
+        order = np.argsort(rows.astype(np.int16) if n_rows < 2**15 else rows, kind="stable")
+        rows, keys = rows[order], keys[order]
+        starts = np.cumsum(counts) - counts
+        slot = np.arange(len(rows)) - starts[rows]
+        if len(touched) * (n + width) <= 4 * (len(touched) * n + len(rows)):
+            # dense: one row of (current list | padded candidates) per touched query
+            where = np.empty(n_rows, np.int64)
+            where[touched] = np.arange(len(touched))
+            both = np.full((len(touched), n + width), EMPTY, dtype=np.int64)
+            both[:, :n] = self.keys[touched]
+            both[where[rows], n + slot] = keys
+            self.keys[touched] = np.partition(both, width, axis=1)[:, width:]
+        else:
+            # skewed (a few rows with very many candidates): sort the pairs instead
+            all_rows = np.concatenate([np.repeat(touched, n), rows])
+            all_keys = np.concatenate([self.keys[touched].ravel(), keys])
+            order = np.lexsort((~all_keys, all_rows))
+            all_rows, all_keys = all_rows[order], all_keys[order]
+            first = np.searchsorted(all_rows, touched)
+            take = (first[:, None] + np.arange(n)).ravel()
+            self.keys[touched] = all_keys[take].reshape(len(touched), n)
+        self._update_threshold(touched)
+
+    def _update_threshold(self, rows: np.ndarray) -> None:
+        threshold, _ = decode_keys(self.keys[rows].min(axis=1))
+        self.threshold[rows] = np.where(self.frozen[rows], np.float32(np.inf), threshold)
+
+    def sorted_keys(self) -> np.ndarray:
+        """(n_rows, n) keys, best first."""
+        self.merge()
+        return -np.sort(-self.keys, axis=1)
+
+
+def merge_sorted(parts: Sequence[np.ndarray], n: int) -> np.ndarray:
+    """Top ``n`` keys per row of several (rows, n_i) key arrays, best first."""
+    both = np.concatenate(parts, axis=1)
+    if both.shape[1] > n:
+        both = np.partition(both, both.shape[1] - n, axis=1)[:, -n:]
+    return -np.sort(-both, axis=1)
+
+
+class _Rows:
+    """Running lists, per metric, of the query rows lo:hi (global indices), in blocks of
+    ``block`` rows (a block's lists merge at their own pace, see :class:`RunningTopN`)."""
+
+    def __init__(self, lo: int, hi: int, inv: np.ndarray, n: int, metrics: Sequence[str],
+                 block: int):
+        self.lo, self.block = lo, block
+        self.inv = np.asarray(inv[lo:hi])
+        zero = self.inv == 0
+        self.norms = np.zeros(hi - lo, np.float64)
+        np.divide(1.0, self.inv, out=self.norms, where=~zero)
+        starts = range(0, hi - lo, block)
+        self.lists = {m: [RunningTopN(min(block, hi - lo - b), n, zero[b:b + block].copy())
+                          for b in starts] for m in metrics}
+
+    def sorted_keys(self) -> dict[str, np.ndarray]:
+        return {m: np.concatenate([top.sorted_keys() for top in tops])
+                for m, tops in self.lists.items()}
+
+
+class _Buffers:
+    """Scratch arrays for tiles of up to ``size`` entries, reshaped per tile."""
+
+    def __init__(self, size: int):
+        self.tile = np.empty(size, np.float32)
+        self.scaled = np.empty(size, np.float32)
+        self.hit = np.empty(size, bool)
+
+    def shaped(self, shape: tuple[int, int]):
+        size = shape[0] * shape[1]
+        return (self.tile[:size].reshape(shape), self.scaled[:size].reshape(shape),
+                self.hit[:size].reshape(shape))
+
+
+def _update(rows: _Rows, s: np.ndarray, by_row: bool, q0: int, inv_c: np.ndarray, c0: int,
+            scaled: np.ndarray, hit: np.ndarray) -> None:
+    """Offer the tile ``s`` to the lists of ``rows``.
+
+    by_row: ``s[i, j]`` scores query q0+i against candidate c0+j; otherwise ``s[i, j]`` scores
+    query q0+j against candidate c0+i (the transposed use of a symmetric tile).
+    """
+    n_q = s.shape[0] if by_row else s.shape[1]
+    start = q0 - rows.lo
+    which, offset = divmod(start, rows.block)
+    if offset or n_q > rows.block:
+        raise ValueError(f"tile rows {q0}:{q0 + n_q} are not one block of {rows.block}")
+    local = slice(start, start + n_q)
+    inv_q = rows.inv[local]
+    per_q = (slice(None), None) if by_row else (None, slice(None))
+    per_c = (None, slice(None)) if by_row else (slice(None), None)
+    for metric, tops in rows.lists.items():
+        top = tops[which]
+        if top.cold:
+            _warm_up(top, s, by_row, inv_q[per_q] * inv_c[per_c] if metric == "cos" else None)
+        if metric == "dot":
+            values, bound = s, top.threshold
+        else:
+            with np.errstate(invalid="ignore"):  # -inf (excluded) * 0 (zero norm): NaN, no hit
+                values = np.multiply(s, inv_c[per_c], out=scaled)
+            bound = _loosen(top.threshold, rows.norms[local])
+        hits = np.flatnonzero(np.greater_equal(values, bound[per_q], out=hit))
+        i, j = np.divmod(hits, s.shape[1])
+        q, c = (i, j) if by_row else (j, i)
+        scores = s.reshape(-1)[hits]
+        if metric == "cos":
+            scores = scores * (inv_q[q] * inv_c[c])
+        top.offer(q, encode_keys(scores, c + c0))
+
+
+def _warm_up(top: RunningTopN, s: np.ndarray, by_row: bool, inv_product: np.ndarray | None):
+    """Raise cold thresholds to the n-th best score of each query within the tile ``s``.
+
+    That score is a lower bound of the query's final n-th best (the tile's n best are offered
+    right after), so the first tile yields about n candidates per query instead of all.
+    """
+    top.cold = False
+    axis = 1 if by_row else 0
+    width = s.shape[axis]
+    if width < top.n:
+        return
+    scores = s if inv_product is None else _cosine(s, inv_product)
+    nth = np.take(np.partition(scores, width - top.n, axis=axis), width - top.n, axis=axis)
+    top.threshold = np.where(top.frozen, top.threshold, np.maximum(top.threshold, nth))
+
+
+def _cosine(s: np.ndarray, inv_product: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore"):
+        cos = s * inv_product
+    cos[np.isnan(cos)] = -np.inf  # excluded (-inf) times zero norm
+    return cos
+
+
+def query_block_topn(queries: np.ndarray, inv_queries: np.ndarray, candidates: np.ndarray,
+                     inv_candidates: np.ndarray, n: int, metrics: Sequence[str], *,
+                     candidate_block: int, self_offset: int | None = None,
+                     exclude: sp.csr_matrix | None = None) -> dict[str, np.ndarray]:
+    """Exact top-``n`` candidates of each query row, for each metric, in one pass over tiles.
+
+    queries: (R, k) float32, candidates: (p, k) float32 (may be a read-only memory map),
+    inv_queries (R,) / inv_candidates (p,): from :func:`inverse_norms`.
+    self_offset: query row i is candidate ``self_offset + i`` and is excluded (item-item,
+    user-user); exclude: optional (R, p) CSR whose stored entries are excluded pairs.
+    Returns {metric: (R, n) int64 keys, best first} (see :func:`decode_keys`; EMPTY pads rows
+    with fewer than n eligible candidates). Zero-norm queries get :func:`first_eligible`.
+    Working memory: about (9 + 24 * len(metrics)) * R * candidate_block bytes of tiles and
+    buffers plus 24 * R * n * len(metrics) bytes of running lists; independent of p.
+    """
+    n_rows, p = len(queries), len(candidates)
+    rows = _Rows(0, n_rows, inv_queries, n, metrics, max(1, n_rows))
+    width = max(1, min(candidate_block, p))
+    buffers = _Buffers(n_rows * width)
+    for c0 in range(0, p, width):
+        c1 = min(p, c0 + width)
+        tile, scaled, hit = buffers.shaped((n_rows, c1 - c0))
+        s = np.matmul(queries, candidates[c0:c1].T, out=tile)
+        _mask_excluded(s, c0, c1, self_offset, exclude)
+        _update(rows, s, True, 0, np.asarray(inv_candidates[c0:c1]), c0, scaled, hit)
+    result = rows.sorted_keys()
+    fill_zero_queries(result, rows.inv, n, p, self_offset, exclude)
+    return result
+
+
+def symmetric_topn(x: np.ndarray, inv: np.ndarray, n: int, metrics: Sequence[str],
+                   g: tuple[int, int], h: tuple[int, int], *, block: int
+                   ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
+    """Top-``n`` lists of rows g and rows h of ``x`` among each other, self excluded.
+
+    x: (p, k) float32 (may be a memory map), inv: its :func:`inverse_norms`; g = (g0, g1) and
+    h = (h0, h1) are row ranges with g == h or g1 <= h0. Every product x_a . x_b with a in g,
+    b in h is computed once and serves both a's list (candidate b) and b's (candidate a).
+    Returns ({metric: (g1-g0, n) keys}, {metric: (h1-h0, n) keys} or None when g == h), best
+    first, for the candidates of the other range only; zero-norm rows are left to
+    :func:`fill_zero_queries` (their lists need all candidates). Merge the lists of a row over
+    all ranges with :func:`merge_sorted`.
+    Working memory: (9 + 24 * len(metrics)) * block**2 bytes of tiles and buffers plus
+    24 * n * len(metrics) bytes per row of g and h.
+    """
+    same = g == h
+    rows_g = _Rows(g[0], g[1], inv, n, metrics, block)
+    rows_h = rows_g if same else _Rows(h[0], h[1], inv, n, metrics, block)
+    buffers = _Buffers(block * block)
+    for i0 in range(g[0], g[1], block):
+        i1 = min(g[1], i0 + block)
+        xi = np.ascontiguousarray(x[i0:i1])
+        inv_i = np.asarray(inv[i0:i1])
+        for j0 in range(i0 if same else h[0], h[1], block):
+            j1 = min(h[1], j0 + block)
+            tile, scaled, hit = buffers.shaped((i1 - i0, j1 - j0))
+            s = np.matmul(xi, x[j0:j1].T, out=tile)
+            inv_j = np.asarray(inv[j0:j1])
+            if i0 == j0:
+                _mask_excluded(s, j0, j1, i0, None)
+                _update(rows_g, s, True, i0, inv_j, j0, scaled, hit)
+                continue
+            _update(rows_g, s, True, i0, inv_j, j0, scaled, hit)
+            _update(rows_h, s, False, j0, inv_i, i0, scaled, hit)
+    return rows_g.sorted_keys(), None if same else rows_h.sorted_keys()
+
+
+def fill_zero_queries(lists: dict[str, np.ndarray], inv_queries: np.ndarray, n: int, p: int,
+                      self_offset: int | None, exclude: sp.csr_matrix | None) -> None:
+    """Set the lists of zero-norm queries (rows of ``lists``) to their first eligible
+    candidates with score 0 (every candidate ties at 0 for such a query, by either metric)."""
+    zero = np.flatnonzero(np.asarray(inv_queries) == 0)
+    if len(zero):
+        firsts = _first_eligible(zero, n, p, self_offset, exclude)
+        for keys in lists.values():
+            keys[zero] = firsts
+
+
+def _loosen(threshold: np.ndarray, norms: np.ndarray) -> np.ndarray:
+    """Per-row bound on ``dot * inv(c)`` admitting every cosine >= threshold (float32)."""
+    t = threshold.astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        t = (t - np.abs(t) * _COS_SLACK) * norms
+    t = np.where(np.isposinf(threshold), np.inf, t)  # frozen rows (norm 0) accept nothing
+    return np.nextafter(t.astype(np.float32), np.float32(-np.inf))
+
+
+def _mask_excluded(s: np.ndarray, c0: int, c1: int, self_offset: int | None,
+                   exclude: sp.csr_matrix | None) -> None:
+    """Set excluded pairs of the tile ``s`` (queries x candidates c0:c1) to -inf."""
+    if self_offset is not None:
+        lo, hi = max(c0, self_offset), min(c1, self_offset + len(s))
+        if lo < hi:
+            idx = np.arange(lo, hi)
+            s[idx - self_offset, idx - c0] = -np.inf
+    if exclude is not None and exclude.nnz:
+        rows = np.repeat(np.arange(exclude.shape[0]), np.diff(exclude.indptr))
+        inside = (exclude.indices >= c0) & (exclude.indices < c1)
+        s[rows[inside], exclude.indices[inside] - c0] = -np.inf
+
+
+def _first_eligible(rows: np.ndarray, n: int, p: int, self_offset: int | None,
+                    exclude: sp.csr_matrix | None) -> np.ndarray:
+    """(len(rows), n) keys of the first n eligible candidates, score 0 (zero-norm queries)."""
+    out = np.full((len(rows), n), EMPTY, dtype=np.int64)
+    for i, row in enumerate(rows):
+        banned = set() if exclude is None else set(
+            exclude.indices[exclude.indptr[row]:exclude.indptr[row + 1]].tolist())
+        if self_offset is not None:
+            banned.add(self_offset + int(row))
+        first = [c for c in range(min(p, n + len(banned))) if c not in banned][:n]
+        out[i, :len(first)] = encode_keys(np.zeros(len(first), np.float32), np.array(first))
+    return out
