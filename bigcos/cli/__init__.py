@@ -19,6 +19,8 @@ from bigcos.errors import UserError
 COMMANDS = [
     ("ingest", "ingest"),
     ("fit", "fit"),
+    ("neighbors", "neighbors"),
+    ("neighbors", "similar"),
     ("simulate", "simulate"),
     ("figure1", "figure1"),
     ("report", "report"),
