@@ -11,6 +11,7 @@ BENCHMARKS = [
     ("ingest", "ingest"),
     ("simulate", "simulate"),
     ("fit", "fit"),
+    ("neighbors", "neighbors"),
 ]
 
 

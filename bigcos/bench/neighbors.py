@@ -1,0 +1,221 @@
+"""``bigcos bench neighbors``: exact top-N of all items by cosine and dot, beside the peers.
+
+The embedding is p x k float32 Gaussian with log-normal row norms (so dot and cosine lists
+differ, as they do for real embeddings). bigcos runs ``bigcos.neighbors.neighbors`` (item-item,
+both metrics, Parquet dataset written) on a LocalCluster started beforehand (its start-up time
+is reported separately). The peers run in this process, one metric at a time, and return arrays
+without writing anything:
+
+- faiss ``IndexFlatIP`` (exact; cosine = the same on L2-normalised rows), N + 1 per query
+  because the item itself comes back;
+- implicit ``implicit.cpu.topk.topk`` (BLAS at one thread as implicit recommends; cosine =
+  ``item_norms`` given, which ranks exactly like ``similar_items``);
+- numpy: GEMM of 1024-query blocks + ``argpartition`` + sort of the top N + 1.
+
+Then bigcos alone at larger p (``--scale``): the full run when p <= ``--full-max``, otherwise a
+measured extrapolation: the same task code on ``--sample`` query rows against all p candidates
+in this process (one thread), times p / sample / workers, with that task's peak RSS.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+
+from bigcos import io
+from bigcos.bench.common import measure, report
+
+N_BLOCK = 1024
+
+
+def embedding(p: int, k: int, seed: int) -> np.ndarray:
+    """(p, k) float32: Gaussian directions, log-normal norms."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((p, k), dtype=np.float32)
+    x *= np.exp(rng.normal(0.0, 0.5, size=(p, 1))).astype(np.float32)
+    return x
+
+
+def write_model(directory: Path, x: np.ndarray) -> Path:
+    directory.mkdir(parents=True)
+    io.write_embeddings(directory / "items.parquet", np.arange(len(x)), x, "item_id")
+    io.write_embeddings(directory / "users.parquet", np.arange(1), x[:1], "user_id")
+    io.write_json(directory / io.MANIFEST, {"model_name": "bench", "matrix_dir": None})
+    return directory
+
+
+def worker_peak_rss(client) -> int:
+    """Largest peak RSS (VmHWM) among the client's workers, in bytes."""
+    def hwm() -> int:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+        return 0
+    return max(client.run(hwm).values())
+
+
+def run_bigcos(model: Path, out: Path, n: int) -> dict:
+    from bigcos.neighbors import neighbors
+
+    return neighbors([model], out, kinds=["item-item"], metrics=["cos", "dot"], n=n,
+                     overwrite=True)
+
+
+def run_faiss(x: np.ndarray, n: int, metric: str):
+    import faiss
+
+    if metric == "cos":
+        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-30)
+    index = faiss.IndexFlatIP(x.shape[1])
+    index.add(x)
+    scores, ids = index.search(x, n + 1)
+    return ids, scores
+
+
+def run_implicit(x: np.ndarray, n: int, metric: str):
+    from implicit.cpu.topk import topk
+    from threadpoolctl import threadpool_limits
+
+    norms = np.linalg.norm(x, axis=1) if metric == "cos" else None
+    with threadpool_limits(1, "blas"):
+        return topk(x, x, n + 1, item_norms=norms)
+
+
+def run_numpy(x: np.ndarray, n: int, metric: str):
+    if metric == "cos":
+        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-30)
+    ids = np.empty((len(x), n + 1), np.int64)
+    for b0 in range(0, len(x), N_BLOCK):
+        s = x[b0:b0 + N_BLOCK] @ x.T
+        part = np.argpartition(-s, n, axis=1)[:, :n + 1]
+        order = np.argsort(-np.take_along_axis(s, part, axis=1), axis=1)
+        ids[b0:b0 + N_BLOCK] = np.take_along_axis(part, order, axis=1)
+    return ids, None
+
+
+def agreement(ours: np.ndarray, peer_ids: np.ndarray, n: int) -> float:
+    """Mean overlap of our lists with the peer's lists minus the query itself, on 500 rows."""
+    rows = np.linspace(0, len(ours) - 1, min(500, len(ours))).astype(int)
+    hits = 0
+    for r in rows:
+        theirs = [i for i in peer_ids[r] if i != r][:n]
+        hits += len(set(ours[r].tolist()) & set(int(i) for i in theirs))
+    return round(hits / (len(rows) * n), 4)
+
+
+def read_lists(out: Path, metric: str, p: int, n: int) -> np.ndarray:
+    import pyarrow.dataset as pads
+
+    table = pads.dataset(out / "kind=item-item" / "model=bench" / f"metric={metric}",
+                         format="parquet").to_table().to_pandas()
+    lists = np.full((p, n), -1, np.int64)
+    lists[table["query_id"], table["rank"] - 1] = table["neighbor_id"]
+    return lists
+
+
+@click.command("neighbors")
+@click.option("--items", "p", type=click.IntRange(min=10), default=50_000, show_default=True,
+              help="Items p: all p x p pairs are scored.")
+@click.option("-k", "k", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("-N", "n", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="LocalCluster workers (default: one per core).")
+@click.option("--peers/--no-peers", default=True, show_default=True,
+              help="Run faiss, implicit and numpy too.")
+@click.option("--scale", default="200000,1000000", show_default=True,
+              help="Comma-separated larger p for bigcos alone ('' for none).")
+@click.option("--full-max", type=click.IntRange(min=0), default=200_000, show_default=True,
+              help="Largest p run in full; above it, a measured extrapolation.")
+@click.option("--sample", type=click.IntRange(min=1), default=8192, show_default=True,
+              help="Query rows timed for an extrapolation.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
+              help="Write the figures as JSON.")
+def neighbors(p, k, n, workers, peers, scale, full_max, sample, seed, json_path):
+    """Top-N neighbours of all p items by cosine and dot: bigcos beside faiss, implicit and
+    numpy, then bigcos alone at larger p with peak memory.
+
+    Example:
+
+        flock /tmp/bigcos-heavy.lock bigcos bench neighbors --items 50000 -k 128 -N 100 \\
+            --json bench-neighbors.json
+    """
+    from bigcos.cluster import ClusterOptions, dask_client
+
+    rows: list[dict] = []
+    context = {"k": k, "n": n, "seed": seed}
+    with tempfile.TemporaryDirectory(prefix="bigcos-bench-nb-") as tmp_dir, \
+            dask_client(ClusterOptions(n_workers=workers)) as client:
+        tmp = Path(tmp_dir)
+        context["workers"] = len(client.scheduler_info()["workers"])
+        x = embedding(p, k, seed)
+        model = write_model(tmp / "model", x)
+        m, manifest = measure("bigcos (cos+dot, Parquet written)",
+                              lambda: run_bigcos(model, tmp / "out", n))
+        m.extra.update(items=p, metric="cos+dot",
+                       worker_peak_rss_mib=round(worker_peak_rss(client) / 2**20),
+                       flop_bound_s=round(2 * p * p * k / 195e9, 2))
+        rows.append(m.row())
+        ours = {metric: read_lists(tmp / "out", metric, p, n) for metric in ("cos", "dot")}
+        if peers:
+            rows += _peers(x, n, ours)
+        for big in [int(s) for s in scale.split(",") if s.strip()]:
+            rows.append(_scale_run(big, k, n, seed, tmp, full_max, sample, client,
+                                   context["workers"]))
+    report(f"bigcos bench neighbors: all items, k = {k}, N = {n}", rows, json_path, context)
+
+
+def _peers(x: np.ndarray, n: int, ours: dict[str, np.ndarray]) -> list[dict]:
+    rows = []
+    for name, fn in (("faiss IndexFlatIP", run_faiss), ("implicit topk", run_implicit),
+                     ("numpy GEMM+argpartition", run_numpy)):
+        for metric in ("dot", "cos"):
+            try:
+                m, (ids, _) = measure(f"{name} ({metric})", lambda fn=fn, metric=metric:
+                                      fn(x, n, metric))
+            except ImportError as exc:
+                rows.append({"name": f"{name} ({metric})", "absent": str(exc)})
+                continue
+            m.extra.update(items=len(x), metric=metric,
+                           agreement_with_bigcos=agreement(ours[metric], np.asarray(ids), n))
+            rows.append(m.row())
+    return rows
+
+
+def _scale_run(p: int, k: int, n: int, seed: int, tmp: Path, full_max: int, sample: int,
+               client, workers: int) -> dict:
+    x = embedding(p, k, seed + 1)
+    if p <= full_max:
+        model = write_model(tmp / f"model-{p}", x)
+        m, _ = measure(f"bigcos p={p}", lambda: run_bigcos(model, tmp / f"out-{p}", n))
+        m.extra.update(items=p, metric="cos+dot",
+                       worker_peak_rss_mib=round(worker_peak_rss(client) / 2**20),
+                       flop_bound_s=round(2 * p * p * k / 195e9, 2))
+        return m.row()
+    from threadpoolctl import threadpool_limits
+
+    from bigcos.neighbors import Blocking, _group_keys
+    from bigcos.topn import inverse_norms
+
+    inv = inverse_norms(x)
+    blocking = Blocking.from_budget(2 * 2**30, n, 2)
+    rows = min(sample, p)
+    t0 = time.perf_counter()
+    with threadpool_limits(1):
+        m, _ = measure(f"bigcos p={p} (extrapolated)",
+                       lambda: _group_keys(x[:rows], inv[:rows], x, inv, n, ("cos", "dot"),
+                                           blocking, 0, None))
+    seconds = time.perf_counter() - t0
+    m.extra.update(items=p, metric="cos+dot", measured_queries=rows,
+                   measured_seconds=round(seconds, 2),
+                   extrapolated_seconds=round(seconds * p / rows / workers, 1),
+                   task_peak_rss_mib=round(m.peak_extra_rss_bytes / 2**20),
+                   embedding_mib=round(x.nbytes / 2**20),
+                   flop_bound_s=round(2 * p * p * k / 195e9, 2))
+    m.seconds = round(seconds * p / rows / workers, 1)
+    return m.row()
