@@ -18,7 +18,9 @@ Choices the paper leaves open, each a :class:`SimulationParams` field (the defau
   the least informative reading of "randomly sampled user-cluster preferences".
 - ``popularity_law = "zipf"``: p_i = r^(-beta_c), r = the item's popularity rank within its
   cluster (a random permutation of 1..m_c), unnormalised, so every cluster's top item has
-  p_i = 1. A "power-law exponent" in (0.25, 1.5) is how the recommender literature describes
+  p_i = 1 (as the paper's p_ui formula multiplies p_uc by p_i directly; a flat cluster thus has
+  a larger mass S_c and draws more interactions than a steep one of the same size). A
+  "power-law exponent" in (0.25, 1.5) is how the recommender literature describes
   popularity-vs-rank curves (beta = 1 is Zipf's law). ``"power"`` is the other reading:
   p_i ~ numpy ``Generator.power(beta_c)`` (density beta x^(beta-1) on [0, 1]); for beta > 1 it
   favours values near 1 and so has no heavy tail, which is why it is not the default.
