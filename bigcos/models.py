@@ -432,6 +432,17 @@ def project_rows(X: sp.csr_matrix, V: np.ndarray, col_center: np.ndarray | None 
     return np.vstack(parts) if parts else np.zeros((0, W.shape[1]))
 
 
+def column_sq_norms(P: np.ndarray, rows: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
+    """sum over ``rows`` of P[row, i]^2 (k,), accumulated in float64 chunk by chunk."""
+    out = np.zeros(P.shape[1])
+    for start in range(0, len(rows), chunk):
+        idx = rows[start:start + chunk]
+        block = P[idx[0]:idx[-1] + 1] if idx[-1] - idx[0] + 1 == len(idx) else P[idx]
+        block = block.astype(np.float64, copy=False)
+        out += np.einsum("ij,ij->j", block, block)
+    return out
+
+
 # --------------------------------------------------------------------------- SVD + its cache
 @dataclass(frozen=True)
 class SVDOptions:
@@ -623,9 +634,7 @@ def fit(matrix_dir: str | os.PathLike, out: str | os.PathLike, specs: Sequence[M
         V = np.asarray(spectrum.V, np.float64)
         P = project_rows(data.train, V, col_center, col_scale, svd.block_rows,
                          dtype=np.dtype(svd.dtype))
-        P_fit = P[fit_rows].astype(np.float64)
-        p_sq = np.einsum("ij,ij->j", P_fit, P_fit)
-        del P_fit
+        p_sq = column_sq_norms(P, fit_rows)
         sq_norm = squared_norm(X_fit, col_center, col_scale)
     svd_section = {
         "key": key, "cache_dir": str(cache_dir) if cache_dir else None, "cache_hit": hit,
@@ -647,7 +656,8 @@ def fit(matrix_dir: str | os.PathLike, out: str | os.PathLike, specs: Sequence[M
             target.mkdir(exist_ok=True)
             with mt("embed_and_write"):
                 items = sol.B(V)
-                users = P[:, sol.kept] * sol.a[sol.kept]
+                users = P[:, sol.kept]  # a copy, scaled in place: one (n, k) array per model
+                users *= sol.a[sol.kept].astype(users.dtype)
                 _write_model(target, data, items, users,
                              sol.table(spectrum.residuals))
             params = {"model": "closed-form", "objective": spec.objective, "lam": spec.lam,

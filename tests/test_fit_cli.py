@@ -226,3 +226,16 @@ def test_randomised_svd_path_reports_its_accuracy(matrix_dir, tmp_path):
     B = Vt[:4].T * np.sqrt(s[:4] - 0.5)
     items = model.item_embeddings.astype(np.float64)
     assert rel_err(items @ items.T, B @ B.T) < RTOL
+
+
+def test_bench_fit_runs_small_and_writes_json(tmp_path):
+    import json
+
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(main, ["bench", "fit", "--users", 3000, "--items", 300,
+                                       "--nnz", 30000, "-k", 8, "--als-iterations", 2,
+                                       "--lam1", 10, "--lam2", 1, "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["models"] for r in rows] == [7, 1]
+    assert all(r["seconds"] > 0 for r in rows)

@@ -69,7 +69,7 @@ def write_matrix_dir(directory: Path, X: sp.csr_matrix) -> None:
 @click.option("-k", "k", type=click.IntRange(min=1), default=128, show_default=True,
               help="SVD dimensions and ALS factors.")
 @click.option("--als-iterations", type=click.IntRange(min=1), default=15, show_default=True)
-@click.option("--svd-iterations", type=click.IntRange(min=0), default=None,
+@click.option("--svd-iterations", type=click.IntRange(min=1), default=None,
               help="SVD passes (default: the SVD's).")
 @click.option("--oversampling", type=click.IntRange(min=0), default=None)
 @click.option("--lam1", type=float, default=10_000.0, show_default=True,

@@ -59,7 +59,7 @@ def _parse_lams(values: tuple[str, ...]) -> dict[int, float]:
 @click.option("--exact", is_flag=True, help="Dense eigendecomposition of X'X (small p; k <= p).")
 @click.option("--oversampling", type=click.IntRange(min=0), default=None,
               help="Extra SVD subspace columns (default: the SVD's).")
-@click.option("--svd-iterations", type=click.IntRange(min=0), default=None,
+@click.option("--svd-iterations", type=click.IntRange(min=1), default=None,
               help="SVD power iterations / passes (default: the SVD's).")
 @click.option("--tol", type=float, default=None, help="SVD residual tolerance for stopping.")
 @click.option("--seed", type=int, default=0, show_default=True, help="SVD / ALS seed.")
