@@ -511,9 +511,12 @@ def cached_spectrum(X: sp.csr_matrix, svd: SVDOptions, col_center: np.ndarray | 
                              col_center=col_center, col_scale=col_scale,
                              block_rows=svd.block_rows, tol=svd.tol)
     if entry is not None:
-        with io.atomic_output_dir(entry, overwrite=True) as tmp:
-            save_spectrum(tmp, spectrum)
-            io.write_json(tmp / "key.json", key_parts)
+        try:
+            with io.atomic_output_dir(entry, overwrite=True) as tmp:
+                save_spectrum(tmp, spectrum)
+                io.write_json(tmp / "key.json", key_parts)
+        except OSError as exc:  # e.g. a read-only matrix dir, or a concurrent writer won
+            log.warning("%s: SVD cache not written (%s)", entry, exc)
     return spectrum, False
 
 

@@ -112,7 +112,8 @@ def ours(X: sp.csr_matrix, Xt: np.ndarray, k: int, spec: ModelSpec, block_rows: 
 
 
 SPECS = ([(1, 50.0, s) for s in NAMED_SCALINGS] + [(1, 0.0, "symmetric"), (1, 50.0, "vector"),
-                                                     (2, 2.0, None), (2, 0.0, None)])
+                                                     (1, 50.0, "random"), (2, 2.0, None),
+                                                     (2, 0.0, None)])
 
 
 @pytest.mark.parametrize(("objective", "lam", "scaling"), SPECS)
@@ -121,8 +122,11 @@ def test_products_match_dense_reference(objective, lam, scaling):
     Xt = X.toarray().astype(np.float64)
     k = 8
     d_values = np.random.default_rng(5).uniform(0.2, 3.0, k)
+    if scaling == "random":  # d_i = 30^u_i, u_i ~ U(-1/2, 1/2) from the seed, drawn here again
+        d_values = 30.0 ** np.random.default_rng(4).uniform(-0.5, 0.5, size=k)
     sc = (None if objective == 2 else
-          Scaling("vector", values=tuple(d_values)) if scaling == "vector" else Scaling(scaling))
+          Scaling("vector", values=tuple(d_values)) if scaling == "vector" else
+          Scaling("random", spread=30.0, seed=4) if scaling == "random" else Scaling(scaling))
     sol, users, items, _, _ = ours(X, Xt, k, ModelSpec(objective, lam, sc))
     A, B = reference_factors(Xt, k, objective, lam, scaling, d_values)
     assert sol.kept.sum() == A.shape[1]
