@@ -56,7 +56,6 @@ import html
 import io as pyio
 import itertools
 import json
-import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,12 +69,9 @@ import scipy.sparse as sp
 
 from bigcos import io, metrics
 from bigcos.errors import UserError
-
-log = logging.getLogger(__name__)
+from bigcos.neighbors import KINDS, METRICS, top_n
 
 SCHEMA_VERSION = 1
-KINDS = ("item-item", "user-user", "user-item")
-METRICS = ("cos", "dot")
 _F64 = pa.float64()
 _STR = pa.string()
 _I64 = pa.int64()
@@ -373,40 +369,6 @@ def random_pairs(n: int, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]
     return i, j
 
 
-def top_items(users: np.ndarray, item_emb: np.ndarray, metric: str, exclude: sp.csr_matrix,
-              k: int, block: int = 1024) -> np.ndarray:
-    """Top-k items per user by dot or cosine, excluding each user's row of ``exclude``.
-
-    users: (m, k_dim) user embeddings of the rows ``exclude`` refers to (same order). Returns
-    (m, k) item indices, best first, ties broken by the smaller index (excluded items rank
-    last). Works in blocks of ``block`` users: memory O(block * n_items).
-    """
-    items = normalise_rows(item_emb) if metric == "cos" else item_emb
-    queries = normalise_rows(users) if metric == "cos" else users
-    k = min(k, item_emb.shape[0])
-    out = np.empty((queries.shape[0], k), dtype=np.int64)
-    for start in range(0, queries.shape[0], block):
-        stop = min(start + block, queries.shape[0])
-        scores = queries[start:stop] @ items.T
-        rows = exclude[start:stop].tocoo()
-        scores[rows.row, rows.col] = -np.inf
-        out[start:stop] = _top_k_rows(scores, k)
-    return out
-
-
-def _top_k_rows(scores: np.ndarray, k: int) -> np.ndarray:
-    """Column indices of the k largest entries of each row, ties by the smaller column."""
-    kth = -np.partition(-scores, k - 1, axis=1)[:, k - 1]
-    rows, cols = np.nonzero(scores >= kth[:, None])  # >= k entries per row, ties included
-    order = np.lexsort((cols, -scores[rows, cols], rows))
-    rows, cols = rows[order], cols[order]
-    position = np.arange(rows.size) - np.searchsorted(rows, rows)
-    keep = position < k
-    out = np.empty((scores.shape[0], k), dtype=np.int64)
-    out[rows[keep], position[keep]] = cols[keep]
-    return out
-
-
 # --------------------------------------------------------------------------- tables
 def ground_truth(lists: list[NeighborLists], models: dict[str, Any], info: ItemInfo,
                  popularity: np.ndarray, opts: Options) -> list[dict[str, Any]]:
@@ -443,8 +405,10 @@ def heldout(models: dict[str, Any], data, ks: tuple[int, int, int] = (20, 50, 10
             ) -> list[dict[str, Any]]:
     """Recall@20, Recall@50, NDCG@100 of ranking all non-training items by dot and cosine.
 
-    Users with at least one test item are scored; each model's user embeddings must be the
-    matrix's rows in order (held-out users: embeddings of their fold-in rows).
+    Users with at least one test item are scored (under the strong-generalisation split only
+    the held-out users); each model's user embeddings must be the matrix's rows in order
+    (held-out users: embeddings of their fold-in rows). Top-K lists come from the exact kernel
+    :func:`bigcos.neighbors.top_n` (ties: smaller item index; training items excluded).
     """
     if data.test is None:
         return []
@@ -454,13 +418,13 @@ def heldout(models: dict[str, Any], data, ks: tuple[int, int, int] = (20, 50, 10
     if protocol == "strong":
         users = users[data.heldout_users[users]]
     exclude = data.train[users]
+    rel = n_relevant[users]
     rows = []
     for name, model in models.items():
+        ranked = top_n(model.user_embeddings[users], model.item_embeddings, max(ks), METRICS,
+                       exclude=exclude)
         for metric in METRICS:
-            ranked = top_items(model.user_embeddings[users], model.item_embeddings, metric,
-                               exclude, max(ks))
-            hits = metrics.relevance_hits(ranked, users, data.test)
-            rel = n_relevant[users]
+            hits = metrics.relevance_hits(ranked[metric][0], users, data.test)
             rows.append({"model": name, "metric": metric, "protocol": protocol,
                          "n_users": int(users.size),
                          "recall_at_20": float(np.nanmean(metrics.recall_at_k(hits, rel, ks[0]))),

@@ -197,19 +197,6 @@ def test_d_family_groups_objective1_rescalings_only():
 
 
 # --------------------------------------------------------------------------- kernels
-def test_top_items_matches_dense_sort_with_exclusions():
-    rng = np.random.default_rng(3)
-    users, items = rng.normal(size=(37, 5)), rng.normal(size=(23, 5))
-    users[4] = 0.0  # zero-norm user: cosine scores 0, ranking by index
-    exclude = (rng.random((37, 23)) < 0.3)
-    import scipy.sparse as sp
-
-    for metric in ("cos", "dot"):
-        got = reports.top_items(users, items, metric, sp.csr_matrix(exclude), 7, block=8)
-        want, _ = dense_topn(users, items, metric, 7, exclude)
-        np.testing.assert_array_equal(got, want)
-
-
 def test_pair_scores_and_zero_norm_cosine():
     emb = np.array([[3.0, 4.0], [0.0, 0.0], [6.0, 8.0]])
     np.testing.assert_allclose(reports.pair_scores(emb, np.array([0, 0]), np.array([2, 1]), "cos"),
