@@ -1,0 +1,215 @@
+"""bigcos.svd against dense numpy on small sparse matrices.
+
+Oracles: ``np.linalg.svd`` / ``eigh`` of the explicitly densified, centred and scaled matrix.
+Subspaces are compared as projectors V V^T (rotation and sign free). Tolerances: the float64
+paths converge to the rounding level of the Rayleigh-Ritz step (~1e-13 relative); 1e-5 on
+sigma and 1e-4 on projectors leave a margin of ~1e6 while still failing on any bias.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from bigcos.errors import UserError
+from bigcos.svd import Spectrum, load_spectrum, save_spectrum, truncated_svd
+
+
+def decaying_matrix(n: int = 500, p: int = 300, density: float = 0.05, seed: int = 0):
+    """Sparse non-negative matrix whose columns are scaled by j^-0.7: a decaying spectrum."""
+    rng = np.random.default_rng(seed)
+    X = sp.random(n, p, density=density, random_state=rng, format="csr")
+    X = (X @ sp.diags((1.0 + np.arange(p)) ** -0.7)).tocsr()
+    return X.astype(np.float32)
+
+
+def dense_reference(D: np.ndarray):
+    """(sigma descending, V) of a dense matrix, from numpy's SVD."""
+    _, s, vt = np.linalg.svd(D, full_matrices=True)
+    s = np.concatenate([s, np.zeros(D.shape[1] - s.size)])
+    return s, vt.T
+
+
+def projector_gap(V: np.ndarray, W: np.ndarray) -> float:
+    return float(np.abs(V @ V.T - W @ W.T).max())
+
+
+def assert_spectrum_close(spec: Spectrum, D: np.ndarray, k: int, rtol=1e-5, ptol=1e-4):
+    s, V = dense_reference(D)
+    assert spec.sigma.shape == (k,) and spec.V.shape == (D.shape[1], k)
+    np.testing.assert_allclose(spec.sigma, s[:k], rtol=rtol, atol=rtol * s[0])
+    assert projector_gap(spec.V, V[:, :k]) < ptol
+    np.testing.assert_allclose(spec.V.T @ spec.V, np.eye(k), atol=1e-10)
+
+
+# --------------------------------------------------------------------------- accuracy
+@pytest.mark.parametrize("method,n_iter", [("krylov", 8), ("subspace", 40)])
+def test_randomised_float64_matches_dense_svd(method, n_iter):
+    X = decaying_matrix()
+    spec = truncated_svd(X, 10, dtype=np.float64, method=method, n_iter=n_iter)
+    assert_spectrum_close(spec, X.toarray().astype(np.float64), 10)
+    assert spec.info["method"] == method and spec.info["passes"] == n_iter
+    assert spec.info["basis_dim"] < X.shape[1]          # not trivially the whole space
+    assert np.all(np.diff(spec.sigma) <= 0)
+
+
+def test_float32_default_path_is_accurate_to_float32():
+    X = decaying_matrix(seed=3)
+    spec = truncated_svd(X, 12)
+    s, _ = dense_reference(X.toarray().astype(np.float64))
+    np.testing.assert_allclose(spec.sigma, s[:12], rtol=1e-4)
+    assert spec.info["dtype"] == "float32" and spec.V.dtype == np.float64
+    np.testing.assert_allclose(spec.V.T @ spec.V, np.eye(12), atol=1e-10)
+
+
+def test_exact_full_rank_including_zero_singular_values():
+    X = decaying_matrix(n=40, p=60, density=0.2, seed=1)   # n < p: rank <= 40
+    D = X.toarray().astype(np.float64)
+    spec = truncated_svd(X, 60, exact=True)
+    s, _ = dense_reference(D)
+    np.testing.assert_allclose(spec.sigma, s, atol=1e-10 * s[0])
+    np.testing.assert_allclose(spec.V.T @ spec.V, np.eye(60), atol=1e-12)
+    np.testing.assert_allclose((spec.V * spec.sigma**2) @ spec.V.T, D.T @ D, atol=1e-10 * s[0] ** 2)
+    assert spec.info["method"] == "exact"
+    assert spec.residuals.max() < 1e-10
+
+
+def test_randomised_k_equal_p():
+    X = decaying_matrix(n=200, p=30, density=0.2, seed=2)
+    spec = truncated_svd(X, 30, dtype=np.float64)
+    D = X.toarray().astype(np.float64)
+    s, _ = dense_reference(D)
+    np.testing.assert_allclose(spec.sigma, s, rtol=1e-10, atol=1e-12 * s[0])
+    np.testing.assert_allclose((spec.V * spec.sigma**2) @ spec.V.T, D.T @ D, atol=1e-10 * s[0] ** 2)
+
+
+@pytest.mark.parametrize("exact", [False, True])
+def test_implicit_centring_and_scaling_match_explicit(exact):
+    X = decaying_matrix(seed=4)
+    D = X.toarray().astype(np.float64)
+    mu = D.mean(axis=0)
+    scale = 1.0 / np.maximum(D.std(axis=0), 1e-3)
+    scale[::7] = 0.0                                       # zero-weighted columns are allowed
+    spec = truncated_svd(X, 8, dtype=np.float64, n_iter=10, exact=exact,
+                         col_center=mu, col_scale=scale)
+    assert_spectrum_close(spec, (D - mu) * scale, 8)
+    assert spec.info["col_center"] and spec.info["col_scale"]
+
+
+def test_centre_only_with_an_arbitrary_vector():
+    X = decaying_matrix(seed=5)
+    D = X.toarray().astype(np.float64)
+    mu = np.random.default_rng(0).uniform(-0.2, 0.2, X.shape[1])
+    spec = truncated_svd(X, 6, dtype=np.float64, n_iter=10, col_center=mu)
+    assert_spectrum_close(spec, D - mu, 6)
+
+
+def test_residuals_are_the_true_residuals():
+    """Unconverged on purpose (2 passes): reported residuals must equal the dense ones."""
+    X = decaying_matrix(seed=6)
+    D = X.toarray().astype(np.float64)
+    A = D.T @ D
+    for method in ("krylov", "subspace"):
+        spec = truncated_svd(X, 10, dtype=np.float64, n_iter=2, method=method)
+        true = np.linalg.norm(A @ spec.V - spec.V * spec.sigma**2, axis=0) / spec.sigma**2
+        assert true.max() > 1e-6                              # really unconverged
+        np.testing.assert_allclose(spec.residuals, true, rtol=1e-6, atol=1e-12)
+        assert spec.info["max_residual"] == pytest.approx(true.max(), rel=1e-6)
+
+
+def test_tol_stops_early_once_residuals_are_small():
+    X = decaying_matrix(n=800, p=500, seed=7)
+    spec = truncated_svd(X, 5, dtype=np.float64, n_iter=30, oversampling=5, tol=1e-9)
+    assert spec.info["converged"] is True
+    assert spec.info["passes"] < 30
+    assert spec.residuals.max() <= 1e-9
+    s, _ = dense_reference(X.toarray().astype(np.float64))
+    np.testing.assert_allclose(spec.sigma, s[:5], rtol=1e-8)
+
+
+# --------------------------------------------------------------------------- determinism
+def test_one_block_and_sixteen_blocks_agree():
+    X = decaying_matrix(seed=8)
+    one = truncated_svd(X, 10, dtype=np.float64, block_rows=X.shape[0])
+    many = truncated_svd(X, 10, dtype=np.float64, block_rows=-(-X.shape[0] // 16))
+    assert one.info["n_blocks"] == 1 and many.info["n_blocks"] == 16
+    np.testing.assert_allclose(one.sigma, many.sigma, rtol=1e-12)
+    np.testing.assert_allclose(one.V, many.V, atol=1e-9)
+
+
+def test_same_seed_same_result_other_seed_other_start():
+    X = decaying_matrix(seed=9)
+    a = truncated_svd(X, 6, seed=3, n_iter=2)
+    b = truncated_svd(X, 6, seed=3, n_iter=2)
+    c = truncated_svd(X, 6, seed=4, n_iter=2)
+    np.testing.assert_array_equal(a.sigma, b.sigma)
+    np.testing.assert_array_equal(a.V, b.V)
+    assert not np.array_equal(a.sigma, c.sigma)
+    assert a.info["seed"] == 3
+
+
+@pytest.fixture(scope="module")
+def process_cluster():
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=":0", memory_limit="1GiB") as cluster:
+        yield cluster
+
+
+@pytest.mark.cluster
+@pytest.mark.parametrize("dtype,rtol", [(np.float64, 1e-12), (np.float32, 1e-5)])
+def test_threaded_and_process_cluster_agree(process_cluster, dtype, rtol):
+    from distributed import Client
+
+    X = decaying_matrix(seed=10)
+    threaded = truncated_svd(X, 8, dtype=dtype, col_center=np.full(X.shape[1], 0.01))
+    with Client(process_cluster):
+        clustered = truncated_svd(X, 8, dtype=dtype, col_center=np.full(X.shape[1], 0.01))
+    assert threaded.info["scheduler"] == "threaded"
+    assert clustered.info["scheduler"] == "distributed"
+    assert clustered.info["n_blocks"] == 4                 # two per worker thread
+    np.testing.assert_allclose(threaded.sigma, clustered.sigma, rtol=rtol)
+    assert projector_gap(threaded.V, clustered.V) < 100 * rtol
+
+
+# --------------------------------------------------------------------------- errors and I/O
+@pytest.mark.parametrize("kwargs,message", [
+    ({"k": 41}, "k=41"),                                    # > min(n, p) = 40
+    ({"k": 0}, "k=0"),
+    ({"k": 61, "exact": True}, "k=61"),
+    ({"k": 5, "col_center": np.zeros(3)}, "col_center"),
+    ({"k": 5, "col_scale": np.full(60, np.nan)}, "col_scale"),
+    ({"k": 5, "dtype": np.int32}, "dtype"),
+    ({"k": 5, "method": "lanczos"}, "method"),
+    ({"k": 5, "tol": -1.0}, "tol"),
+    ({"k": 5, "n_iter": 0}, "n_iter"),
+    ({"k": 5, "block_rows": 0}, "block_rows"),
+])
+def test_bad_arguments_raise_user_errors(kwargs, message):
+    X = decaying_matrix(n=40, p=60, density=0.2)
+    with pytest.raises(UserError, match=message):
+        truncated_svd(X, **kwargs)
+
+
+def test_bad_matrices_raise_user_errors():
+    with pytest.raises(UserError, match="X: expected"):
+        truncated_svd([[1.0, 2.0]], 1)
+    X = decaying_matrix(n=20, p=10, density=0.5)
+    X.data[0] = np.nan
+    with pytest.raises(UserError, match="NaN"):
+        truncated_svd(X, 2)
+
+
+def test_save_and_load_round_trip(tmp_path):
+    X = decaying_matrix(seed=11)
+    spec = truncated_svd(X, 7)
+    save_spectrum(tmp_path / "svd", spec)
+    back = load_spectrum(tmp_path / "svd")
+    np.testing.assert_array_equal(back.sigma, spec.sigma)
+    np.testing.assert_array_equal(back.V, spec.V)
+    np.testing.assert_array_equal(back.residuals, spec.residuals)
+    assert back.info["passes"] == spec.info["passes"]
+    (tmp_path / "svd" / "svd.npz").unlink()
+    with pytest.raises(UserError, match="svd.npz"):
+        load_spectrum(tmp_path / "svd")
