@@ -42,12 +42,13 @@ PAD = -1
 
 
 # --------------------------------------------------------------------------- list overlap
-def _first_shared_depths(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """For each element shared by rows a[i] and b[i], the depth at which it is in both prefixes.
+def _new_overlap(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """How many shared elements enter both prefixes at depth d = 1..N: (m, N) int64.
 
-    a, b: (m, N) int arrays (same N; pad with -1). Returns an (m, N) int64 array: entry (i, r)
-    is max(rank in a, rank in b) (1-based) for the r-th match found in row i, and 0 where there is
-    no further match, so ``(out > 0).sum(1)`` is |A ∩ B|.
+    a, b: (m, N) int arrays (-1 padded, no repeats within a row). Element a[i, r] = b[i, s]
+    enters both prefixes at depth max(r, s) + 1, so ``cumsum`` of the result along axis 1 is
+    X_d = |A_d ∩ B_d| and its row sum is |A ∩ B|. Each row of [a | b] is sorted once
+    (O(N log N)); a shared element shows up as two equal neighbours in the sorted row.
     """
     a = np.asarray(a)
     b = np.asarray(b)
@@ -55,25 +56,16 @@ def _first_shared_depths(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         raise ValueError(f"neighbour arrays must have the same 2-d shape, got {a.shape}, {b.shape}")
     m, n = a.shape
     values = np.concatenate([a, b], axis=1).astype(np.int64, copy=False)
-    ranks = np.tile(np.arange(1, n + 1, dtype=np.int64), 2)
-    order = np.argsort(values, axis=1, kind="stable")
-    sorted_values = np.take_along_axis(values, order, axis=1)
-    sorted_ranks = ranks[order]
-    # Rows hold no repeats, so two equal adjacent values are one from a and one from b.
-    match = (sorted_values[:, 1:] == sorted_values[:, :-1]) & (sorted_values[:, 1:] != PAD)
-    depth = np.where(match, np.maximum(sorted_ranks[:, 1:], sorted_ranks[:, :-1]), 0)
-    out = np.zeros((m, n), dtype=np.int64)
-    rows, cols = np.nonzero(match)
-    # Compact matches to the left of each row: slot = running count of matches in that row.
-    counts = np.cumsum(match, axis=1) - 1
-    slot = counts[rows, cols]
-    out[rows, slot] = depth[rows, cols]
-    return out
+    order = np.argsort(values, axis=1)  # position p < N is rank p of a, else rank p - N of b
+    ordered = np.take_along_axis(values, order, axis=1)
+    row, col = np.nonzero((ordered[:, 1:] == ordered[:, :-1]) & (ordered[:, 1:] != PAD))
+    depth = np.maximum(order[row, col] % n, order[row, col + 1] % n)
+    return np.bincount(row * n + depth, minlength=m * n).reshape(m, n).astype(np.int64)
 
 
 def jaccard(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Jaccard@N of the lists in rows of a and b ((m, N) each, -1 padded): (m,) float64."""
-    shared = (_first_shared_depths(a, b) > 0).sum(axis=1)
+    shared = _new_overlap(a, b).sum(axis=1)
     union = (np.asarray(a) != PAD).sum(axis=1) + (np.asarray(b) != PAD).sum(axis=1) - shared
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(union > 0, shared / np.maximum(union, 1), 1.0)
@@ -81,12 +73,7 @@ def jaccard(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def overlap_at_depths(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """X_d = |A_d ∩ B_d| for d = 1..N: an (m, N) int64 array (column d-1 holds X_d)."""
-    depths = _first_shared_depths(a, b)
-    m, n = depths.shape
-    counts = np.zeros((m, n + 1), dtype=np.int64)
-    rows = np.repeat(np.arange(m), n)
-    np.add.at(counts, (rows, depths.reshape(-1)), 1)
-    return np.cumsum(counts[:, 1:], axis=1)
+    return np.cumsum(_new_overlap(a, b), axis=1)
 
 
 def rbo(a: np.ndarray, b: np.ndarray, p: float = 0.9) -> np.ndarray:
