@@ -15,6 +15,8 @@ _API = {
     "load_matrix": "bigcos.matrix",
     "Interactions": "bigcos.matrix",
     "UserError": "bigcos.errors",
+    "truncated_svd": "bigcos.svd", "Spectrum": "bigcos.svd",
+    "save_spectrum": "bigcos.svd", "load_spectrum": "bigcos.svd",
     "load_model": "bigcos.models",
     "Model": "bigcos.models",
     "fit": "bigcos.models",

@@ -42,6 +42,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -96,8 +97,8 @@ def truncated_svd(X: sp.csr_matrix, k: int, *, oversampling: int | None = None,
     on a flat-tailed 200,000 x 50,000 power-law matrix the defaults put every sigma_1..256
     within 1e-4 of PROPACK). seed: the Gaussian start (``np.random.default_rng(seed)``).
     dtype: float32 or float64, the precision of the sparse products, of the basis and of its
-    projections; partial sums of a pass, centring terms, Gram matrices of the
-    orthonormalisation and the Rayleigh-Ritz eigenproblem are float64.
+    projections; centring terms, Gram matrices of the orthonormalisation and the
+    Rayleigh-Ritz eigenproblem are float64.
     col_center / col_scale: (p,) vectors mu and s.
     block_rows: rows per Dask task (default: blocks of equal non-zeros, two per worker thread).
     tol: stop early once every residual of the top k is <= tol (checked after each pass).
@@ -226,18 +227,21 @@ def _tree_sum(parts: list, split: int = 2):
 
 
 def _active_client():
-    try:
-        from distributed import default_client
-    except ImportError:  # pragma: no cover - distributed is a dependency
+    """The default ``distributed.Client``, or None (without importing distributed)."""
+    distributed = sys.modules.get("distributed")
+    if distributed is None:          # never imported: no client can be open
         return None
     try:
-        return default_client()
+        return distributed.default_client()
     except ValueError:
         return None
 
 
 class GramOperator:
-    """Q (p x b, float64) -> A Q (p x b, float64) for A = X~^T X~, one Dask pass over X each.
+    """Q (p x b) -> A Q (p x b) for A = X~^T X~, one Dask pass over X each.
+
+    The result is float64 when centring or scaling is applied, else in ``dtype`` (the sum of
+    the blocks' partial products; they are few, so rounding is dominated by the products).
 
     The row blocks of X (cast to ``dtype``) are placed once: scattered to the workers of an
     active ``distributed.Client``, else held in this process for the threaded scheduler.
@@ -294,7 +298,8 @@ class GramOperator:
             q = delayed(tiles, name=f"bigcos-q-{uuid.uuid4().hex}")
         parts = [delayed(_gram_block, pure=False)(b, q) for b in self._blocks]
         (Y,) = dask.compute(_tree_sum(parts))
-        Y = Y.astype(np.float64)
+        if self.mu is not None or self.s is not None:
+            Y = Y.astype(np.float64)
         if self.mu is not None:
             mSQ = self.mu @ SQ                  # (b,)  mu^T S Q
             cSQ = self.colsum @ SQ              # (b,)  c^T S Q
@@ -350,8 +355,7 @@ def _orthonormalize(Z: np.ndarray, K: np.ndarray | None, ref_norm: float,
         if round_ and K is not None and K.shape[1] and eps * ref_norm > eps ** (2 / 3) * s_min:
             W = W - K @ (K.T @ W)
             reprojected = True
-        W64 = W.astype(np.float64)
-        lam, U = np.linalg.eigh(W64.T @ W64)
+        lam, U = np.linalg.eigh(_gram64(W))
         keep = lam > floor**2
         if not keep.any():
             return np.zeros((W.shape[0], 0), dtype=dtype), reprojected
@@ -360,6 +364,15 @@ def _orthonormalize(Z: np.ndarray, K: np.ndarray | None, ref_norm: float,
         W = W @ (U / np.sqrt(lam)).astype(dtype)
         floor = 0.1            # unit columns that lose 90 % to the re-projection are noise
     return np.ascontiguousarray(W), reprojected
+
+
+def _gram64(W: np.ndarray, rows: int = 8192) -> np.ndarray:
+    """W^T W accumulated in float64 over row chunks (no full float64 copy of W)."""
+    G = np.zeros((W.shape[1], W.shape[1]))
+    for a in range(0, W.shape[0], rows):
+        Wa = W[a:a + rows].astype(np.float64)
+        G += Wa.T @ Wa
+    return G
 
 
 def _ritz(H: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
