@@ -9,6 +9,7 @@ import click
 # (module in bigcos.bench, attribute): one entry per benchmark command.
 BENCHMARKS = [
     ("ingest", "ingest"),
+    ("svd", "svd"),
     ("simulate", "simulate"),
     ("fit", "fit"),
     ("neighbors", "neighbors"),
