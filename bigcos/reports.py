@@ -276,6 +276,14 @@ class Options:
     examples: tuple[str, ...] = ()  # item ids (as text) shown as example lists; default: popular
     n_examples: int = 4
 
+    def __post_init__(self):
+        for name in ("depth", "n_bins", "auc_pairs", "n_examples"):
+            if getattr(self, name) < 1:
+                raise UserError(f"report {name}: must be at least 1, got {getattr(self, name)}")
+        if not 0.0 < self.rbo_p < 1.0:
+            raise UserError(f"report rbo_p: must be in (0, 1), got {self.rbo_p}")
+        object.__setattr__(self, "examples", tuple(str(e) for e in self.examples))
+
 
 def _aligned(a: NeighborLists, b: NeighborLists, depth: int) -> tuple[np.ndarray, np.ndarray,
                                                                        np.ndarray]:

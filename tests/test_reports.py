@@ -196,6 +196,14 @@ def test_d_family_groups_objective1_rescalings_only():
     assert reports.d_family({"parameters": {**params, "objective": 2}}, "obj2") is None
 
 
+def test_options_are_checked():
+    with pytest.raises(UserError, match="rbo_p"):
+        reports.Options(rbo_p=1.0)
+    with pytest.raises(UserError, match="depth"):
+        reports.Options(depth=0)
+    assert reports.Options(examples=(1, "2")).examples == ("1", "2")
+
+
 # --------------------------------------------------------------------------- kernels
 def test_pair_scores_and_zero_norm_cosine():
     emb = np.array([[3.0, 4.0], [0.0, 0.0], [6.0, 8.0]])
