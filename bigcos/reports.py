@@ -168,9 +168,13 @@ def lists_from_table(table: pa.Table, kind: str, model: str, metric: str,
     return NeighborLists(kind, model, metric, queries, neighbors)
 
 
-def read_neighbor_lists(directory: str | Path, user_ids: pa.Array,
-                        item_ids: pa.Array) -> list[NeighborLists]:
-    """Every configuration in a neighbour dataset (``kind=*/model=*/metric=*/part-*.parquet``)."""
+def read_neighbor_lists(directory: str | Path, user_ids: pa.Array, item_ids: pa.Array,
+                        max_rank: int | None = None) -> list[NeighborLists]:
+    """Every configuration in a neighbour dataset (``kind=*/model=*/metric=*/part-*.parquet``).
+
+    ``max_rank``: keep ranks 1..max_rank only (the report needs ``depth``; memory then scales
+    with depth, not with the N the lists were computed at).
+    """
     root = io.require_dir(directory, "neighbour dataset")
     vocab = {"item": item_ids, "user": user_ids}
     out = []
@@ -183,14 +187,24 @@ def read_neighbor_lists(directory: str | Path, user_ids: pa.Array,
         files = sorted(leaf.glob("*.parquet"))
         if not files:
             continue
-        table = pa.concat_tables(io.read_table(f, ["query_id", "rank", "neighbor_id"])
-                                 for f in files)
+        table = pa.concat_tables(_read_ranks(f, max_rank) for f in files)
         query_side, neighbor_side = kind.split("-")
         out.append(lists_from_table(table, kind, model, metric, vocab[query_side],
                                     vocab[neighbor_side], str(leaf)))
     if not out:
         raise UserError(f"{root}: no kind=*/model=*/metric=* partitions with Parquet files")
     return out
+
+
+def _read_ranks(path: Path, max_rank: int | None) -> pa.Table:
+    """query_id, rank, neighbor_id of one neighbour file, ranks <= max_rank when given."""
+    columns = ["query_id", "rank", "neighbor_id"]
+    try:
+        return pq.read_table(path, columns=columns,
+                             filters=None if max_rank is None else [("rank", "<=", max_rank)])
+    except (pa.ArrowInvalid, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{path}: cannot be read as a neighbour file ({first})") from None
 
 
 @dataclass(frozen=True)
@@ -546,7 +560,7 @@ def write_report(out: str | Path, matrix_dir: str | Path, model_dirs: Iterable[s
             models[model.name] = model
         items = items or io.read_manifest(matrix_dir).get("inputs", {}).get("items")
         info = read_item_info(items, data.item_ids)
-        lists = read_neighbor_lists(neighbors_dir, data.user_ids, data.item_ids)
+        lists = read_neighbor_lists(neighbors_dir, data.user_ids, data.item_ids, opts.depth)
     report = build_report(data, models, lists, info, opts, timings)
     with io.atomic_output_dir(out, overwrite=overwrite) as tmp:
         write_tables(tmp, report.tables)

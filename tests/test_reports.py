@@ -172,6 +172,10 @@ def test_read_neighbor_lists_matches_written_oracle(inputs):
     rows = pq.read_table(inputs["neighbors"] / "kind=item-item/model=obj2/metric=dot").to_pandas()
     first = rows[rows["query_id"] == 500].sort_values("rank")["neighbor_id"].to_numpy() - 500
     np.testing.assert_array_equal(nl.neighbors[0], first)
+    cut = reports.read_neighbor_lists(inputs["neighbors"], data_users.combine_chunks(),
+                                      data_items.combine_chunks(), max_rank=4)
+    assert all(c.neighbors.shape[1] == 4 for c in cut)
+    np.testing.assert_array_equal(cut[lists.index(nl)].neighbors, nl.neighbors[:, :4])
     with pytest.raises(UserError, match="no kind="):
         reports.read_neighbor_lists(inputs["matrix"], data_users.combine_chunks(),
                                     data_items.combine_chunks())
