@@ -365,3 +365,30 @@ def test_html_renders_its_images_in_headless_chromium(report_dir, tmp_path):
                     (report_dir / "report.html").as_uri()], capture_output=True, timeout=120)
     assert shot.stat().st_size > 20_000
     shutil.copy(shot, Path("/tmp") / "bigcos-report-screenshot.png")
+
+
+# --------------------------------------------------------------------------- with the real modules
+def test_report_on_models_and_neighbours_from_bigcos_itself(inputs, tmp_path):
+    """bigcos fit (exact SVD) + bigcos neighbors (threaded scheduler) feed the report."""
+    from bigcos.models import ModelSpec, Scaling, SVDOptions, fit
+    from bigcos.neighbors import neighbors
+
+    specs = [ModelSpec(1, LAM1, Scaling("symmetric")),
+             ModelSpec(1, LAM1, Scaling("random", spread=100.0, seed=1)),
+             ModelSpec(1, LAM1, Scaling("random", spread=100.0, seed=2)),
+             ModelSpec(2, LAM2)]
+    fitted = fit(inputs["matrix"], tmp_path / "models", specs, SVDOptions(k=K, exact=True),
+                 cache_dir=None)
+    dirs = [fitted.models[name] for name in sorted(fitted.models)]
+    neighbors(dirs, tmp_path / "nb", kinds=("item-item", "user-item"), n=10)
+    report = reports.write_report(tmp_path / "report", inputs["matrix"], dirs, tmp_path / "nb",
+                                  options=reports.Options(auc_pairs=2000))
+    d_sens = report.tables["d_sensitivity"].to_pandas().set_index(["kind", "metric"])
+    assert set(d_sens["family"]) == {f"obj1 lam={LAM1:g} k={K}"}
+    assert d_sens.loc[("user-item", "dot"), "n_models"] == 3
+    assert d_sens.loc[("user-item", "dot"), "jaccard_mean"] > 0.98
+    assert d_sens.loc[("item-item", "cos"), "jaccard_min"] < 0.95
+    held = report.tables["heldout"].to_pandas()
+    dot = held[(held.metric == "dot") & held.model.str.startswith("obj1")]
+    np.testing.assert_allclose(dot["recall_at_20"], dot["recall_at_20"].iloc[0], rtol=1e-6)
+    assert (tmp_path / "report" / "report.html").stat().st_size > 10_000
