@@ -100,7 +100,7 @@ def truncated_svd(X: sp.csr_matrix, k: int, *, oversampling: int | None = None,
     projections; centring terms, Gram matrices of the orthonormalisation and the
     Rayleigh-Ritz eigenproblem are float64.
     col_center / col_scale: (p,) vectors mu and s.
-    block_rows: rows per Dask task (default: blocks of equal non-zeros, two per worker thread).
+    block_rows: rows per Dask task (default: one block of equal non-zeros per worker thread).
     tol: stop early once every residual of the top k is <= tol (checked after each pass).
     method: ``krylov`` or ``subspace``. tile_cols: width of the column tiles of the dense
     operand inside a block (cache blocking; changes speed only).
@@ -264,8 +264,8 @@ class GramOperator:
         self.client = _active_client()
         workers = (sum(self.client.nthreads().values()) if self.client is not None
                    else (os.cpu_count() or 1))
-        bounds = _row_bounds(X, block_rows, 2 * max(workers, 1))
-        blocks = [_as_dtype(X[a:b], self.dtype) for a, b in bounds]
+        bounds = _row_bounds(X, block_rows, max(workers, 1))
+        blocks = [_row_block(X, a, b, self.dtype) for a, b in bounds]
         self.block_rows = [int(b - a) for a, b in bounds]
         if self.client is not None:
             self._blocks = self.client.scatter(blocks, hash=False)
@@ -328,10 +328,13 @@ def _row_bounds(X: sp.csr_matrix, block_rows: int | None, n_blocks: int) -> list
     return [(a, b) for a, b in zip(edges[:-1], edges[1:], strict=True) if b > a]
 
 
-def _as_dtype(Xb: sp.csr_matrix, dtype: np.dtype) -> sp.csr_matrix:
-    if Xb.dtype == dtype:
-        return Xb
-    return sp.csr_matrix((Xb.data.astype(dtype), Xb.indices, Xb.indptr), shape=Xb.shape)
+def _row_block(X: sp.csr_matrix, a: int, b: int, dtype: np.dtype) -> sp.csr_matrix:
+    """Rows [a, b) of X in ``dtype``, sharing X's data and indices when no cast is needed."""
+    lo, hi = X.indptr[a], X.indptr[b]
+    data = X.data[lo:hi]
+    return sp.csr_matrix((data if data.dtype == dtype else data.astype(dtype),
+                          X.indices[lo:hi], X.indptr[a:b + 1] - lo),
+                         shape=(b - a, X.shape[1]), copy=False)
 
 
 # --------------------------------------------------------------------------- linear algebra
@@ -393,7 +396,7 @@ def _relative(res_norm: np.ndarray, theta: np.ndarray) -> np.ndarray:
 def _finish(theta: np.ndarray, V: np.ndarray, res_norm: np.ndarray):
     """float64 orthonormal V with fixed signs, sigma = sqrt(theta), relative residuals."""
     V = _cholesky_qr(V.astype(np.float64))
-    idx = np.abs(V).argmax(axis=0)
+    idx = np.array([np.abs(V[:, i]).argmax() for i in range(V.shape[1])], dtype=np.intp)
     V *= np.where(V[idx, np.arange(V.shape[1])] < 0, -1.0, 1.0)
     theta = np.maximum(theta, 0.0)
     return np.sqrt(theta), np.ascontiguousarray(V), _relative(res_norm, theta)
@@ -432,15 +435,16 @@ def _krylov(op: GramOperator, k: int, block: int, n_iter: int, seed: int, tol: f
     for j in range(n_iter):
         W = op(K[:, start:m])
         t0 = time.perf_counter()
-        ref = float(np.linalg.norm(W, axis=0).max())
         Z = np.asarray(W, dtype=dtype)
+        del W
+        ref = float(np.sqrt(np.einsum("ij,ij->j", Z, Z).max()))
         C = K[:, :m].T @ Z                  # = K^T A Q_j: a column block of H
-        Z = Z - K[:, :m] @ C                # (I - K K^T) W_j
+        Z -= K[:, :m] @ C                   # (I - K K^T) W_j
         H[:m, start:m] = C
         last = j == n_iter - 1 or m == width
         if tol is not None and not last:
-            theta, Y, rel = _krylov_ritz(H, Z, start, m, k)
-            converged = bool(rel.max() <= tol)
+            theta, Y, res = _krylov_ritz(H, Z, start, m, k)
+            converged = bool(_relative(res, np.maximum(theta, 0.0)).max() <= tol)
             last = converged
         if not last:
             Qn, again = _orthonormalize(Z, K[:, :m], ref, dtype)
@@ -456,9 +460,11 @@ def _krylov(op: GramOperator, k: int, block: int, n_iter: int, seed: int, tol: f
         if last:
             break
     t0 = time.perf_counter()
-    theta, Y, _ = _krylov_ritz(H, Z, start, m, k)
-    res = np.linalg.norm(Z.astype(np.float64) @ Y[start:m], axis=0)
-    sigma, V, residuals = _finish(theta, K[:, :m] @ Y.astype(dtype), res)
+    theta, Y, res = _krylov_ritz(H, Z, start, m, k)
+    del Z
+    V = K[:, :m] @ Y.astype(dtype)
+    del K                                   # the basis is the bulk of the memory
+    sigma, V, residuals = _finish(theta, V, res)
     if tol is not None:
         converged = bool(residuals.max() <= tol)
     extra = {"basis_dim": m, "converged": converged, "reorthogonalized": reorthogonalized,
@@ -467,11 +473,11 @@ def _krylov(op: GramOperator, k: int, block: int, n_iter: int, seed: int, tol: f
 
 
 def _krylov_ritz(H: np.ndarray, Z: np.ndarray, start: int, m: int, k: int):
-    """Ritz pairs of the first m basis columns and their relative residuals ||Z y_last||."""
+    """Top-k Ritz pairs of the first m basis columns and their residual norms ||Z y_last||."""
     Hm = np.triu(H[:m, :m]) + np.triu(H[:m, :m], 1).T
     theta, Y = _ritz(Hm, k)
-    res = np.linalg.norm(Z.astype(np.float64) @ Y[start:m], axis=0)
-    return theta, Y, _relative(res, np.maximum(theta, 0.0))
+    R = Z @ Y[start:m].astype(Z.dtype)
+    return theta, Y, np.sqrt(np.einsum("ij,ij->j", R, R, dtype=np.float64))
 
 
 def _subspace(op: GramOperator, k: int, block: int, n_iter: int, seed: int, tol: float | None):
@@ -512,7 +518,7 @@ def _exact(X: sp.csr_matrix, k: int, mu, s, t_start: float) -> Spectrum:
     """
     n, p = X.shape
     t0 = time.perf_counter()
-    X64 = _as_dtype(X, np.dtype(np.float64))
+    X64 = _row_block(X, 0, n, np.dtype(np.float64))
     A = (X64.T @ X64).toarray()
     if mu is not None:
         c = np.asarray(X64.sum(axis=0)).ravel()

@@ -133,6 +133,8 @@ def svd(n, p, nnz, ks, oversampling, n_iter, seed, arpack, no_sklearn, json_path
         rows.append({**m.row(), "k": k, **_errors(spec.sigma, ref_sigma),
                      "passes": spec.info["passes"], "block": spec.info["block_size"],
                      "passes_s": spec.info["timings_s"]["passes"],
+                     "orth_s": spec.info["timings_s"]["orthonormalize"],
+                     "ritz_s": spec.info["timings_s"].get("rayleigh_ritz"),
                      "bw_bound_s": round(bound, 3),
                      "passes_vs_bound": round(spec.info["timings_s"]["passes"] / bound, 2),
                      "max_residual": spec.info["max_residual"],
