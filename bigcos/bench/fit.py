@@ -11,6 +11,7 @@ binary, no planted low-rank structure.
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
@@ -122,7 +123,10 @@ def fit(n_users, n_items, nnz, k, als_iterations, svd_iterations, oversampling, 
             m.extra.update(models=1, als_s=io.read_manifest(path)["timings_s"].get("als"))
             rows.append(m.row())
     context = {"users": n_users, "items": n_items, "nnz": int(X.nnz), "k": k,
+               "load_average_1_5_15": [round(v, 2) for v in os.getloadavg()],
                "lam1": lam1, "lam2": lam2, "models": [s.name for s in specs],
                "versions": io.versions()}
     report(f"fit: {n_users:,} x {n_items:,}, {X.nnz:,} non-zeros, k = {k}", rows, json_path,
            context)
+    click.echo("load average (1, 5, 15 min) at the end: "
+               f"{context['load_average_1_5_15']} on {os.cpu_count()} cores")
