@@ -7,17 +7,29 @@ excluded for item-item and user-user; for user-item the user's training items ar
 unless ``exclude_train=False``. Ties go to the smaller matrix index, so the output does not
 depend on block sizes, the number of workers or the scheduler.
 
-Blocking. Queries are cut into *groups* of ``group_rows`` (one Dask task and one output file
-per group and metric), groups into query blocks of ``query_block`` rows, candidates into tiles
-of ``candidate_block``. Peak memory of one task (one worker thread), with R = query_block,
-C = candidate_block, G = group_rows, m = number of metrics, N = neighbours::
+Two task graphs, same results:
 
-    R*C*(9 + 24*m) + 8*R*N*m*3      tiles, hit masks, candidate buffers, running lists
-    + G*N*(8*m + 40)                the group's final lists and its Arrow output table
+- *groups* (user-item always; the others when ``symmetric=False``): queries are cut into
+  groups of at most ``group_rows`` (one Dask task and one output file per group and metric),
+  groups into query blocks of ``query_block`` rows, candidates into tiles of
+  ``candidate_block``; a task scores its group against all candidates and writes its part.
+- *pairs* (item-item and user-user, the default while the running lists of all queries,
+  ``2 * n_queries * N * 8 * m`` bytes, fit in :data:`SYMMETRIC_HELD_BYTES`): the product of a
+  and b serves a's list and b's, so half the GEMM. Groups meet in a round-robin tournament
+  of tasks on square tiles of ``symmetric_block``; each task resumes the two groups' lists
+  (and thresholds) from their previous task; a last task per group writes its part.
 
-bytes, independent of the number of queries and candidates; the embeddings and ids are shared
-read-only memory maps (``(n_queries + n_candidates) * k * 4`` bytes, once per machine in the
-page cache). :meth:`Blocking.from_budget` picks the largest blocks within a budget.
+Peak memory of one task (one worker thread), with R = query_block, C = candidate_block,
+S = symmetric_block, G = group_rows, m = number of metrics, N = neighbours::
+
+    max(R*C, S*S) * (9 + 24*m)      tiles, hit masks, candidate buffers and merges
+    + 2 * 24 * G * N * m            running lists and candidate buffers of two groups
+    + G * N * (8*m + 40)            a group's final lists and its Arrow output table
+
+bytes (:meth:`Blocking.peak_bytes`), independent of the number of queries and candidates;
+the embeddings and ids are shared read-only memory maps (``(n_queries + n_candidates) * k * 4``
+bytes, once per machine in the page cache). :meth:`Blocking.from_budget` picks the largest
+blocks within a budget. The pairs graph also holds the lists in flight between its tasks.
 
 Output (contracts.md): a directory of hive partitions
 ``kind=<kind>/model=<model>/metric=<metric>/part-<group>.parquet`` with columns ``query_id``,
@@ -43,10 +55,19 @@ import scipy.sparse as sp
 
 from bigcos import io
 from bigcos.errors import UserError
-from bigcos.topn import METRICS, decode_keys, inverse_norms, query_block_topn
+from bigcos.topn import (
+    METRICS,
+    decode_keys,
+    fill_zero_queries,
+    inverse_norms,
+    query_block_topn,
+    symmetric_topn,
+)
 
 KINDS = ("item-item", "user-user", "user-item")
 GiB = 2**30
+SYMMETRIC_GROUPS = 8  # at least this many groups (4 parallel pair tasks per round)
+SYMMETRIC_HELD_BYTES = 4 * GiB  # running lists the symmetric graph may hold, cluster-wide
 
 
 # --------------------------------------------------------------------------- blocking
@@ -57,6 +78,7 @@ class Blocking:
     query_block: int = 512
     candidate_block: int = 4096
     group_rows: int = 16384  # at most; see groups()
+    symmetric_block: int = 1024  # square tiles of item-item / user-user pair tasks
 
     def __post_init__(self):
         for name, value in asdict(self).items():
@@ -66,7 +88,8 @@ class Blocking:
     def peak_bytes(self, n: int, n_metrics: int) -> int:
         """Peak working memory of one task, the formula of the module docstring."""
         r, c, g = self.query_block, self.candidate_block, self.group_rows
-        return r * c * (9 + 24 * n_metrics) + 24 * r * n * n_metrics + g * n * (8 * n_metrics + 40)
+        tiles = max(r * c, self.symmetric_block ** 2) * (9 + 24 * n_metrics)
+        return tiles + 2 * 24 * g * n * n_metrics + g * n * (8 * n_metrics + 40)
 
     def groups(self, n_queries: int, min_groups: int = 16) -> list[tuple[int, int]]:
         """Row ranges of the tasks: at most ``group_rows`` rows, whole query blocks, and at
@@ -81,11 +104,12 @@ class Blocking:
     def from_budget(cls, budget_bytes: int, n: int, n_metrics: int) -> Blocking:
         """The largest default-shaped blocks whose :meth:`peak_bytes` fits ``budget_bytes``."""
         for r, c in ((512, 4096), (256, 4096), (256, 2048), (128, 1024), (64, 512)):
-            spare = budget_bytes - cls(r, c, 1).peak_bytes(n, n_metrics)
-            group = min(spare // (n * (8 * n_metrics + 40)), 1 << 16) // r * r
+            spare = budget_bytes - cls(r, c, 1, r).peak_bytes(n, n_metrics)
+            per_row = n * (8 * n_metrics + 40) + 2 * 24 * n * n_metrics
+            group = min(spare // per_row, 1 << 16) // r * r
             if group >= r:
-                return cls(r, c, int(group))
-        need = cls(64, 512, 64).peak_bytes(n, n_metrics) / 2**20
+                return cls(r, c, int(group), min(1024, 2 * r))
+        need = cls(64, 512, 64, 64).peak_bytes(n, n_metrics) / 2**20
         raise UserError(f"--memory-budget: {budget_bytes / 2**20:.0f} MiB is too small for "
                         f"N = {n} (need about {need:.0f} MiB)")
 
@@ -201,18 +225,22 @@ class _Job:
     blocking: Blocking
     exclude_self: bool
     same_operands: bool
+    n_candidates: int
 
 
 def neighbors(model_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, *,
               kinds: Sequence[str] = ("item-item",), metrics: Sequence[str] = METRICS,
               n: int = 100, exclude_train: bool = True, blocking: Blocking | None = None,
-              memory_budget: int | None = None, overwrite: bool = False) -> dict[str, Any]:
+              memory_budget: int | None = None, symmetric: bool | None = None,
+              overwrite: bool = False) -> dict[str, Any]:
     """Write the neighbour dataset of every model and kind to ``out``; return its manifest.
 
     Tasks run on the active Dask scheduler: a ``distributed.Client`` if one is open (workers
     must see ``out``'s file system), else the threaded scheduler with one BLAS thread.
     ``blocking`` fixes block sizes; otherwise they are sized from ``memory_budget`` (bytes
-    per worker thread, default 2 GiB).
+    per worker thread, default 2 GiB). ``symmetric`` (item-item, user-user): compute each
+    product once for both of its lists (pair tasks, see :func:`_pair_graph`); None = when the
+    partial lists fit in :data:`SYMMETRIC_HELD_BYTES`.
     """
     import dask
     from threadpoolctl import threadpool_limits
@@ -245,8 +273,11 @@ def neighbors(model_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, *
                     job = _prepare(scratch_root / f"{model.name}.{kind}", tmp, ops, kind,
                                    model.name, n, metrics, blocking)
                     counts[f"{model.name}/{kind}"] = _operand_counts(ops)
-                    for part, (g0, g1) in enumerate(blocking.groups(len(ops.queries))):
-                        tasks.append(dask.delayed(_run_group, pure=False)(job, part, g0, g1))
+                    use_pairs = _use_symmetric(symmetric, ops, blocking, n, len(metrics))
+                    counts[f"{model.name}/{kind}"]["symmetric"] = use_pairs
+                    graph = _pair_graph if use_pairs else _group_graph
+                    for task in graph(job, len(ops.queries)):
+                        tasks.append(task)
                         task_keys.append(f"{model.name}/{kind}")
         with timings("compute"), threadpool_limits(1):
             results = dask.compute(*tasks)
@@ -256,6 +287,7 @@ def neighbors(model_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, *
         shutil.rmtree(scratch_root, ignore_errors=True)
         parameters = {"kinds": list(kinds), "metrics": list(metrics), "n": n,
                       "exclude_train": exclude_train, "blocking": asdict(blocking),
+                      "symmetric": symmetric,
                       "task_peak_bytes": blocking.peak_bytes(n, len(metrics))}
         inputs = {"models": {m.name: {"dir": str(Path(d).resolve()),
                                       "matrix_dir": str(m.matrix_dir) if m.matrix_dir else None}
@@ -279,7 +311,8 @@ def _prepare(scratch: Path, out: Path, ops: Operands, kind: str, model: str, n: 
         sp.save_npz(scratch / "exclude.npz", ops.exclude.tocsr(), compressed=False)
     for metric in metrics:
         (out / f"kind={kind}" / f"model={model}" / f"metric={metric}").mkdir(parents=True)
-    return _Job(scratch, out, kind, model, n, metrics, blocking, ops.exclude_self, same)
+    return _Job(scratch, out, kind, model, n, metrics, blocking, ops.exclude_self, same,
+                len(ops.candidates))
 
 
 def _operand_counts(ops: Operands) -> dict[str, int]:
@@ -287,6 +320,55 @@ def _operand_counts(ops: Operands) -> dict[str, int]:
             "zero_norm_queries": int(np.sum(inverse_norms(ops.queries) == 0)),
             "zero_norm_candidates": int(np.sum(inverse_norms(ops.candidates) == 0)),
             "excluded_pairs": 0 if ops.exclude is None else int(ops.exclude.nnz)}
+
+
+def _group_graph(job: _Job, n_queries: int) -> list:
+    """One task per group of queries against all candidates; each writes its own parts."""
+    import dask
+
+    return [dask.delayed(_run_group, pure=False)(job, part, g0, g1)
+            for part, (g0, g1) in enumerate(job.blocking.groups(n_queries))]
+
+
+def _pair_graph(job: _Job, n_queries: int) -> list:
+    """Symmetric kinds: every product between two groups g <= h is scored once, for the lists
+    of both sides. The pairs are played as a round-robin tournament: first each group against
+    itself, then rounds of disjoint pairs (len(groups) / 2 parallel tasks per round), each
+    task resuming both groups' lists from their previous tasks, so thresholds stay as high as
+    in one long pass. A last task per group sorts, fills zero-norm rows and writes."""
+    import dask
+
+    groups = job.blocking.groups(n_queries, min_groups=SYMMETRIC_GROUPS)
+    lists = [dask.delayed(_pair_task, pure=False, nout=2)(job, g, g, None, None)[0]
+             for g in groups]
+    for round_pairs in _round_robin(len(groups)):
+        for g, h in round_pairs:
+            pair = dask.delayed(_pair_task, pure=False, nout=2)(job, groups[g], groups[h],
+                                                               lists[g], lists[h])
+            lists[g], lists[h] = pair[0], pair[1]
+    return [dask.delayed(_finish_group, pure=False)(job, part, g0, g1, lists[part])
+            for part, (g0, g1) in enumerate(groups)]
+
+
+def _round_robin(n_groups: int) -> list[list[tuple[int, int]]]:
+    """Rounds of disjoint pairs (g < h) covering every pair of groups once (circle method)."""
+    players: list[int | None] = list(range(n_groups)) + ([None] if n_groups % 2 else [])
+    rounds = []
+    for _ in range(len(players) - 1):
+        half = len(players) // 2
+        pairs = zip(players[:half], reversed(players[half:]), strict=True)
+        rounds.append([(min(a, b), max(a, b)) for a, b in pairs if a is not None and b is not None])
+        players = [players[0], players[-1], *players[1:-1]]
+    return rounds
+
+
+def _use_symmetric(symmetric: bool | None, ops: Operands, blocking: Blocking, n: int,
+                   n_metrics: int) -> bool:
+    if not (ops.exclude_self and ops.candidates is ops.queries and ops.exclude is None):
+        return False
+    if symmetric is not None:
+        return symmetric
+    return len(ops.queries) * n * 8 * n_metrics * 2 <= SYMMETRIC_HELD_BYTES
 
 
 def _run_group(job: _Job, part: int, g0: int, g1: int) -> dict[str, int]:
@@ -300,6 +382,27 @@ def _run_group(job: _Job, part: int, g0: int, g1: int) -> dict[str, int]:
         exclude = sp.load_npz(job.scratch / "exclude.npz").tocsr()[g0:g1]
     keys = _group_keys(queries[g0:g1], inv_queries[g0:g1], candidates, inv_candidates, job.n,
                        job.metrics, job.blocking, g0 if job.exclude_self else None, exclude)
+    return _write_group(job, part, g0, g1, keys)
+
+
+def _pair_task(job: _Job, g: tuple[int, int], h: tuple[int, int], lists_g, lists_h):
+    load = _scratch_loader(job)
+    return symmetric_topn(load("queries.npy"), load("inv_queries.npy"), job.n, job.metrics,
+                          g, h, block=job.blocking.symmetric_block, lists_g=lists_g,
+                          lists_h=lists_h)
+
+
+def _finish_group(job: _Job, part: int, g0: int, g1: int,
+                  keys: dict[str, np.ndarray]) -> dict[str, int]:
+    keys = {m: keys[m].copy() for m in job.metrics}
+    inv = _scratch_loader(job)("inv_queries.npy")[g0:g1]
+    fill_zero_queries(keys, inv, job.n, job.n_candidates, g0, None)
+    return _write_group(job, part, g0, g1, keys)
+
+
+def _write_group(job: _Job, part: int, g0: int, g1: int,
+                 keys: dict[str, np.ndarray]) -> dict[str, int]:
+    """Write the lists (keys) of queries g0:g1 as part ``part`` of every metric."""
     query_ids = _read_ids(job.scratch / "query_ids.arrow")
     candidate_ids = query_ids if job.same_operands else _read_ids(
         job.scratch / "candidate_ids.arrow")

@@ -216,7 +216,7 @@ def test_dataset_matches_reference_for_every_kind_model_and_metric(models, tmp_p
     out = tmp_path / "nb"
     manifest = neighbors([models["a"], models["b"]], out, kinds=["item-item", "user-user",
                                                                  "user-item"],
-                         n=9, blocking=Blocking(16, 32, 32))
+                         n=9, blocking=Blocking(16, 32, 32, symmetric_block=16))
     table = read_neighbors(out)
     assert table.schema.field("rank").type == pa.int32()
     assert table.schema.field("score").type == pa.float32()
@@ -239,6 +239,8 @@ def test_dataset_matches_reference_for_every_kind_model_and_metric(models, tmp_p
     assert counts["zero_norm_queries"] == 1 and counts["queries"] == 70
     assert counts["rows_cos"] == 70 * 9
     assert manifest["counts"]["model-a/user-item"]["excluded_pairs"] == models["train"].nnz
+    assert manifest["counts"]["model-a/user-user"]["symmetric"] is True
+    assert manifest["counts"]["model-a/user-item"]["symmetric"] is False
     assert json.loads((out / "manifest.json").read_text())["parameters"]["n"] == 9
     assert not any(p.name.startswith(".") for p in out.rglob("*"))  # scratch removed
 
@@ -257,14 +259,18 @@ def test_same_output_for_any_blocking_threads_and_processes(models, tmp_path):
     kinds = ["item-item", "user-item"]
     neighbors([models["a"]], tmp_path / "one", kinds=kinds, n=7,
               blocking=Blocking(1000, 1000, 1000))
-    neighbors([models["a"]], tmp_path / "many", kinds=kinds, n=7, blocking=Blocking(8, 3, 16))
+    neighbors([models["a"]], tmp_path / "many", kinds=kinds, n=7, blocking=Blocking(8, 3, 16),
+              symmetric=False)
+    neighbors([models["a"]], tmp_path / "pairs", kinds=kinds, n=7,
+              blocking=Blocking(8, 3, 16, symmetric_block=5), symmetric=True)
     with dask_client(ClusterOptions(n_workers=2, processes=True)):
         manifest = neighbors([models["a"]], tmp_path / "procs", kinds=kinds, n=7,
-                             blocking=Blocking(8, 16, 24))
+                             blocking=Blocking(8, 16, 24, symmetric_block=8))
     assert manifest["scheduler"]["workers"] == 2
+    assert manifest["counts"]["model-a/item-item"]["symmetric"] is True
     one = sorted_frame(tmp_path / "one")
     assert len(one) > 0
-    for other in ("many", "procs"):
+    for other in ("many", "pairs", "procs"):
         frame = sorted_frame(tmp_path / other)
         assert one.equals(frame), other
     assert len(list((tmp_path / "many" / "kind=item-item" / "model=model-a" / "metric=cos")
