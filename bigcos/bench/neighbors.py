@@ -13,8 +13,11 @@ without writing anything:
 - numpy: GEMM of 1024-query blocks + ``argpartition`` + sort of the top N + 1.
 
 Then bigcos alone at larger p (``--scale``): the full run when p <= ``--full-max``, otherwise a
-measured extrapolation: the same task code on ``--sample`` query rows against all p candidates
-in this process (one thread), times p / sample / workers, with that task's peak RSS.
+measured extrapolation: one pair task of the symmetric graph at the group size bigcos would
+use (``--sample`` rows against as many others, both lists, one thread, in this process) gives
+the time per (query, candidate) pair; times p**2 / workers. It starts from empty lists, where
+the real tasks resume warm ones, so it over- rather than underestimates. Its peak RSS (the
+task's working memory) is reported beside the embedding's size.
 """
 
 from __future__ import annotations
@@ -131,8 +134,9 @@ def read_lists(out: Path, metric: str, p: int, n: int) -> np.ndarray:
               help="Comma-separated larger p for bigcos alone ('' for none).")
 @click.option("--full-max", type=click.IntRange(min=0), default=200_000, show_default=True,
               help="Largest p run in full; above it, a measured extrapolation.")
-@click.option("--sample", type=click.IntRange(min=1), default=8192, show_default=True,
-              help="Query rows timed for an extrapolation.")
+@click.option("--sample", type=click.IntRange(min=1), default=None,
+              help="Rows per side of the pair task timed for an extrapolation (default: the "
+                   "group size bigcos would use at that p).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
               help="Write the figures as JSON.")
@@ -145,10 +149,12 @@ def neighbors(p, k, n, workers, peers, scale, full_max, sample, seed, json_path)
         flock /tmp/bigcos-heavy.lock bigcos bench neighbors --items 50000 -k 128 -N 100 \\
             --json bench-neighbors.json
     """
+    import os
+
     from bigcos.cluster import ClusterOptions, dask_client
 
     rows: list[dict] = []
-    context = {"k": k, "n": n, "seed": seed}
+    context = {"k": k, "n": n, "seed": seed, "load_average_before": os.getloadavg()}
     with tempfile.TemporaryDirectory(prefix="bigcos-bench-nb-") as tmp_dir, \
             dask_client(ClusterOptions(n_workers=workers)) as client:
         tmp = Path(tmp_dir)
@@ -167,6 +173,7 @@ def neighbors(p, k, n, workers, peers, scale, full_max, sample, seed, json_path)
         for big in [int(s) for s in scale.split(",") if s.strip()]:
             rows.append(_scale_run(big, k, n, seed, tmp, full_max, sample, client,
                                    context["workers"]))
+    context["load_average_after"] = os.getloadavg()
     report(f"bigcos bench neighbors: all items, k = {k}, N = {n}", rows, json_path, context)
 
 
@@ -199,23 +206,28 @@ def _scale_run(p: int, k: int, n: int, seed: int, tmp: Path, full_max: int, samp
         return m.row()
     from threadpoolctl import threadpool_limits
 
-    from bigcos.neighbors import Blocking, _group_keys
-    from bigcos.topn import inverse_norms
+    from bigcos.neighbors import Blocking
+    from bigcos.topn import inverse_norms, symmetric_topn
+
+    from bigcos.neighbors import SYMMETRIC_GROUPS
 
     inv = inverse_norms(x)
     blocking = Blocking.from_budget(2 * 2**30, n, 2)
-    rows = min(sample, p)
+    group = blocking.groups(p, min_groups=SYMMETRIC_GROUPS)[0]
+    rows = min(sample or group[1] - group[0], p // 2)
+    block = blocking.symmetric_block
     t0 = time.perf_counter()
     with threadpool_limits(1):
         m, _ = measure(f"bigcos p={p} (extrapolated)",
-                       lambda: _group_keys(x[:rows], inv[:rows], x, inv, n, ("cos", "dot"),
-                                           blocking, 0, None))
+                       lambda: symmetric_topn(x, inv, n, ("cos", "dot"), (0, rows),
+                                              (rows, 2 * rows), block=block))
     seconds = time.perf_counter() - t0
-    m.extra.update(items=p, metric="cos+dot", measured_queries=rows,
+    pairs = 2 * rows * rows  # (query, candidate) pairs served by the task's rows * rows products
+    m.extra.update(items=p, metric="cos+dot", measured_pairs=pairs,
                    measured_seconds=round(seconds, 2),
-                   extrapolated_seconds=round(seconds * p / rows / workers, 1),
+                   ns_per_pair=round(seconds / pairs * 1e9, 3),
                    task_peak_rss_mib=round(m.peak_extra_rss_bytes / 2**20),
                    embedding_mib=round(x.nbytes / 2**20),
                    flop_bound_s=round(2 * p * p * k / 195e9, 2))
-    m.seconds = round(seconds * p / rows / workers, 1)
+    m.seconds = round(seconds * p * p / pairs / workers, 1)
     return m.row()
