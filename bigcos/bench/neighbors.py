@@ -206,10 +206,8 @@ def _scale_run(p: int, k: int, n: int, seed: int, tmp: Path, full_max: int, samp
         return m.row()
     from threadpoolctl import threadpool_limits
 
-    from bigcos.neighbors import Blocking
+    from bigcos.neighbors import SYMMETRIC_GROUPS, Blocking
     from bigcos.topn import inverse_norms, symmetric_topn
-
-    from bigcos.neighbors import SYMMETRIC_GROUPS
 
     inv = inverse_norms(x)
     blocking = Blocking.from_budget(2 * 2**30, n, 2)
