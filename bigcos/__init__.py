@@ -20,6 +20,8 @@ _API = {
     "load_model": "bigcos.models",
     "Model": "bigcos.models",
     "fit": "bigcos.models",
+    "top_n": "bigcos.neighbors", "read_neighbors": "bigcos.neighbors",
+    "Blocking": "bigcos.neighbors",
     "simulate": "bigcos.simulate",
     "SimulationParams": "bigcos.simulate",
     "figure1": "bigcos.figure1",
