@@ -26,7 +26,7 @@ agreement
     rbo_mean, rbo_p10, rbo_median, rbo_p90 float64
 agreement_per_item
     query_id (the dataset's item id type: int64 or string), model_a, metric_a, model_b,
-    metric_b string, jaccard float64, rbo float64
+    metric_b dictionary<int32, string> (pandas: categorical), jaccard float64, rbo float64
 d_sensitivity
     kind string, family string (models differing only in the rescaling D), metric string,
     n_models int32, n_pairs int32, jaccard_mean, jaccard_min, rbo_mean, rbo_min float64
@@ -74,6 +74,7 @@ from bigcos.neighbors import KINDS, METRICS, top_n
 SCHEMA_VERSION = 1
 _F64 = pa.float64()
 _STR = pa.string()
+_DICT = pa.dictionary(pa.int32(), pa.string())  # string column stored once per distinct value
 _I64 = pa.int64()
 
 _FIELDS: dict[str, list[tuple[str, pa.DataType | None]]] = {
@@ -82,8 +83,8 @@ _FIELDS: dict[str, list[tuple[str, pa.DataType | None]]] = {
                   ("rbo_p", _F64), ("jaccard_mean", _F64), ("jaccard_p10", _F64),
                   ("jaccard_median", _F64), ("jaccard_p90", _F64), ("rbo_mean", _F64),
                   ("rbo_p10", _F64), ("rbo_median", _F64), ("rbo_p90", _F64)],
-    "agreement_per_item": [("query_id", None), ("model_a", _STR), ("metric_a", _STR),
-                           ("model_b", _STR), ("metric_b", _STR), ("jaccard", _F64),
+    "agreement_per_item": [("query_id", None), ("model_a", _DICT), ("metric_a", _DICT),
+                           ("model_b", _DICT), ("metric_b", _DICT), ("jaccard", _F64),
                            ("rbo", _F64)],
     "d_sensitivity": [("kind", _STR), ("family", _STR), ("metric", _STR),
                       ("n_models", pa.int32()), ("n_pairs", pa.int32()), ("jaccard_mean", _F64),
@@ -107,12 +108,9 @@ def table_schema(name: str, item_id_type: pa.DataType = _I64) -> pa.Schema:
     return pa.schema(fields, metadata=meta)
 
 
-def _table(name: str, rows: list[dict[str, Any]] | dict[str, Any],
-           item_id_type: pa.DataType = _I64) -> pa.Table:
-    schema = table_schema(name, item_id_type)
-    if isinstance(rows, dict):
-        return pa.table(rows, schema=schema)
-    return pa.Table.from_pylist(rows, schema=schema)
+def _table(name: str, rows: list[dict[str, Any]]) -> pa.Table:
+    """Rows (dicts keyed by column) as a table of the documented schema of ``name``."""
+    return pa.Table.from_pylist(rows, schema=table_schema(name))
 
 
 # --------------------------------------------------------------------------- inputs
@@ -318,13 +316,22 @@ def _summary(values: np.ndarray, prefix: str) -> dict[str, float]:
 
 @dataclass
 class Agreement:
+    """Summary rows (one per pair of configurations) and per-item tables (item-item pairs)."""
+
     rows: list[dict[str, Any]] = field(default_factory=list)
-    per_item: dict[str, list] = field(default_factory=lambda: {
-        c: [] for c, _ in _FIELDS["agreement_per_item"]})
+    per_item: list[pa.Table] = field(default_factory=list)
 
 
-def agreement(lists: list[NeighborLists], opts: Options) -> Agreement:
-    """Jaccard@N and RBO for every unordered pair of configurations of the same kind."""
+def _constant(value: str, n: int) -> pa.DictionaryArray:
+    """n copies of one string, dictionary-encoded (one dictionary entry, n int32 codes)."""
+    return pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), pa.array([value]))
+
+
+def agreement(lists: list[NeighborLists], opts: Options, item_ids: pa.Array) -> Agreement:
+    """Jaccard@N and RBO for every unordered pair of configurations of the same kind.
+
+    ``item_ids``: original ids of the matrix columns, for the per-item table's ``query_id``.
+    """
     out = Agreement()
     for a, b in itertools.combinations(lists, 2):
         if a.kind != b.kind:
@@ -338,11 +345,11 @@ def agreement(lists: list[NeighborLists], opts: Options) -> Agreement:
                          "rbo_p": opts.rbo_p, **_summary(jac, "jaccard"),
                          **_summary(rbo, "rbo")})
         if a.kind == "item-item":
-            for col, value in (("query_id", common), ("model_a", a.model),
-                               ("metric_a", a.metric), ("model_b", b.model),
-                               ("metric_b", b.metric), ("jaccard", jac), ("rbo", rbo)):
-                out.per_item[col].append(value if isinstance(value, np.ndarray)
-                                         else np.full(common.size, value, dtype=object))
+            n = common.size
+            out.per_item.append(pa.table(
+                [item_ids.take(pa.array(common)), _constant(a.model, n), _constant(a.metric, n),
+                 _constant(b.model, n), _constant(b.metric, n), pa.array(jac), pa.array(rbo)],
+                schema=table_schema("agreement_per_item", item_ids.type)))
     return out
 
 
@@ -515,11 +522,9 @@ def build_report(data, models: dict[str, Any], lists: list[NeighborLists], info:
     popularity = item_popularity(data.fit_matrix)
     id_type = data.item_ids.type
     with timings("agreement"):
-        agree = agreement(lists, opts)
-        per_item = {c: (np.concatenate(v) if v else np.array([], dtype=object))
-                    for c, v in agree.per_item.items()}
-        if per_item["query_id"].size:
-            per_item["query_id"] = data.item_ids.take(pa.array(per_item["query_id"]))
+        agree = agreement(lists, opts, data.item_ids)
+        per_item = (pa.concat_tables(agree.per_item) if agree.per_item
+                    else table_schema("agreement_per_item", id_type).empty_table())
         families = {name: d_family(m.manifest, name) for name, m in models.items()}
         for nl in lists:
             families.setdefault(nl.model, d_family({}, nl.model))
@@ -531,7 +536,7 @@ def build_report(data, models: dict[str, Any], lists: list[NeighborLists], info:
         pop = popularity_rows(lists, models, popularity, opts)
     tables = {
         "agreement": _table("agreement", agree.rows),
-        "agreement_per_item": _table("agreement_per_item", per_item, id_type),
+        "agreement_per_item": per_item,
         "d_sensitivity": _table("d_sensitivity", d_sensitivity(agree.rows, families)),
         "ground_truth": _table("ground_truth", truth),
         "heldout": _table("heldout", held),
