@@ -32,7 +32,8 @@ d_sensitivity
     n_models int32, n_pairs int32, jaccard_mean, jaccard_min, rbo_mean, rbo_min float64
     (mean / smallest over pairs of models of the per-pair mean over queries)
 ground_truth
-    model string, metric string, label_source string ("cluster" or "genres"), depth int32,
+    model string, metric string, label_source string (the item column: "cluster", "genres",
+    ...), depth int32,
     n_queries int64, precision float64 (label precision@N: share of neighbours with >= 1 label
     in common with the query), baseline_precision float64 (same, for popularity-matched
     random neighbours), lift float64 (precision / baseline), auc float64 (within- vs
@@ -209,20 +210,29 @@ def _read_ranks(path: Path, max_rank: int | None) -> pa.Table:
 class ItemInfo:
     """Item metadata aligned with the matrix columns.
 
-    ``labels``: boolean CSR (n_items, n_labels) or None; ``label_source``: "cluster", "genres"
-    or None; ``titles``: (n_items,) object array of display names (the id when none).
+    ``labels``: boolean CSR (n_items, n_labels) or None; ``label_source``: the item column the
+    labels came from, or None; ``single_label``: at most one label per item (clusters,
+    categories); ``titles``: (n_items,) object array of display names (the id when none).
     """
 
     labels: sp.csr_matrix | None
     label_source: str | None
     titles: np.ndarray
+    single_label: bool = False
 
 
-def read_item_info(path: str | Path | None, item_ids: pa.Array) -> ItemInfo:
-    """Labels (``cluster`` int column, else ``genres`` list column) and titles (``title`` or
-    ``name``) from an item table keyed by ``item_id``; items missing there are unlabelled."""
+def read_item_info(path: str | Path | None, item_ids: pa.Array,
+                   label_column: str | None = None) -> ItemInfo:
+    """Labels and titles from an item table keyed by ``item_id``, aligned with ``item_ids``.
+
+    Labels come from ``label_column``, by default ``cluster`` (simulator) else ``genres``:
+    an integer or string column gives one label per item, a list column a set of labels.
+    Titles come from ``title`` or ``name``. Items absent from the table are unlabelled.
+    """
     ids_text = np.array([str(v) for v in item_ids.to_pylist()], dtype=object)
     if path is None:
+        if label_column:
+            raise UserError(f"--labels {label_column}: no item table (pass --items)")
         return ItemInfo(None, None, ids_text)
     table = io.read_table(path)
     if "item_id" not in table.column_names:
@@ -239,17 +249,22 @@ def read_item_info(path: str | Path | None, item_ids: pa.Array) -> ItemInfo:
             values = np.array(table.column(col).to_pylist(), dtype=object)
             titles = np.where(present, values[row], ids_text)
             break
-    if "cluster" in table.column_names:
-        clusters = table.column("cluster").to_numpy(zero_copy_only=False).astype(np.int64)
-        aligned = np.where(present, clusters[row], -1)
-        titles = np.array([f"{t} [cluster {c}]" if c >= 0 else t
-                           for t, c in zip(titles, aligned, strict=True)], dtype=object)
-        return ItemInfo(metrics.label_sets(aligned), "cluster", titles)
-    if "genres" in table.column_names:
-        genres = table.column("genres").to_pylist()
-        aligned = [genres[r] if ok else None for r, ok in zip(row, present, strict=True)]
-        return ItemInfo(metrics.label_sets(aligned), "genres", titles)
-    return ItemInfo(None, None, titles)
+    if label_column is None:
+        label_column = next((c for c in ("cluster", "genres") if c in table.column_names), None)
+        if label_column is None:
+            return ItemInfo(None, None, titles)
+    if label_column not in table.column_names:
+        raise UserError(f"{path}: label column '{label_column}' not found "
+                        f"(columns: {', '.join(table.column_names)})")
+    column = table.column(label_column).combine_chunks()
+    values = column.to_pylist()
+    aligned = [values[r] if ok else None for r, ok in zip(row, present, strict=True)]
+    if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
+        return ItemInfo(metrics.label_sets(aligned), label_column, titles)
+    sets = metrics.label_sets([[v] if v is not None else [] for v in aligned])
+    titles = np.array([f"{t} [{label_column} {v}]" if v is not None else t
+                       for t, v in zip(titles, aligned, strict=True)], dtype=object)
+    return ItemInfo(sets, label_column, titles, single_label=True)
 
 
 def item_popularity(train: sp.csr_matrix) -> np.ndarray:
@@ -287,6 +302,7 @@ class Options:
     seed: int = 0
     examples: tuple[str, ...] = ()  # item ids (as text) shown as example lists; default: popular
     n_examples: int = 4
+    labels: str | None = None  # item column of ground-truth labels; default cluster / genres
 
     def __post_init__(self):
         for name in ("depth", "n_bins", "auc_pairs", "n_examples"):
@@ -564,7 +580,7 @@ def write_report(out: str | Path, matrix_dir: str | Path, model_dirs: Iterable[s
             model = load_model(d)
             models[model.name] = model
         items = items or io.read_manifest(matrix_dir).get("inputs", {}).get("items")
-        info = read_item_info(items, data.item_ids)
+        info = read_item_info(items, data.item_ids, opts.labels)
         lists = read_neighbor_lists(neighbors_dir, data.user_ids, data.item_ids, opts.depth)
     report = build_report(data, models, lists, info, opts, timings)
     with io.atomic_output_dir(out, overwrite=overwrite) as tmp:
@@ -743,9 +759,10 @@ def single_labels(sets: sp.csr_matrix) -> np.ndarray:
 
 
 def plot_cosine_heatmaps(report: Report, max_items: int = 200) -> str | None:
-    """The paper's Figure 1: item-item cosine, items sorted by cluster then popularity."""
+    """The paper's Figure 1: item-item cosine, items sorted by label then popularity
+    (single-label ground truth only: simulator clusters, categories)."""
     info = report.info
-    if info.label_source != "cluster" or not report.models:
+    if not info.single_label or not report.models:
         return None
     plt = _plt()
     rng = np.random.default_rng(report.options.seed)
@@ -765,7 +782,8 @@ def plot_cosine_heatmaps(report: Report, max_items: int = 200) -> str | None:
         ax.set_yticks([])
     for ax in list(axes.flat)[len(names):]:
         ax.axis("off")
-    fig.suptitle("item-item cosine (items sorted by cluster, then popularity)", fontsize=9)
+    fig.suptitle(f"item-item cosine (items sorted by {info.label_source}, then popularity)",
+                 fontsize=9)
     fig.tight_layout()
     return _png(fig)
 

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from bigcos import io, reports
+from bigcos import io, metrics, reports
 from bigcos.cli import main
 from bigcos.errors import UserError
 from bigcos.matrix import IngestOptions, ingest
@@ -184,9 +184,29 @@ def test_read_neighbor_lists_matches_written_oracle(inputs):
 def test_read_item_info_aligns_labels_and_titles(inputs):
     ids = pa.array([502, 999, 500], pa.int64())
     info = reports.read_item_info(inputs["items"], ids)
-    assert info.label_source == "cluster"
-    np.testing.assert_array_equal(reports.single_labels(info.labels), [2, -1, 0])
+    assert info.label_source == "cluster" and info.single_label
+    first, missing, last = reports.single_labels(info.labels)
+    assert missing == -1 and first >= 0 and last >= 0 and first != last
     assert list(info.titles) == ["Film 2 (c2) [cluster 2]", "999", "Film 0 (c0) [cluster 0]"]
+
+
+def test_read_item_info_label_columns(tmp_path):
+    pq.write_table(pa.table({"item_id": [1, 2, 3], "category": ["x", "y", "x"],
+                             "tags": [["a", "b"], [], ["b"]], "name": ["A", "B", "C"]}),
+                   tmp_path / "items.parquet")
+    ids = pa.array([3, 1, 2], pa.int64())
+    cat = reports.read_item_info(tmp_path / "items.parquet", ids, "category")
+    assert cat.single_label and cat.label_source == "category"
+    np.testing.assert_allclose(metrics.label_precision(cat.labels, np.array([0, 0]),
+                                                       np.array([[1], [2]])), [1.0, 0.0])
+    tags = reports.read_item_info(tmp_path / "items.parquet", ids, "tags")
+    assert not tags.single_label and list(tags.titles) == ["C", "A", "B"]
+    np.testing.assert_allclose(metrics.label_precision(tags.labels, np.array([0, 2]),
+                                                       np.array([[1, 2], [0, 1]])),
+                               [0.5, np.nan])
+    with pytest.raises(UserError, match="label column 'genres' not found"):
+        reports.read_item_info(tmp_path / "items.parquet", ids, "genres")
+    assert reports.read_item_info(tmp_path / "items.parquet", ids).labels is None
 
 
 def test_d_family_groups_objective1_rescalings_only():

@@ -17,6 +17,9 @@ from bigcos.cli.common import overwrite_option
 @click.option("--items", "items_table", type=click.Path(path_type=str), default=None,
               help="Item table with `cluster` (simulator) or `genres`, and `title`/`name` "
                    "(default: the one recorded by `bigcos ingest --items`).")
+@click.option("--labels", "label_column", default=None,
+              help="Item column with ground-truth labels: integer/string (one per item) or a "
+                   "list (e.g. genres, tags). Default: cluster, else genres.")
 @click.option("--out", required=True, type=click.Path(path_type=str),
               help="Report directory to write (created atomically).")
 @click.option("--depth", type=click.IntRange(min=1), default=10, show_default=True,
@@ -33,8 +36,8 @@ from bigcos.cli.common import overwrite_option
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of the random baseline and the AUC pairs.")
 @overwrite_option
-def report(matrix_dir, model_dirs, neighbors_dir, items_table, out, depth, rbo_p, n_bins,
-           auc_pairs, examples, seed, overwrite):
+def report(matrix_dir, model_dirs, neighbors_dir, items_table, label_column, out, depth, rbo_p,
+           n_bins, auc_pairs, examples, seed, overwrite):
     """Compare neighbour lists and rankings of several models under cosine and dot.
 
     Writes OUT/agreement.parquet, agreement_per_item.parquet, d_sensitivity.parquet,
@@ -49,7 +52,7 @@ def report(matrix_dir, model_dirs, neighbors_dir, items_table, out, depth, rbo_p
     from bigcos.reports import Options, write_report
 
     options = Options(depth=depth, rbo_p=rbo_p, n_bins=n_bins, auc_pairs=auc_pairs, seed=seed,
-                      examples=tuple(examples))
+                      examples=tuple(examples), labels=label_column)
     result = write_report(out, matrix_dir, model_dirs, neighbors_dir, items_table, options,
                           overwrite=overwrite)
     counts = ", ".join(f"{name} {t.num_rows:,}" for name, t in result.tables.items())
