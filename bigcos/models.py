@@ -628,7 +628,8 @@ def fit(matrix_dir: str | os.PathLike, out: str | os.PathLike, specs: Sequence[M
         cache_dir = matrix_dir / "svd-cache"
     cache_dir = Path(cache_dir) if cache_dir is not None else None
     with timings("svd"):
-        key, key_parts = spectrum_key(matrix_digest(matrix_dir), svd, preprocessing)
+        digest = matrix_digest(matrix_dir) if cache_dir is not None else "not-hashed"
+        key, key_parts = spectrum_key(digest, svd, preprocessing)
         spectrum, hit = cached_spectrum(X_fit, svd, col_center, col_scale, cache_dir, key,
                                         key_parts)
     with timings("solve"):
