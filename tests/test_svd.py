@@ -213,3 +213,24 @@ def test_save_and_load_round_trip(tmp_path):
     (tmp_path / "svd" / "svd.npz").unlink()
     with pytest.raises(UserError, match="svd.npz"):
         load_spectrum(tmp_path / "svd")
+
+
+# --------------------------------------------------------------------------- benchmark
+def test_bench_matrix_and_command_run_small(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from bigcos.bench.svd import powerlaw_matrix, svd
+
+    X = powerlaw_matrix(2000, 500, 20_000, seed=1)
+    assert X.shape == (2000, 500) and abs(X.nnz - 20_000) <= 400
+    assert X.dtype == np.float32 and np.all(X.data == 1.0) and X.has_canonical_format
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(svd, ["--n", "600", "--p", "200", "--nnz", "6000", "-k", "6",
+                                      "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(out.read_text())["rows"]
+    ours = next(r for r in rows if r["name"].startswith("bigcos"))
+    assert ours["max_rel_err"] < 1e-3 and ours["passes"] == 6
+    assert "goal k=6" in result.output
