@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 
 import click
 
@@ -51,9 +52,13 @@ def main(verbose: int, quiet: bool) -> None:
     levels = (logging.WARNING, logging.INFO, logging.DEBUG)
     level = logging.ERROR if quiet else levels[min(verbose, 2)]
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    # Dask's own INFO chatter only with -vv; the dashboard link is printed by the commands
+    # Dask's own INFO chatter only with -vv (the commands print the dashboard link): for this
+    # process's distributed loggers, and via the environment for worker processes it starts
     dask_level = level if verbose >= 2 else max(level, logging.WARNING)
-    logging.getLogger("distributed").setLevel(dask_level)
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", logging.getLevelName(dask_level).lower())
+    for name in ["distributed", *logging.Logger.manager.loggerDict]:
+        if name.startswith("distributed"):
+            logging.getLogger(name).setLevel(dask_level)
 
 
 for _module, _attr in COMMANDS:
