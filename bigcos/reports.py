@@ -869,7 +869,7 @@ def findings(report: Report) -> list[str]:
     families = {name: d_family(m.manifest, name) for name, m in report.models.items()}
     for fam in sorted({f for f in families.values() if f}):
         rows = [r for r in held if families.get(r["model"]) == fam]
-        if rows:
+        if len({r["model"] for r in rows}) > 1:
             by = {m: [r["recall_at_20"] for r in rows if r["metric"] == m] for m in METRICS}
             out.append(f"Held-out Recall@20 across the D of {fam} ({rows[0]['protocol']} "
                        f"generalisation, {rows[0]['n_users']} users): by dot {_span(by['dot'])}, "
