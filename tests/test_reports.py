@@ -358,6 +358,7 @@ def test_html_is_self_contained_with_examples(report_dir):
     assert page.count("data:image/png;base64,") >= 6
     assert "nearest items to Film 0 (c0) [cluster 0]" in page
     assert "<h2>Findings</h2>" in page and "user-item neighbours across 3 rescalings D" in page
+    assert page.count("Held-out Recall@20 across the D of") == 1  # obj2 is no D-family
 
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium not installed")
