@@ -25,6 +25,7 @@ _API = {
     "simulate": "bigcos.simulate",
     "SimulationParams": "bigcos.simulate",
     "figure1": "bigcos.figure1",
+    "write_report": "bigcos.reports", "read_report_table": "bigcos.reports",
 }
 
 __all__ = ["__version__", *_API]
