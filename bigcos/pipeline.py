@@ -209,7 +209,7 @@ def _path(value: Any, where: str, root: Path, must_exist: bool) -> Path:
     if not isinstance(value, str):
         raise UserError(f"{where}: expected a path string, got {value!r}")
     p = Path(os.path.expandvars(os.path.expanduser(value)))
-    p = p if p.is_absolute() else root / p
+    p = Path(os.path.normpath(p if p.is_absolute() else root / p))
     if must_exist and not p.exists():
         raise UserError(f"{where}: {p} does not exist")
     return p

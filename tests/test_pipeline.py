@@ -108,8 +108,11 @@ def test_default_job_and_example_jobs_validate():
     assert (sim.simulate.n_users, sim.simulate.n_items) == (20_000, 1_000)
     assert (sim.fit.k, sim.fit.lam1, sim.fit.lam2) == (50, 10_000.0, 100.0)  # the paper's
     for path in sorted((ROOT / "jobs").glob("*.toml")):
-        if "user-supplied" in path.read_text():
+        text = path.read_text()
+        if "user-supplied" in text:
             continue  # needs data the user brings
+        if "shared/data" in text and not (ROOT.parent / "shared" / "data").is_dir():
+            continue  # the team's datasets, absent on this machine
         assert load_job(path).datasets, path
 
 
