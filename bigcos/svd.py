@@ -223,18 +223,24 @@ def _gram_block(Xb: sp.csr_matrix, q_tiles: list[np.ndarray]) -> np.ndarray:
     return out
 
 
-def _add(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a += b
-    return a
+def _add(a: np.ndarray, b: np.ndarray, inplace: bool) -> np.ndarray:
+    if inplace:
+        a += b
+        return a
+    return a + b
 
 
-def _tree_sum(parts: list, split: int = 2):
-    """Pairwise tree-sum of Dask delayed arrays (depth log2(len(parts)))."""
+def _tree_sum(parts: list, inplace: bool):
+    """Pairwise tree-sum of Dask delayed arrays (depth log2(len(parts))).
+
+    ``inplace`` reuses the left operand (threaded scheduler: each partial has one consumer);
+    on a cluster a retried task must find its inputs unchanged, so it allocates.
+    """
     from dask import delayed
 
     while len(parts) > 1:
-        parts = [delayed(_add, pure=False)(*parts[i:i + split]) if i + 1 < len(parts)
-                 else parts[i] for i in range(0, len(parts), split)]
+        parts = [delayed(_add, pure=False)(parts[i], parts[i + 1], inplace)
+                 if i + 1 < len(parts) else parts[i] for i in range(0, len(parts), 2)]
     return parts[0]
 
 
@@ -309,7 +315,7 @@ class GramOperator:
         else:
             q = delayed(tiles, name=f"bigcos-q-{uuid.uuid4().hex}")
         parts = [delayed(_gram_block, pure=False)(b, q) for b in self._blocks]
-        (Y,) = dask.compute(_tree_sum(parts))
+        (Y,) = dask.compute(_tree_sum(parts, inplace=self.client is None))
         if self.mu is not None or self.s is not None:
             Y = Y.astype(np.float64)
         if self.mu is not None:
