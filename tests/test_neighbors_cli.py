@@ -104,3 +104,21 @@ def test_neighbors_command_writes_the_dataset(model, tmp_path):
     assert code == 1 and "no such model directory" in text
     code, text = run("neighbors", directory, "--out", tmp_path / "y", "--memory-budget", "1MiB")
     assert code == 1 and "--memory-budget" in text and text.count("\n") == 1
+
+
+@pytest.mark.cluster
+def test_neighbors_on_a_given_scheduler_matches_the_default(model, tmp_path):
+    from distributed import LocalCluster
+
+    directory, _ = model
+    code, text = run("neighbors", directory, "--kind", "item-item,user-user", "-N", "3",
+                     "--out", tmp_path / "local", "--workers", "1")
+    assert code == 0, text
+    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as cluster:
+        code, text = run("neighbors", directory, "--kind", "item-item,user-user", "-N", "3",
+                         "--out", tmp_path / "remote", "--scheduler", cluster.scheduler_address)
+    assert code == 0, text
+    frames = [read_neighbors(tmp_path / d).to_pandas().sort_values(
+        ["kind", "metric", "query_id", "rank"]).reset_index(drop=True) for d in ("local", "remote")]
+    assert len(frames[0]) == 2 * (6 + 4) * 3  # metrics x (items + users) x N
+    assert frames[0].astype(str).equals(frames[1].astype(str))
