@@ -458,8 +458,9 @@ def _krylov(op: GramOperator, k: int, block: int, n_iter: int, seed: int, tol: f
     start, m = 0, Q.shape[1]                # the current block Q_j is K[:, start:m]
     converged = None if tol is None else False
     reorthogonalized = 0
+    Z = np.zeros((p, 0), dtype=dtype)
     t_orth += time.perf_counter() - t0
-    for j in range(n_iter):
+    for j in range(n_iter if m else 0):     # m = 0: A Omega = 0, nothing to iterate on
         W = op(K[:, start:m])
         t0 = time.perf_counter()
         Z = np.asarray(W, dtype=dtype)
@@ -469,7 +470,7 @@ def _krylov(op: GramOperator, k: int, block: int, n_iter: int, seed: int, tol: f
         Z -= K[:, :m] @ C                   # (I - K K^T) W_j
         H[:m, start:m] = C
         last = j == n_iter - 1 or m == width
-        if tol is not None and not last:
+        if tol is not None and not last and m >= k:
             theta, Y, res = _krylov_ritz(H, Z, start, m, k)
             converged = bool(_relative(res, np.maximum(theta, 0.0)).max() <= tol)
             last = converged
@@ -487,16 +488,41 @@ def _krylov(op: GramOperator, k: int, block: int, n_iter: int, seed: int, tol: f
         if last:
             break
     t0 = time.perf_counter()
-    theta, Y, res = _krylov_ritz(H, Z, start, m, k)
-    del Z
-    V = K[:, :m] @ Y.astype(dtype)
-    del K                                   # the basis is the bulk of the memory
+    if m < k:                               # rank(A) < k: the basis holds all of range(A)
+        theta, V, res = _completed_ritz(op, K[:, :m], k, rng, dtype)
+    else:
+        theta, Y, res = _krylov_ritz(H, Z, start, m, k)
+        V = K[:, :m] @ Y.astype(dtype)
+    del K, Z                                # the basis is the bulk of the memory
     sigma, V, residuals = _finish(theta, V, res)
     if tol is not None:
         converged = bool(residuals.max() <= tol)
     extra = {"basis_dim": m, "converged": converged, "reorthogonalized": reorthogonalized,
              "timings_s": {"orthonormalize": t_orth, "rayleigh_ritz": time.perf_counter() - t0}}
     return sigma, V, residuals, extra
+
+
+def _completed_ritz(op: GramOperator, K: np.ndarray, k: int, rng, dtype: np.dtype):
+    """Rayleigh-Ritz on K (p x m, m < k) completed by random orthonormal directions to k
+    columns, with one more (explicit) pass; for A of rank < k. Returns (theta, V, res)."""
+    E = rng.standard_normal((K.shape[0], k - K.shape[1])).astype(dtype)
+    E -= K @ (K.T @ E)
+    E, _ = _orthonormalize(E, K, 1.0, dtype)
+    B = np.hstack([K, E])
+    W = op(B).astype(np.float64)
+    B64 = B.astype(np.float64)
+    theta, Y = _ritz(B64.T @ W, k)
+    return theta, (B64 @ Y).astype(dtype), np.linalg.norm(W @ Y - B64 @ (Y * theta), axis=0)
+
+
+def _pad_basis(Q: np.ndarray, k: int, rng, dtype: np.dtype) -> np.ndarray:
+    """Q (p x b, orthonormal) completed by random orthonormal directions to >= k columns."""
+    if Q.shape[1] >= k:
+        return Q
+    E = rng.standard_normal((Q.shape[0], k - Q.shape[1])).astype(dtype)
+    E -= Q @ (Q.T @ E)
+    E, _ = _orthonormalize(E, Q, 1.0, dtype)
+    return np.hstack([Q, E])
 
 
 def _krylov_ritz(H: np.ndarray, Z: np.ndarray, start: int, m: int, k: int):
@@ -528,6 +554,7 @@ def _subspace(op: GramOperator, k: int, block: int, n_iter: int, seed: int, tol:
                 last = last or converged
         if not last:
             Q, _ = _orthonormalize(W, None, float(np.linalg.norm(W, axis=0).max()), dtype)
+            Q = _pad_basis(Q, k, rng, dtype)   # rank(A) < k: add null-space directions
         t_orth += time.perf_counter() - t0
         if last:
             break

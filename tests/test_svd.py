@@ -128,6 +128,23 @@ def test_tol_stops_early_once_residuals_are_small():
     np.testing.assert_allclose(spec.sigma, s[:5], rtol=1e-8)
 
 
+@pytest.mark.parametrize("method", ["krylov", "subspace"])
+def test_rank_below_k_gives_zero_singular_values(method):
+    rng = np.random.default_rng(12)
+    base = sp.random(3, 25, density=0.5, random_state=rng, format="csr")
+    X = sp.vstack([base] * 20).tocsr()                    # 60 x 25, rank 3
+    D = X.toarray()
+    spec = truncated_svd(X, 6, dtype=np.float64, method=method)
+    s, V = dense_reference(D)
+    np.testing.assert_allclose(spec.sigma[:3], s[:3], rtol=1e-10)
+    assert np.all(spec.sigma[3:] < 1e-6 * s[0])
+    np.testing.assert_allclose(spec.V.T @ spec.V, np.eye(6), atol=1e-10)
+    assert projector_gap(spec.V[:, :3], V[:, :3]) < 1e-8
+    zero = truncated_svd(sp.csr_matrix((30, 10)), 2, method=method)
+    np.testing.assert_array_equal(zero.sigma, 0.0)
+    np.testing.assert_allclose(zero.V.T @ zero.V, np.eye(2), atol=1e-10)
+
+
 # --------------------------------------------------------------------------- determinism
 def test_one_block_and_sixteen_blocks_agree():
     X = decaying_matrix(seed=8)
