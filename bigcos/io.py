@@ -29,6 +29,8 @@ import pyarrow.parquet as pq
 from bigcos.errors import UserError
 
 MANIFEST = "manifest.json"
+# a Parquet dataset directory keeps its manifest under a name that dataset readers skip
+DATASET_MANIFEST = "_manifest.json"
 PARQUET_COMPRESSION = "zstd"
 _VERSIONED = ("bigcos", "numpy", "scipy", "dask", "distributed", "pyarrow", "implicit", "click")
 
@@ -141,11 +143,13 @@ def _jsonable(obj: Any) -> Any:
 
 
 def write_manifest(directory: Path, command: str, parameters: dict[str, Any],
-                   timings: Timings | None = None, **sections: Any) -> dict[str, Any]:
+                   timings: Timings | None = None, *, filename: str = MANIFEST,
+                   **sections: Any) -> dict[str, Any]:
     """Write ``manifest.json``: the command, its parameters, versions, timings and any sections.
 
     Sections are free-form (``inputs=``, ``counts=``, ``accuracy=`` ...); values must be JSON-able
-    after converting numpy scalars/arrays and paths.
+    after converting numpy scalars/arrays and paths. ``filename`` is ``DATASET_MANIFEST`` for a
+    directory that is itself a Parquet dataset (so pandas/DuckDB/Polars read it as one table).
     """
     manifest = {
         "command": command,
@@ -157,7 +161,7 @@ def write_manifest(directory: Path, command: str, parameters: dict[str, Any],
         "timings_s": timings.as_dict() if timings else {},
     }
     manifest = _jsonable(manifest)
-    write_json(directory / MANIFEST, manifest)
+    write_json(directory / filename, manifest)
     return manifest
 
 
@@ -169,7 +173,10 @@ def write_json(path: Path, obj: Any) -> None:
 
 
 def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
+    """The manifest of an output directory: ``manifest.json``, or a dataset's ``_manifest.json``."""
     path = Path(directory) / MANIFEST
+    if not path.exists() and (Path(directory) / DATASET_MANIFEST).exists():
+        path = Path(directory) / DATASET_MANIFEST
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:

@@ -34,7 +34,8 @@ blocks within a budget. The pairs graph also holds the lists in flight between i
 Output (contracts.md): a directory of hive partitions
 ``kind=<kind>/model=<model>/metric=<metric>/part-<group>.parquet`` with columns ``query_id``,
 ``rank`` (int32, 1 = best), ``neighbor_id`` (original ids), ``score`` (float32), and
-``manifest.json`` at the top. Workers write their partitions straight into the temporary
+``_manifest.json`` at the top (a name dataset readers skip, so ``pd.read_parquet(DIR)`` reads
+the whole directory as one table). Workers write their partitions straight into the temporary
 output directory, which is renamed into place only when every task has succeeded.
 """
 
@@ -292,7 +293,8 @@ def neighbors(model_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, *
         inputs = {"models": {m.name: {"dir": str(Path(d).resolve()),
                                       "matrix_dir": str(m.matrix_dir) if m.matrix_dir else None}
                              for m, d in zip(models, model_dirs, strict=True)}}
-        return io.write_manifest(tmp, "neighbors", parameters, timings, inputs=inputs,
+        return io.write_manifest(tmp, "neighbors", parameters, timings,
+                                 filename=io.DATASET_MANIFEST, inputs=inputs,
                                  counts=counts, scheduler=_scheduler_info())
 
 
@@ -463,8 +465,8 @@ def _scheduler_info() -> dict[str, Any]:
 # --------------------------------------------------------------------------- reading
 def read_neighbors(path: str | os.PathLike) -> pa.Table:
     """The whole neighbour dataset at ``path`` as one table (with kind, model, metric columns)."""
-    p = io.require_dir(path, "neighbours")
+    p = io.require_dir(path, "neighbours", io.DATASET_MANIFEST)
     dataset = pads.dataset(p, format="parquet", partitioning="hive",
-                           ignore_prefixes=[".", "_", io.MANIFEST])
+                           ignore_prefixes=[".", "_"])
     return dataset.to_table()
 

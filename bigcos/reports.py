@@ -174,7 +174,7 @@ def read_neighbor_lists(directory: str | Path, user_ids: pa.Array, item_ids: pa.
     ``max_rank``: keep ranks 1..max_rank only (the report needs ``depth``; memory then scales
     with depth, not with the N the lists were computed at).
     """
-    root = io.require_dir(directory, "neighbour dataset")
+    root = io.require_dir(directory, "neighbour dataset", io.DATASET_MANIFEST)
     vocab = {"item": item_ids, "user": user_ids}
     out = []
     for leaf in sorted(root.glob("kind=*/model=*/metric=*")):

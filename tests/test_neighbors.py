@@ -241,7 +241,7 @@ def test_dataset_matches_reference_for_every_kind_model_and_metric(models, tmp_p
     assert manifest["counts"]["model-a/user-item"]["excluded_pairs"] == models["train"].nnz
     assert manifest["counts"]["model-a/user-user"]["symmetric"] is True
     assert manifest["counts"]["model-a/user-item"]["symmetric"] is False
-    assert json.loads((out / "manifest.json").read_text())["parameters"]["n"] == 9
+    assert json.loads((out / "_manifest.json").read_text())["parameters"]["n"] == 9
     assert not any(p.name.startswith(".") for p in out.rglob("*"))  # scratch removed
 
 
@@ -288,7 +288,7 @@ def test_readable_as_one_table_by_pandas_duckdb_and_polars(models, tmp_path):
     assert len(expected) == 2 * 2 * (130 + 70) * 5
     columns = ["kind", "model", "metric", "query_id", "rank", "neighbor_id", "score"]
     frames = {
-        "pandas": pd.read_parquet(out, ignore_prefixes=[".", "_", "manifest.json"]),
+        "pandas": pd.read_parquet(out),
         "duckdb": duckdb.sql(f"select * from read_parquet('{out}/**/*.parquet', "
                              "hive_partitioning=true)").df(),
         "polars": pl.read_parquet(f"{out}/**/*.parquet", hive_partitioning=True).to_pandas(),

@@ -130,7 +130,7 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
             write_neighbors(nb_root, "user-item", name, metric, user_ids, item_ids, top, sc)
             top, sc = dense_topn(U32, U32, metric, DEPTH, np.eye(len(user_ids), dtype=bool))
             write_neighbors(nb_root, "user-user", name, metric, user_ids, user_ids, top, sc)
-    io.write_manifest(nb_root, "neighbors", {"n": DEPTH})
+    io.write_manifest(nb_root, "neighbors", {"n": DEPTH}, filename=io.DATASET_MANIFEST)
     return {"tmp": tmp, "matrix": tmp / "matrix", "models": model_dirs, "neighbors": nb_root,
             "items": tmp / "items.parquet"}
 
@@ -175,7 +175,7 @@ def test_read_neighbor_lists_matches_written_oracle(inputs):
                                       data_items.combine_chunks(), max_rank=4)
     assert all(c.neighbors.shape[1] == 4 for c in cut)
     np.testing.assert_array_equal(cut[lists.index(nl)].neighbors, nl.neighbors[:, :4])
-    with pytest.raises(UserError, match="no kind="):
+    with pytest.raises(UserError, match="not a neighbour dataset"):
         reports.read_neighbor_lists(inputs["matrix"], data_users.combine_chunks(),
                                     data_items.combine_chunks())
 

@@ -61,7 +61,7 @@ def neighbors(model_dirs, out, kinds, metrics, n, include_train, memory_budget, 
     Tiles run as Dask tasks on a LocalCluster (one process per core, one BLAS thread each)
     or on --scheduler; workers write their partitions into OUT directly.
 
-    Read it with pandas (pd.read_parquet(OUT, ignore_prefixes=[".", "_", "manifest.json"])),
+    Read it with pandas (pd.read_parquet(OUT)),
     DuckDB (read_parquet('OUT/**/*.parquet', hive_partitioning=true)) or Polars
     (pl.read_parquet('OUT/**/*.parquet', hive_partitioning=True)).
 
