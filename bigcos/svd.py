@@ -103,7 +103,7 @@ def truncated_svd(X: sp.csr_matrix, k: int, *, oversampling: int | None = None,
     oversampling: extra columns of the block, l = k + oversampling (default 16 for ``krylov``,
     k for ``subspace``). n_iter: passes over X (default 6 for ``krylov``, 7 for ``subspace``;
     on a flat-tailed 200,000 x 50,000 power-law matrix the defaults put every sigma_1..256
-    within 1e-4 of PROPACK). seed: the Gaussian start (``np.random.default_rng(seed)``).
+    within ~1e-4 of PROPACK). seed: the Gaussian start (``np.random.default_rng(seed)``).
     dtype: float32 or float64, the precision of the sparse products, of the basis and of its
     projections; centring terms, Gram matrices of the orthonormalisation and the
     Rayleigh-Ritz eigenproblem are float64.
