@@ -63,6 +63,7 @@ from threadpoolctl import threadpool_limits
 from bigcos.errors import UserError
 
 METHODS = ("krylov", "subspace")
+SVD_VERSION = 2  # bumped whenever the same parameters give different results (cache keys)
 EXACT_MAX_P = 20_000
 SPECTRUM_ARRAYS = "svd.npz"
 SPECTRUM_INFO = "svd.json"
@@ -157,7 +158,8 @@ def truncated_svd(X: sp.csr_matrix, k: int, *, oversampling: int | None = None,
         op.close()
     timings = {**op.timings, **extra.pop("timings_s"),
                "total": time.perf_counter() - t_start}
-    info = {"method": method, "k": k, "block_size": block, "oversampling": block - k,
+    info = {"svd_version": SVD_VERSION, "method": method, "k": k, "block_size": block,
+            "oversampling": block - k,
             "n_iter": n_iter, "passes": op.passes, "seed": seed, "dtype": dtype.name,
             "tol": tol, **extra, **op.describe(),
             "max_residual": float(residuals.max()),
@@ -587,7 +589,8 @@ def _exact(X: sp.csr_matrix, k: int, mu, s, t_start: float) -> Spectrum:
     theta[theta <= p * np.finfo(np.float64).eps * max(float(theta[0]), 0.0)] = 0.0
     t_eig = time.perf_counter() - t0
     sigma, V, residuals = _finish(theta, V, res)
-    info = {"method": "exact", "k": k, "passes": 1, "dtype": "float64", "shape": [n, p],
+    info = {"svd_version": SVD_VERSION, "method": "exact", "k": k, "passes": 1,
+            "dtype": "float64", "shape": [n, p],
             "col_center": mu is not None, "col_scale": s is not None,
             "max_residual": float(residuals.max()) if residuals.size else 0.0,
             "timings_s": {"gram": round(t_gram, 4), "eigh": round(t_eig, 4),
