@@ -481,9 +481,10 @@ def matrix_digest(matrix_dir: Path) -> str:
 def spectrum_key(matrix_sha256: str, svd: SVDOptions, pre: Preprocessing) -> tuple[str, dict]:
     """(16-hex key, the JSON-able dict it hashes) of one SVD of one matrix."""
     from bigcos import __version__
+    from bigcos.svd import SVD_VERSION
 
     parts = {"matrix_sha256": matrix_sha256, "svd": svd.key(), "preprocessing": pre.key(),
-             "bigcos": __version__}
+             "bigcos": __version__, "svd_version": SVD_VERSION}
     text = json.dumps(parts, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16], parts
 

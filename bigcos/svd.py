@@ -63,7 +63,9 @@ from threadpoolctl import threadpool_limits
 from bigcos.errors import UserError
 
 METHODS = ("krylov", "subspace")
-SVD_VERSION = 2  # bumped whenever the same parameters give different results (cache keys)
+SVD_VERSION = 3  # bumped whenever the same parameters give different results (cache keys)
+BLOCK_NNZ = 1_000_000  # default row-block size in non-zeros (see default_block_count)
+MAX_BLOCKS = 8
 EXACT_MAX_P = 20_000
 SPECTRUM_ARRAYS = "svd.npz"
 SPECTRUM_INFO = "svd.json"
@@ -109,7 +111,8 @@ def truncated_svd(X: sp.csr_matrix, k: int, *, oversampling: int | None = None,
     projections; centring terms, Gram matrices of the orthonormalisation and the
     Rayleigh-Ritz eigenproblem are float64.
     col_center / col_scale: (p,) vectors mu and s.
-    block_rows: rows per Dask task (default: one block of equal non-zeros per worker thread).
+    block_rows: rows per Dask task (default: blocks of about 1M non-zeros, at most 8, whatever
+        the cluster: see :func:`default_block_count`).
     tol: stop early once every residual of the top k is <= tol (checked after each pass).
     method: ``krylov`` or ``subspace``. tile_cols: width of the column tiles of the dense
     operand inside a block (cache blocking; changes speed only).
@@ -282,9 +285,7 @@ class GramOperator:
         self.colsum = (np.asarray(X.sum(axis=0), dtype=np.float64).ravel()
                        if self.mu is not None else None)
         self.client = _active_client()
-        workers = (sum(self.client.nthreads().values()) if self.client is not None
-                   else (os.cpu_count() or 1))
-        bounds = _row_bounds(X, block_rows, max(workers, 1))
+        bounds = _row_bounds(X, block_rows, default_block_count(X.nnz))
         blocks = [_row_block(X, a, b, self.dtype) for a, b in bounds]
         self.block_rows = [int(b - a) for a, b in bounds]
         if self.client is not None:
@@ -334,6 +335,17 @@ class GramOperator:
         if self.client is not None and self._blocks:
             self.client.cancel(self._blocks)
         self._blocks = []
+
+
+def default_block_count(nnz: int) -> int:
+    """Row blocks of X when ``block_rows`` is not given: a function of the data alone.
+
+    The partition fixes the order of the float sums, so making it independent of the number
+    of workers makes the result bitwise identical on any cluster. One block per 1M non-zeros,
+    at most ``MAX_BLOCKS`` (enough to keep a few workers busy; each block's partial sum is a
+    p x l array, so more blocks mean more transient memory in the tree-sum).
+    """
+    return int(min(MAX_BLOCKS, max(1, -(-nnz // BLOCK_NNZ))))
 
 
 def _row_bounds(X: sp.csr_matrix, block_rows: int | None, n_blocks: int) -> list[tuple]:
