@@ -147,34 +147,80 @@ def _check_schema(log: Path, schema: pa.Schema, opts: IngestOptions, need_time: 
     return cols
 
 
-def _encode(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, pa.Array]:
-    """Dictionary-encode one batch's ids: (int32 codes into a batch dictionary, dictionary)."""
+@dataclass
+class _IdPart:
+    """One record batch's ids in a compact form, mapped to global codes by :func:`_merge_vocab`.
+
+    Integer ids: ``codes`` are ``id - base`` as uint32 when the batch's id range fits, else the
+    raw ids as int64 (``base`` 0). String ids: ``codes`` are int32 indices into ``dictionary``.
+    """
+
+    codes: np.ndarray
+    type: pa.DataType
+    base: int = 0
+    top: int = 0  # largest code (integer ids)
+    dictionary: pa.Array | None = None
+
+
+def _encode(column: pa.ChunkedArray | pa.Array) -> _IdPart:
+    if pa.types.is_integer(column.type):
+        ids = column.to_numpy(zero_copy_only=False)
+        lo, hi = int(ids.min()), int(ids.max())
+        if hi - lo < 2**32:
+            return _IdPart((ids - lo).astype(np.uint32), column.type, lo, hi - lo)
+        return _IdPart(ids.astype(np.int64), column.type, 0, hi)
     encoded = pc.dictionary_encode(column)
     if isinstance(encoded, pa.ChunkedArray):
         encoded = encoded.combine_chunks()
-    return encoded.indices.to_numpy(zero_copy_only=False).astype(np.int32), encoded.dictionary
+    return _IdPart(encoded.indices.to_numpy(zero_copy_only=False).astype(np.int32),
+                   column.type, dictionary=encoded.dictionary)
 
 
-def _merge_vocab(codes: list[np.ndarray], dicts: list[pa.Array]) -> tuple[np.ndarray, pa.Array]:
-    """Map per-batch codes onto one sorted vocabulary; return (global int32 codes, vocabulary)."""
-    if not dicts:
-        return np.empty(0, np.int32), pa.array([], pa.int64())
-    all_ids = pa.concat_arrays([d.cast(dicts[0].type) for d in dicts])
-    vocab = pc.unique(all_ids)
+def _merge_vocab(parts: list[_IdPart]) -> tuple[np.ndarray, pa.Array]:
+    """Map every batch's ids onto one sorted vocabulary: (global int32 codes, vocabulary).
+
+    Integer ids whose overall range is at most twice the number of rows use a
+    direct-address table (O(rows + range), no hashing, no sort); sparse ranges sort the
+    batches' distinct ids and binary-search them; strings merge arrow dictionaries.
+    """
+    if parts[0].dictionary is not None:
+        return _merge_dictionaries(parts)
+    n_rows = sum(len(p.codes) for p in parts)
+    lo = min(p.base for p in parts)
+    span = max(p.base + p.top for p in parts) - lo + 1
+    if span <= max(2 * n_rows, 1 << 22):  # table: 5 bytes per id in range, <= 10 per row
+        present = np.zeros(span, bool)
+        for p in parts:
+            present[p.codes + np.int64(p.base - lo)] = True
+        code_of = np.cumsum(present, dtype=np.int32 if span < 2**31 else np.int64) - 1
+        vocab = np.flatnonzero(present) + lo
+        codes = np.concatenate([code_of[p.codes + np.int64(p.base - lo)] for p in parts])
+    else:
+        vocab = np.unique(np.concatenate([np.unique(p.codes).astype(np.int64) + p.base
+                                          for p in parts]))
+        codes = np.concatenate([np.searchsorted(vocab, p.codes.astype(np.int64) + p.base)
+                                for p in parts])
+    return codes.astype(np.int32), pa.array(vocab).cast(parts[0].type)
+
+
+def _merge_dictionaries(parts: list[_IdPart]) -> tuple[np.ndarray, pa.Array]:
+    dicts = [p.dictionary.cast(parts[0].dictionary.type) for p in parts]
+    vocab = pc.unique(pa.concat_arrays(dicts))
     vocab = vocab.take(pc.sort_indices(vocab))
-    out = np.empty(sum(len(c) for c in codes), np.int32)
+    out = np.empty(sum(len(p.codes) for p in parts), np.int32)
     start = 0
-    for c, d in zip(codes, dicts, strict=True):
-        mapping = pc.index_in(d.cast(vocab.type), value_set=vocab).to_numpy(zero_copy_only=False)
-        out[start:start + len(c)] = mapping.astype(np.int32)[c]
-        start += len(c)
+    for p, d in zip(parts, dicts, strict=True):
+        mapping = pc.index_in(d, value_set=vocab).to_numpy(zero_copy_only=False)
+        out[start:start + len(p.codes)] = mapping.astype(np.int32)[p.codes]
+        start += len(p.codes)
     return out, vocab
 
 
 def _read_log(log: Path, opts: IngestOptions, need_time: bool) -> tuple[_Columns, int]:
     """Stream the log in record batches into compact columns. Returns (columns, rows read).
 
-    Batches are validated and dictionary-encoded on a thread pool (pyarrow releases the GIL),
+    Batches are validated and their ids made compact on a thread pool (numpy and pyarrow
+    release the GIL),
     with at most two batches per core in flight, so memory holds the compact columns plus a
     few record batches.
     """
@@ -189,7 +235,7 @@ def _read_log(log: Path, opts: IngestOptions, need_time: bool) -> tuple[_Columns
             if col.null_count:
                 raise UserError(f"{log}: column '{cols[role]}' has null ids "
                                 f"(first at row {offset + _first_null(col)})")
-        return (*_encode(batch.column(cols["user"])), *_encode(batch.column(cols["item"])),
+        return (_encode(batch.column(cols["user"])), _encode(batch.column(cols["item"])),
                 _values(log, batch, cols["value"], offset),
                 _times(batch, cols["time"]) if need_time else None)
 
@@ -210,12 +256,12 @@ def _read_log(log: Path, opts: IngestOptions, need_time: bool) -> tuple[_Columns
         raise UserError(f"{log}: cannot be read as Parquet ({io._first_line(exc)})") from None
     if rows == 0:
         raise UserError(f"{log}: the log has no rows")
-    u_codes, u_dicts, i_codes, i_dicts, values, times = (list(x) for x in zip(*parts, strict=True))
+    user_parts, item_parts, values, times = (list(x) for x in zip(*parts, strict=True))
     del parts
-    users, user_vocab = _merge_vocab(u_codes, u_dicts)
-    del u_codes
-    items, item_vocab = _merge_vocab(i_codes, i_dicts)
-    del i_codes
+    users, user_vocab = _merge_vocab(user_parts)
+    del user_parts
+    items, item_vocab = _merge_vocab(item_parts)
+    del item_parts
     return _Columns(users, items, np.concatenate(values),
                     np.concatenate(times) if need_time else None, user_vocab, item_vocab), rows
 

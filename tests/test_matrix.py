@@ -191,3 +191,32 @@ def test_real_dataset_ml100k_round_trip(tmp_path):
     df = pd.read_parquet(path / "interactions.parquet")
     assert data.train.nnz <= int((df["value"] >= 4).sum())
     assert (np.diff(data.train.indptr) >= 5).all()
+
+
+@pytest.mark.parametrize("users", [
+    [10**15, -(10**12), 7, 10**15, 5_000_000_000],   # range > 2^32 within one batch: raw int64
+    [3_000_000_000, 3_000_000_007, 3_900_000_000, 3_000_000_000, 3_900_000_000],  # sparse range
+])
+def test_integer_ids_with_wide_or_sparse_ranges(tmp_path, users):
+    df = pd.DataFrame({"user_id": np.array(users, np.int64), "item_id": [5, 6, 5, 5, 9],
+                       "value": np.float32([1, 2, 3, 4, 5]), "timestamp": np.arange(5)})
+    path = write_log(tmp_path, df, 2)
+    data, _ = build(path)
+    assert_matches(data, pandas_oracle(df))
+
+
+def test_bench_ingest_builds_the_same_matrix_as_its_pandas_baseline(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from bigcos.cli import main
+
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(main, ["bench", "ingest", "--rows", "20000", "--users", "500",
+                                       "--items", "300", "--repeat", "1", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "same matrix as pandas: True" in result.output
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["name"] for r in rows][-1] == "pandas read_parquet + coo_matrix"
+    assert all(r["rows_per_s"] > 0 and r["peak_extra_rss_bytes"] >= 0 for r in rows)

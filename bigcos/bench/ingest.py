@@ -58,14 +58,38 @@ def pandas_baseline(path: Path):
     return sp.coo_matrix((values, (u, i))).tocsr()
 
 
+def _median_runs(methods: dict, repeat: int) -> tuple[dict, dict]:
+    """Run every method ``repeat`` times, alternating them (so caches, allocator and page
+    faults favour none), after one untimed warm-up each. Returns (measurements, results):
+    the median time and the largest peak extra RSS per method."""
+    for fn in methods.values():
+        fn()
+        pa.default_memory_pool().release_unused()
+    runs: dict[str, list] = {name: [] for name in methods}
+    results = {}
+    for _ in range(repeat):
+        for name, fn in methods.items():
+            m, results[name] = measure(name, fn)
+            pa.default_memory_pool().release_unused()
+            runs[name].append(m)
+    out = {}
+    for name, ms in runs.items():
+        m = sorted(ms, key=lambda x: x.seconds)[len(ms) // 2]
+        m.peak_extra_rss_bytes = max(x.peak_extra_rss_bytes for x in ms)
+        out[name] = m
+    return out, results
+
+
 @click.command()
 @click.option("--rows", type=click.IntRange(min=1000), default=20_000_000, show_default=True)
 @click.option("--users", "n_users", type=int, default=1_000_000, show_default=True)
 @click.option("--items", "n_items", type=int, default=100_000, show_default=True)
+@click.option("--repeat", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Timed runs per method (median reported), after one warm-up each.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
               help="Also write the figures as JSON.")
-def ingest(rows, n_users, n_items, seed, json_path):
+def ingest(rows, n_users, n_items, repeat, seed, json_path):
     """Ingest a generated log: rows/s and peak extra memory, bigcos beside pandas + scipy.
 
     Example:
@@ -76,28 +100,34 @@ def ingest(rows, n_users, n_items, seed, json_path):
         log = Path(tmp) / "log.parquet"
         click.echo(f"generating {rows:,} rows ...")
         generate_log(log, rows, n_users, n_items, seed)
-        results = []
-        m_ours, ours = measure("bigcos build (sum duplicates)", lambda: build(log)[0].train)
-        pa.default_memory_pool().release_unused()
-        m_last, _ = measure("bigcos build (last by time)",
-                            lambda: build(log, IngestOptions(duplicates="last"))[0].train)
-        pa.default_memory_pool().release_unused()
+        methods = {
+            "bigcos build (sum duplicates)": lambda: build(log)[0].train,
+            "bigcos build (last by time)":
+                lambda: build(log, IngestOptions(duplicates="last"))[0].train,
+        }
         try:
-            m_pd, theirs = measure("pandas read_parquet + coo_matrix", lambda: pandas_baseline(log))
+            import pandas  # noqa: F401
+
+            methods["pandas read_parquet + coo_matrix"] = lambda: pandas_baseline(log)
         except ImportError:
-            m_pd, theirs = None, None
-        for m in (m_ours, m_last, m_pd):
-            if m is not None:
-                m.extra["rows_per_s"] = round(rows / m.seconds)
-                results.append(m.row())
+            click.echo("pandas is not installed: no baseline (pip install 'bigcos[bench]')")
+        measured, results = _median_runs(methods, repeat)
+        ours = results["bigcos build (sum duplicates)"]
+        theirs = results.get("pandas read_parquet + coo_matrix")
+        baseline = measured.get("pandas read_parquet + coo_matrix")
+        rows_out = []
+        for m in measured.values():
+            m.extra["rows_per_s"] = round(rows / m.seconds)
+            if baseline is not None:
+                m.extra["speed_vs_pandas"] = round(baseline.seconds / m.seconds, 2)
+                m.extra["memory_vs_pandas"] = round(m.peak_extra_rss_bytes
+                                                    / max(baseline.peak_extra_rss_bytes, 1), 2)
+            rows_out.append(m.row())
         agree = None
         if theirs is not None:
             agree = bool(ours.shape == theirs.shape and ours.nnz == theirs.nnz
                          and abs(ours - theirs).max() < 1e-3)
-            for r in results:
-                r["speed_vs_pandas"] = round(m_pd.seconds / r["seconds"], 2)
-                r["memory_vs_pandas"] = round(r["peak_extra_rss_bytes"]
-                                              / max(m_pd.peak_extra_rss_bytes, 1), 2)
         report(f"ingest {rows:,} rows -> {ours.shape[0]:,} x {ours.shape[1]:,}, nnz {ours.nnz:,}"
-               f" (same matrix as pandas: {agree})", results, json_path,
-               {"rows": rows, "users": n_users, "items": n_items, "seed": seed})
+               f" (same matrix as pandas: {agree}; median of {repeat})", rows_out, json_path,
+               {"rows": rows, "users": n_users, "items": n_items, "seed": seed,
+                "repeat": repeat})
