@@ -63,8 +63,8 @@ from threadpoolctl import threadpool_limits
 from bigcos.errors import UserError
 
 METHODS = ("krylov", "subspace")
-SVD_VERSION = 3  # bumped whenever the same parameters give different results (cache keys)
-BLOCK_NNZ = 1_000_000  # default row-block size in non-zeros (see default_block_count)
+SVD_VERSION = 4  # bumped whenever the same parameters give different results (cache keys)
+BLOCK_NNZ = 5_000_000  # default row-block size in non-zeros (see default_block_count)
 MAX_BLOCKS = 8
 EXACT_MAX_P = 20_000
 SPECTRUM_ARRAYS = "svd.npz"
@@ -111,7 +111,7 @@ def truncated_svd(X: sp.csr_matrix, k: int, *, oversampling: int | None = None,
     projections; centring terms, Gram matrices of the orthonormalisation and the
     Rayleigh-Ritz eigenproblem are float64.
     col_center / col_scale: (p,) vectors mu and s.
-    block_rows: rows per Dask task (default: blocks of about 1M non-zeros, at most 8, whatever
+    block_rows: rows per Dask task (default: blocks of about 5M non-zeros, at most 8, whatever
         the cluster: see :func:`default_block_count`).
     tol: stop early once every residual of the top k is <= tol (checked after each pass).
     method: ``krylov`` or ``subspace``. tile_cols: width of the column tiles of the dense
@@ -341,9 +341,10 @@ def default_block_count(nnz: int) -> int:
     """Row blocks of X when ``block_rows`` is not given: a function of the data alone.
 
     The partition fixes the order of the float sums, so making it independent of the number
-    of workers makes the result bitwise identical on any cluster. One block per 1M non-zeros,
-    at most ``MAX_BLOCKS`` (enough to keep a few workers busy; each block's partial sum is a
-    p x l array, so more blocks mean more transient memory in the tree-sum).
+    of workers makes the result bitwise identical on any cluster. One block per 5M non-zeros,
+    at most ``MAX_BLOCKS``: every block writes a whole p x l partial sum, so fewer, larger
+    blocks move less memory (on 2 cores, 200,000 x 50,000 x 10M nnz at k = 256: passes take
+    3.4 s in 2 blocks, 4.1 s in 4, 5.2 s in 8). On a larger cluster pass ``block_rows``.
     """
     return int(min(MAX_BLOCKS, max(1, -(-nnz // BLOCK_NNZ))))
 

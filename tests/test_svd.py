@@ -204,8 +204,9 @@ def test_threaded_and_process_cluster_agree_bitwise(process_cluster, dtype, bloc
 
 def test_default_partition_ignores_the_cluster():
     assert default_block_count(10) == 1
-    assert default_block_count(2_500_000) == 3
-    assert default_block_count(10**9) == 8
+    assert default_block_count(10_000_000) == 2
+    assert default_block_count(12_500_000) == 3
+    assert default_block_count(10**10) == 8
 
 
 # --------------------------------------------------------------------------- errors and I/O
