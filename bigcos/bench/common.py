@@ -22,6 +22,12 @@ import click
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
+def json_option(f):
+    """``--json PATH``: every benchmark can also write its figures (and context) as JSON."""
+    return click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
+                        help="Also write the figures as JSON.")(f)
+
+
 def rss_bytes() -> int:
     """Current resident set size of this process."""
     with open("/proc/self/statm") as fh:

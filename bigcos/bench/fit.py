@@ -21,7 +21,7 @@ import pyarrow as pa
 import scipy.sparse as sp
 
 from bigcos import io
-from bigcos.bench.common import measure, report
+from bigcos.bench.common import json_option, measure, report
 
 
 def power_law_matrix(n_users: int, n_items: int, nnz: int, seed: int = 0) -> sp.csr_matrix:
@@ -78,8 +78,7 @@ def write_matrix_dir(directory: Path, X: sp.csr_matrix) -> None:
 @click.option("--lam2", type=float, default=100.0, show_default=True, help="Objective 2's lam.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--skip-als", is_flag=True, help="Only bigcos (e.g. when implicit is absent).")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
-              help="Also write the figures as JSON.")
+@json_option
 def fit(n_users, n_items, nnz, k, als_iterations, svd_iterations, oversampling, lam1, lam2,
         seed, skip_als, json_path):
     """The whole fit (SVD + both objectives + every named D + user embeddings) beside ALS.

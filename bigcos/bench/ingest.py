@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from bigcos.bench.common import measure, report
+from bigcos.bench.common import json_option, measure, report
 from bigcos.matrix import IngestOptions, build
 
 
@@ -87,8 +87,7 @@ def _median_runs(methods: dict, repeat: int) -> tuple[dict, dict]:
 @click.option("--repeat", type=click.IntRange(min=1), default=3, show_default=True,
               help="Timed runs per method (median reported), after one warm-up each.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
-              help="Also write the figures as JSON.")
+@json_option
 def ingest(rows, n_users, n_items, repeat, seed, json_path):
     """Ingest a generated log: rows/s and peak extra memory, bigcos beside pandas + scipy.
 

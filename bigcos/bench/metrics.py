@@ -12,7 +12,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from bigcos import metrics
-from bigcos.bench.common import measure, report
+from bigcos.bench.common import json_option, measure, report
 
 
 def random_lists(rng: np.random.Generator, m: int, n: int, universe: int) -> np.ndarray:
@@ -59,8 +59,7 @@ def _row(m, peer_values, ours, work: int) -> dict:
 @click.option("--users", type=click.IntRange(min=10), default=5_000, show_default=True,
               help="Users ranked for NDCG@100 (against 2,000 items).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
-              help="Also write the figures as JSON.")
+@json_option
 def metrics_bench(queries, depth, pairs, users, seed, json_path):
     """Time Jaccard@N, RBO, AUC, Spearman and NDCG@100 beside Python, scikit-learn, scipy.
 

@@ -30,7 +30,7 @@ import click
 import numpy as np
 
 from bigcos import io
-from bigcos.bench.common import measure, report
+from bigcos.bench.common import json_option, measure, report
 
 N_BLOCK = 1024
 
@@ -151,8 +151,7 @@ def read_lists(out: Path, metric: str, p: int, n: int) -> np.ndarray:
 @click.option("--repeat", type=click.IntRange(min=1), default=1, show_default=True,
               help="Runs of bigcos and of each peer at --items; the fastest is reported.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
-              help="Write the figures as JSON.")
+@json_option
 def neighbors(p, k, n, workers, peers, scale, full_max, sample, repeat, seed, json_path):
     """Top-N neighbours of all p items by cosine and dot: bigcos beside faiss, implicit and
     numpy, then bigcos alone at larger p with peak memory.

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import click
 
-from bigcos.bench.common import measure, report
+from bigcos.bench.common import json_option, measure, report
 from bigcos.cluster import ClusterOptions, dask_client
 from bigcos.simulate import SimulationParams, block_rngs, draw_users, make_items, write_block
 from bigcos.simulate import simulate as run_simulation
@@ -77,8 +77,7 @@ def _row(name: str, m, n_users: int, extra: dict) -> dict:
               help="Blocks timed for --large extrapolate.")
 @click.option("--tmp-dir", type=click.Path(file_okay=False), default=None,
               help="Where outputs are written (and removed); default: the system temp dir.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
-              help="Also write the figures as JSON.")
+@json_option
 def simulate(n_users, n_items, max_items, workers, peer_users, large, large_users, large_items,
              large_blocks, tmp_dir, json_path):
     """Generate simulations: users/s and peak memory, bigcos beside numpy's per-user choice.

@@ -23,7 +23,7 @@ import click
 import numpy as np
 import scipy.sparse as sp
 
-from bigcos.bench.common import measure, report
+from bigcos.bench.common import json_option, measure, report
 
 
 def powerlaw_matrix(n: int, p: int, nnz: int, seed: int = 0, user_alpha: float = 1.5,
@@ -95,8 +95,7 @@ def _errors(sigma: np.ndarray, ref: np.ndarray) -> dict:
 @click.option("--propack-values-only", is_flag=True,
               help="Also time PROPACK without singular vectors (bigcos returns V too).")
 @click.option("--no-sklearn", is_flag=True, help="Skip sklearn's randomized_svd.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
-              help="Also write the figures as JSON.")
+@json_option
 def svd(n, p, nnz, ks, oversampling, n_iter, seed, arpack, propack_values_only, no_sklearn,
         json_path):
     """Truncated SVD of a power-law matrix: time, peak memory, error of sigma vs PROPACK.
