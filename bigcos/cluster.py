@@ -31,11 +31,6 @@ class ClusterOptions:
     local_directory: str | None = None  # spill directory
     processes: bool = True
 
-    @classmethod
-    def from_env(cls, **overrides) -> ClusterOptions:
-        scheduler = overrides.pop("scheduler", None) or os.environ.get("DASK_SCHEDULER_ADDRESS")
-        return cls(scheduler=scheduler or None, **overrides)
-
 
 @contextlib.contextmanager
 def dask_client(options: ClusterOptions | None = None) -> Iterator[object]:

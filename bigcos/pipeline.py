@@ -507,8 +507,7 @@ def _bar(stages_: list[Stage], show: bool) -> Iterator[Any]:
     if not show:
         yield types.SimpleNamespace(label="", update=lambda n: None)
         return
-    with click.progressbar(length=len(stages_), label="bigcos run", show_pos=True,
-                           item_show_func=None, file=None) as bar:
+    with click.progressbar(length=len(stages_), label="bigcos run", show_pos=True) as bar:
         yield bar
 
 

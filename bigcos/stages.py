@@ -57,6 +57,8 @@ def model_dirs(fit_stages: list[Stage]) -> list[Path]:
 
 
 def dataset_stages(job: Job, ds: Dataset, root: Path) -> list[Stage]:
+    from dask.utils import parse_bytes
+
     from bigcos import matrix, models, neighbors, reports, simulate
 
     stages: list[Stage] = []
@@ -95,8 +97,6 @@ def dataset_stages(job: Job, ds: Dataset, root: Path) -> list[Stage]:
     stages += fits
 
     nb = job.neighbors
-    from dask.utils import parse_bytes
-
     budget = parse_bytes(nb.memory_budget)
     neigh = Stage(ds.name, "neighbors", root / "neighbors", asdict(nb), [], fits,
                   lambda d: neighbors.neighbors(model_dirs(fits), d, kinds=nb.kinds,
