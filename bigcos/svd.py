@@ -21,7 +21,8 @@ Methods
 reorthogonalisation). From a Gaussian start Q_0 (p x l, l = k + oversampling) each pass j
 computes W_j = A Q_j and orthonormalises it against all earlier blocks into Q_{j+1}; after
 ``n_iter`` passes, Rayleigh-Ritz on the basis K = [Q_1 ... Q_{n_iter-1}] (p x L,
-L <= (n_iter - 1) l; the random Q_0 is not kept, unless n_iter = 1) with H = K^T A K taken
+L <= (n_iter - 1) l; the random Q_0 = Omega is not kept, so it is not orthonormalised, unless
+n_iter = 1) with H = K^T A K taken
 from the orthogonalisation coefficients, so no extra pass is needed.
 Residuals come from the Krylov relation A K = K H + Z E^T (Z: the last W with K projected out):
 ||A v_i - theta_i v_i|| = ||Z y_i,last||.
@@ -63,10 +64,12 @@ from threadpoolctl import threadpool_limits
 from bigcos.errors import UserError
 
 METHODS = ("krylov", "subspace")
-SVD_VERSION = 4  # bumped whenever the same parameters give different results (cache keys)
+SVD_VERSION = 5  # bumped whenever the same parameters give different results (cache keys)
 BLOCK_NNZ = 5_000_000  # default row-block size in non-zeros (see default_block_count)
 MAX_BLOCKS = 8
 EXACT_MAX_P = 20_000
+_GRAM_RESOLVES = 1 / 32    # s_min / s_max a float32 Gram matrix resolves (see _orthonormalize)
+_SKIP_SECOND_SVQB = 8.0    # condition number up to which one SVQB round is enough
 SPECTRUM_ARRAYS = "svd.npz"
 SPECTRUM_INFO = "svd.json"
 _FORMAT_VERSION = 1
@@ -150,11 +153,8 @@ def truncated_svd(X: sp.csr_matrix, k: int, *, oversampling: int | None = None,
     block = min(k + oversampling, p)
     op = GramOperator(X, dtype=dtype, col_center=mu, col_scale=s, block_rows=block_rows,
                       tile_cols=tile_cols)
-    # Narrow blocks make small GEMMs, where OpenBLAS's threads cost more than they give
-    # (measured: k = 64 on 50,000 columns, 3.3 s with one BLAS thread, 7.6-13 s with two).
-    blas_threads = 1 if block < 128 else None
     try:
-        with threadpool_limits(limits=blas_threads):
+        with threadpool_limits(limits=_blas_threads(block)):
             run = _krylov if method == "krylov" else _subspace
             sigma, V, residuals, extra = run(op, k, block, n_iter, seed, tol)
     finally:
@@ -168,6 +168,22 @@ def truncated_svd(X: sp.csr_matrix, k: int, *, oversampling: int | None = None,
             "max_residual": float(residuals.max()),
             "timings_s": {key: round(v, 4) for key, v in timings.items()}}
     return Spectrum(sigma, V, residuals, info)
+
+
+def _blas_threads(block: int) -> int | None:
+    """BLAS threads for the GEMMs between passes: all (None), or 1 for narrow blocks.
+
+    After each BLAS call OpenBLAS's idle threads spin for 2^OPENBLAS_THREAD_TIMEOUT cycles
+    (default 2^28, ~0.1 s) and take a core from the sparse pass that follows. With narrow
+    blocks the GEMMs gain less from a second thread than the passes lose (k = 64 on the
+    200,000 x 50,000 bench matrix: 1.35 s with one thread, 1.5-2.1 s with two), unless the
+    spin was shortened, as the ``bigcos`` command does (18: 1.22 s with two threads).
+    """
+    try:
+        short_spin = int(os.environ.get("OPENBLAS_THREAD_TIMEOUT", "28")) <= 20
+    except ValueError:
+        short_spin = False
+    return None if block >= 128 or short_spin else 1
 
 
 def save_spectrum(directory: Path, spectrum: Spectrum) -> None:
@@ -376,30 +392,40 @@ def _orthonormalize(Z: np.ndarray, K: np.ndarray | None, ref_norm: float,
     """Orthonormal basis (p x b', ``dtype``) of the part of Z (p x b) orthogonal to K.
 
     K (p x m, orthonormal columns) may be None; Z must already have K projected out once.
-    SVQB (eigendecomposition of the float64 b x b Gram matrix: GEMM-rate and rank revealing)
+    SVQB (eigendecomposition of the b x b Gram matrix: GEMM-rate and rank revealing)
     normalises Z; directions with norm below ``ref_norm`` times 64 machine epsilons are dropped
-    as numerically in span K, so b' <= b (0 when Z lies in span K). The rounding of the first
+    as numerically in span K, so b' <= b (0 when Z lies in span K). The Gram matrix is taken
+    in ``dtype`` when that resolves Z's spectrum (float32: condition number <= ~30, the usual
+    case for Krylov blocks), else accumulated in float64. The rounding of the first
     projection leaves components of size ~ eps ref_norm / s_min(Z) in span K; when that
-    exceeds eps^(2/3) K is projected out a second time (selective reorthogonalisation), and a
-    final SVQB restores unit norms. Returns (Q, whether the second projection ran).
+    exceeds eps^(2/3) K is projected out a second time (selective reorthogonalisation). A
+    second SVQB then restores orthonormality, unless Z was so well conditioned (<= 8) that
+    the first left it at float rounding. Returns (Q, whether the second projection ran).
     """
     eps = np.finfo(dtype).eps
     W = np.asarray(Z, dtype=dtype)
-    floor = 64 * eps * ref_norm
-    reprojected, s_min = False, 0.0
-    for round_ in range(2):
-        if round_ and K is not None and K.shape[1] and eps * ref_norm > eps ** (2 / 3) * s_min:
-            W = W - K @ (K.T @ W)
-            reprojected = True
+    lam, U = np.linalg.eigh(_gram(W))
+    if lam[-1] > 0 and lam[0] < _GRAM_RESOLVES ** 2 * lam[-1] and W.dtype != np.float64:
         lam, U = np.linalg.eigh(_gram64(W))
-        keep = lam > floor**2
-        if not keep.any():
-            return np.zeros((W.shape[0], 0), dtype=dtype), reprojected
-        U, lam = U[:, keep][:, ::-1], lam[keep][::-1]
-        s_min = float(np.sqrt(lam[-1]))
-        W = W @ (U / np.sqrt(lam)).astype(dtype)
-        floor = 0.1            # unit columns that lose 90 % to the re-projection are noise
-    return np.ascontiguousarray(W), reprojected
+    keep = lam > (64 * eps * ref_norm) ** 2
+    if not keep.any():
+        return np.zeros((W.shape[0], 0), dtype=dtype), False
+    U, lam = U[:, keep][:, ::-1], lam[keep][::-1]
+    W = W @ (U / np.sqrt(lam)).astype(dtype)
+    s_min, cond = float(np.sqrt(lam[-1])), float(np.sqrt(lam[0] / lam[-1]))
+    reproject = K is not None and K.shape[1] > 0 and eps * ref_norm > eps ** (2 / 3) * s_min
+    if reproject:
+        W -= K @ (K.T @ W)
+    if reproject or cond > _SKIP_SECOND_SVQB:
+        lam, U = np.linalg.eigh(_gram(W))
+        keep = lam > 0.01          # unit columns that lose 90 % to the re-projection are noise
+        W = W @ (U[:, keep][:, ::-1] / np.sqrt(lam[keep][::-1])).astype(dtype)
+    return np.ascontiguousarray(W), reproject
+
+
+def _gram(W: np.ndarray) -> np.ndarray:
+    """W^T W (float64 result) computed in W's dtype (one GEMM at full rate)."""
+    return (W.T @ W).astype(np.float64)
 
 
 def _gram64(W: np.ndarray, rows: int = 8192) -> np.ndarray:
@@ -416,7 +442,7 @@ def _ritz(H: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     import scipy.linalg
 
     m = H.shape[0]
-    theta, Y = scipy.linalg.eigh((H + H.T) / 2, subset_by_index=[m - k, m - 1], driver="evr")
+    theta, Y = scipy.linalg.eigh((H + H.T) / 2, subset_by_index=[m - k, m - 1], driver="evx")
     return theta[::-1], Y[:, ::-1]
 
 
@@ -456,15 +482,19 @@ def _krylov(op: GramOperator, k: int, block: int, n_iter: int, seed: int, tol: f
     p, dtype = op.shape[1], op.dtype
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
-    Q, _ = _orthonormalize(rng.standard_normal((p, block)), None, 1.0, dtype)
+    omega = rng.standard_normal((p, block), dtype=dtype)
     t_orth = time.perf_counter() - t0
-    if n_iter > 1:                          # the random start itself is not kept: K starts
-        W = op(Q)                           # at orth(A Omega), one block less to store
+    if n_iter > 1:                          # the random start itself is not kept (K starts
+        W = op(omega)                       # at orth(A Omega), one block less to store), so
+        del omega                           # it need not be orthonormal
         t0 = time.perf_counter()
         Q, _ = _orthonormalize(W, None, float(np.linalg.norm(W, axis=0).max()), dtype)
         del W
         n_iter -= 1
-        t_orth += time.perf_counter() - t0
+    else:
+        t0 = time.perf_counter()
+        Q, _ = _orthonormalize(omega, None, float(np.linalg.norm(omega, axis=0).max()), dtype)
+    t_orth += time.perf_counter() - t0
     t0 = time.perf_counter()
     width = min(n_iter * block, p)
     K = np.empty((p, width), dtype=dtype)   # the basis [Q_0 Q_1 ...], columns [0, m) in use
