@@ -59,12 +59,12 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
-from threadpoolctl import threadpool_limits
 
+from bigcos.dense import RowChunks
 from bigcos.errors import UserError
 
 METHODS = ("krylov", "subspace")
-SVD_VERSION = 5  # bumped whenever the same parameters give different results (cache keys)
+SVD_VERSION = 6  # bumped whenever the same parameters give different results (cache keys)
 BLOCK_NNZ = 5_000_000  # default row-block size in non-zeros (see default_block_count)
 MAX_BLOCKS = 8
 EXACT_MAX_P = 20_000
@@ -154,9 +154,11 @@ def truncated_svd(X: sp.csr_matrix, k: int, *, oversampling: int | None = None,
     op = GramOperator(X, dtype=dtype, col_center=mu, col_scale=s, block_rows=block_rows,
                       tile_cols=tile_cols)
     try:
-        with threadpool_limits(limits=_blas_threads(block)):
+        # RowChunks runs the tall products in parallel with a fixed split, BLAS at one thread
+        # meanwhile: results do not depend on the core count
+        with RowChunks() as blas:
             run = _krylov if method == "krylov" else _subspace
-            sigma, V, residuals, extra = run(op, k, block, n_iter, seed, tol)
+            sigma, V, residuals, extra = run(op, k, block, n_iter, seed, tol, blas)
     finally:
         op.close()
     timings = {**op.timings, **extra.pop("timings_s"),
@@ -168,22 +170,6 @@ def truncated_svd(X: sp.csr_matrix, k: int, *, oversampling: int | None = None,
             "max_residual": float(residuals.max()),
             "timings_s": {key: round(v, 4) for key, v in timings.items()}}
     return Spectrum(sigma, V, residuals, info)
-
-
-def _blas_threads(block: int) -> int | None:
-    """BLAS threads for the GEMMs between passes: all (None), or 1 for narrow blocks.
-
-    After each BLAS call OpenBLAS's idle threads spin for 2^OPENBLAS_THREAD_TIMEOUT cycles
-    (default 2^28, ~0.1 s) and take a core from the sparse pass that follows. With narrow
-    blocks the GEMMs gain less from a second thread than the passes lose (k = 64 on the
-    200,000 x 50,000 bench matrix: 1.35 s with one thread, 1.5-2.1 s with two), unless the
-    spin was shortened, as the ``bigcos`` command does (18: 1.22 s with two threads).
-    """
-    try:
-        short_spin = int(os.environ.get("OPENBLAS_THREAD_TIMEOUT", "28")) <= 20
-    except ValueError:
-        short_spin = False
-    return None if block >= 128 or short_spin else 1
 
 
 def save_spectrum(directory: Path, spectrum: Spectrum) -> None:
@@ -335,6 +321,9 @@ class GramOperator:
             q = delayed(tiles, name=f"bigcos-q-{uuid.uuid4().hex}")
         parts = [delayed(_gram_block, pure=False)(b, q) for b in self._blocks]
         (Y,) = dask.compute(_tree_sum(parts, inplace=self.client is None))
+        # An array received from a worker may sit unaligned in its network frame; numpy then
+        # skips BLAS for it (slower, and rounded differently from an aligned copy).
+        Y = np.require(Y, requirements=("C", "A", "W"))
         if self.mu is not None or self.s is not None:
             Y = Y.astype(np.float64)
         if self.mu is not None:
@@ -387,8 +376,8 @@ def _row_block(X: sp.csr_matrix, a: int, b: int, dtype: np.dtype) -> sp.csr_matr
 
 
 # --------------------------------------------------------------------------- linear algebra
-def _orthonormalize(Z: np.ndarray, K: np.ndarray | None, ref_norm: float,
-                    dtype: np.dtype) -> tuple[np.ndarray, bool]:
+def _orthonormalize(Z: np.ndarray, K: np.ndarray | None, ref_norm: float, dtype: np.dtype,
+                    blas: RowChunks) -> tuple[np.ndarray, bool]:
     """Orthonormal basis (p x b', ``dtype``) of the part of Z (p x b) orthogonal to K.
 
     K (p x m, orthonormal columns) may be None; Z must already have K projected out once.
@@ -404,37 +393,23 @@ def _orthonormalize(Z: np.ndarray, K: np.ndarray | None, ref_norm: float,
     """
     eps = np.finfo(dtype).eps
     W = np.asarray(Z, dtype=dtype)
-    lam, U = np.linalg.eigh(_gram(W))
+    lam, U = np.linalg.eigh(blas.gram(W))
     if lam[-1] > 0 and lam[0] < _GRAM_RESOLVES ** 2 * lam[-1] and W.dtype != np.float64:
-        lam, U = np.linalg.eigh(_gram64(W))
+        lam, U = np.linalg.eigh(blas.gram(W, np.float64))
     keep = lam > (64 * eps * ref_norm) ** 2
     if not keep.any():
         return np.zeros((W.shape[0], 0), dtype=dtype), False
     U, lam = U[:, keep][:, ::-1], lam[keep][::-1]
-    W = W @ (U / np.sqrt(lam)).astype(dtype)
+    W = blas.nn(W, U / np.sqrt(lam))
     s_min, cond = float(np.sqrt(lam[-1])), float(np.sqrt(lam[0] / lam[-1]))
     reproject = K is not None and K.shape[1] > 0 and eps * ref_norm > eps ** (2 / 3) * s_min
     if reproject:
-        W -= K @ (K.T @ W)
+        blas.nn(K, blas.tn(K, W), out=W, subtract=True)
     if reproject or cond > _SKIP_SECOND_SVQB:
-        lam, U = np.linalg.eigh(_gram(W))
+        lam, U = np.linalg.eigh(blas.gram(W))
         keep = lam > 0.01          # unit columns that lose 90 % to the re-projection are noise
-        W = W @ (U[:, keep][:, ::-1] / np.sqrt(lam[keep][::-1])).astype(dtype)
-    return np.ascontiguousarray(W), reproject
-
-
-def _gram(W: np.ndarray) -> np.ndarray:
-    """W^T W (float64 result) computed in W's dtype (one GEMM at full rate)."""
-    return (W.T @ W).astype(np.float64)
-
-
-def _gram64(W: np.ndarray, rows: int = 8192) -> np.ndarray:
-    """W^T W accumulated in float64 over row chunks (no full float64 copy of W)."""
-    G = np.zeros((W.shape[1], W.shape[1]))
-    for a in range(0, W.shape[0], rows):
-        Wa = W[a:a + rows].astype(np.float64)
-        G += Wa.T @ Wa
-    return G
+        W = blas.nn(W, U[:, keep][:, ::-1] / np.sqrt(lam[keep][::-1]))
+    return W, reproject
 
 
 def _ritz(H: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -452,16 +427,16 @@ def _relative(res_norm: np.ndarray, theta: np.ndarray) -> np.ndarray:
     return res_norm / denom
 
 
-def _finish(theta: np.ndarray, V: np.ndarray, res_norm: np.ndarray):
+def _finish(theta: np.ndarray, V: np.ndarray, res_norm: np.ndarray, blas: RowChunks):
     """float64 orthonormal V with fixed signs, sigma = sqrt(theta), relative residuals."""
-    V = _cholesky_qr(V.astype(np.float64))
+    V = _cholesky_qr(V.astype(np.float64), blas)
     idx = np.array([np.abs(V[:, i]).argmax() for i in range(V.shape[1])], dtype=np.intp)
     V *= np.where(V[idx, np.arange(V.shape[1])] < 0, -1.0, 1.0)
     theta = np.maximum(theta, 0.0)
     return np.sqrt(theta), np.ascontiguousarray(V), _relative(res_norm, theta)
 
 
-def _cholesky_qr(V: np.ndarray) -> np.ndarray:
+def _cholesky_qr(V: np.ndarray, blas: RowChunks) -> np.ndarray:
     """Orthonormalise the columns of a nearly orthonormal float64 V at GEMM speed.
 
     CholeskyQR: V R^-1 with R^T R = V^T V (R ~ I, so V moves only by its loss of
@@ -470,14 +445,15 @@ def _cholesky_qr(V: np.ndarray) -> np.ndarray:
     import scipy.linalg
 
     try:
-        R = scipy.linalg.cholesky(V.T @ V, lower=False)
+        R = scipy.linalg.cholesky(blas.gram(V), lower=False)
     except np.linalg.LinAlgError:
         Qv, R = np.linalg.qr(V)
         return Qv * np.sign(np.where(np.diag(R) == 0, 1.0, np.diag(R)))
-    return V @ scipy.linalg.solve_triangular(R, np.eye(R.shape[0]), lower=False)
+    return blas.nn(V, scipy.linalg.solve_triangular(R, np.eye(R.shape[0]), lower=False))
 
 
-def _krylov(op: GramOperator, k: int, block: int, n_iter: int, seed: int, tol: float | None):
+def _krylov(op: GramOperator, k: int, block: int, n_iter: int, seed: int, tol: float | None,
+            blas: RowChunks):
     """Randomised block Krylov on A = X~^T X~; see the module docstring."""
     p, dtype = op.shape[1], op.dtype
     t0 = time.perf_counter()
@@ -488,12 +464,13 @@ def _krylov(op: GramOperator, k: int, block: int, n_iter: int, seed: int, tol: f
         W = op(omega)                       # at orth(A Omega), one block less to store), so
         del omega                           # it need not be orthonormal
         t0 = time.perf_counter()
-        Q, _ = _orthonormalize(W, None, float(np.linalg.norm(W, axis=0).max()), dtype)
+        Q, _ = _orthonormalize(W, None, float(np.linalg.norm(W, axis=0).max()), dtype, blas)
         del W
         n_iter -= 1
     else:
         t0 = time.perf_counter()
-        Q, _ = _orthonormalize(omega, None, float(np.linalg.norm(omega, axis=0).max()), dtype)
+        ref = float(np.linalg.norm(omega, axis=0).max())
+        Q, _ = _orthonormalize(omega, None, ref, dtype, blas)
     t_orth += time.perf_counter() - t0
     t0 = time.perf_counter()
     width = min(n_iter * block, p)
@@ -511,16 +488,16 @@ def _krylov(op: GramOperator, k: int, block: int, n_iter: int, seed: int, tol: f
         Z = np.asarray(W, dtype=dtype)
         del W
         ref = float(np.sqrt(np.einsum("ij,ij->j", Z, Z).max()))
-        C = K[:, :m].T @ Z                  # = K^T A Q_j: a column block of H
-        Z -= K[:, :m] @ C                   # (I - K K^T) W_j
+        C = blas.tn(K[:, :m], Z)            # = K^T A Q_j: a column block of H
+        blas.nn(K[:, :m], C, out=Z, subtract=True)  # Z = (I - K K^T) W_j
         H[:m, start:m] = C
         last = j == n_iter - 1 or m == width
         if tol is not None and not last and m >= k:
-            theta, Y, res = _krylov_ritz(H, Z, start, m, k)
+            theta, Y, res = _krylov_ritz(H, Z, start, m, k, blas)
             converged = bool(_relative(res, np.maximum(theta, 0.0)).max() <= tol)
             last = converged
         if not last:
-            Qn, again = _orthonormalize(Z, K[:, :m], ref, dtype)
+            Qn, again = _orthonormalize(Z, K[:, :m], ref, dtype, blas)
             reorthogonalized += again
             b = min(Qn.shape[1], width - m)
             if b == 0:                      # invariant subspace: the Ritz pairs are exact
@@ -534,12 +511,12 @@ def _krylov(op: GramOperator, k: int, block: int, n_iter: int, seed: int, tol: f
             break
     t0 = time.perf_counter()
     if m < k:                               # rank(A) < k: the basis holds all of range(A)
-        theta, V, res = _completed_ritz(op, K[:, :m], k, rng, dtype)
+        theta, V, res = _completed_ritz(op, K[:, :m], k, rng, dtype, blas)
     else:
-        theta, Y, res = _krylov_ritz(H, Z, start, m, k)
-        V = K[:, :m] @ Y.astype(dtype)
+        theta, Y, res = _krylov_ritz(H, Z, start, m, k, blas)
+        V = blas.nn(K[:, :m], Y)
     del K, Z                                # the basis is the bulk of the memory
-    sigma, V, residuals = _finish(theta, V, res)
+    sigma, V, residuals = _finish(theta, V, res, blas)
     if tol is not None:
         converged = bool(residuals.max() <= tol)
     extra = {"basis_dim": m, "converged": converged, "reorthogonalized": reorthogonalized,
@@ -547,12 +524,13 @@ def _krylov(op: GramOperator, k: int, block: int, n_iter: int, seed: int, tol: f
     return sigma, V, residuals, extra
 
 
-def _completed_ritz(op: GramOperator, K: np.ndarray, k: int, rng, dtype: np.dtype):
+def _completed_ritz(op: GramOperator, K: np.ndarray, k: int, rng, dtype: np.dtype,
+                    blas: RowChunks):
     """Rayleigh-Ritz on K (p x m, m < k) completed by random orthonormal directions to k
     columns, with one more (explicit) pass; for A of rank < k. Returns (theta, V, res)."""
     E = rng.standard_normal((K.shape[0], k - K.shape[1])).astype(dtype)
     E -= K @ (K.T @ E)
-    E, _ = _orthonormalize(E, K, 1.0, dtype)
+    E, _ = _orthonormalize(E, K, 1.0, dtype, blas)
     B = np.hstack([K, E])
     W = op(B).astype(np.float64)
     B64 = B.astype(np.float64)
@@ -560,30 +538,31 @@ def _completed_ritz(op: GramOperator, K: np.ndarray, k: int, rng, dtype: np.dtyp
     return theta, (B64 @ Y).astype(dtype), np.linalg.norm(W @ Y - B64 @ (Y * theta), axis=0)
 
 
-def _pad_basis(Q: np.ndarray, k: int, rng, dtype: np.dtype) -> np.ndarray:
+def _pad_basis(Q: np.ndarray, k: int, rng, dtype: np.dtype, blas: RowChunks) -> np.ndarray:
     """Q (p x b, orthonormal) completed by random orthonormal directions to >= k columns."""
     if Q.shape[1] >= k:
         return Q
     E = rng.standard_normal((Q.shape[0], k - Q.shape[1])).astype(dtype)
     E -= Q @ (Q.T @ E)
-    E, _ = _orthonormalize(E, Q, 1.0, dtype)
+    E, _ = _orthonormalize(E, Q, 1.0, dtype, blas)
     return np.hstack([Q, E])
 
 
-def _krylov_ritz(H: np.ndarray, Z: np.ndarray, start: int, m: int, k: int):
+def _krylov_ritz(H: np.ndarray, Z: np.ndarray, start: int, m: int, k: int, blas: RowChunks):
     """Top-k Ritz pairs of the first m basis columns and their residual norms ||Z y_last||."""
     Hm = np.triu(H[:m, :m]) + np.triu(H[:m, :m], 1).T
     theta, Y = _ritz(Hm, k)
-    R = Z @ Y[start:m].astype(Z.dtype)
+    R = blas.nn(Z, Y[start:m])
     return theta, Y, np.sqrt(np.einsum("ij,ij->j", R, R, dtype=np.float64))
 
 
-def _subspace(op: GramOperator, k: int, block: int, n_iter: int, seed: int, tol: float | None):
+def _subspace(op: GramOperator, k: int, block: int, n_iter: int, seed: int, tol: float | None,
+              blas: RowChunks):
     """Subspace iteration Q <- orth(A Q), Rayleigh-Ritz on the last block."""
     p, dtype = op.shape[1], op.dtype
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
-    Q, _ = _orthonormalize(rng.standard_normal((p, block)), None, 1.0, dtype)
+    Q, _ = _orthonormalize(rng.standard_normal((p, block)), None, 1.0, dtype, blas)
     converged = None if tol is None else False
     t_orth = time.perf_counter() - t0
     for j in range(n_iter):
@@ -598,12 +577,12 @@ def _subspace(op: GramOperator, k: int, block: int, n_iter: int, seed: int, tol:
                 converged = bool(_relative(res, np.maximum(theta, 0.0)).max() <= tol)
                 last = last or converged
         if not last:
-            Q, _ = _orthonormalize(W, None, float(np.linalg.norm(W, axis=0).max()), dtype)
-            Q = _pad_basis(Q, k, rng, dtype)   # rank(A) < k: add null-space directions
+            Q, _ = _orthonormalize(W, None, float(np.linalg.norm(W, axis=0).max()), dtype, blas)
+            Q = _pad_basis(Q, k, rng, dtype, blas)   # rank(A) < k: add null-space directions
         t_orth += time.perf_counter() - t0
         if last:
             break
-    sigma, V, residuals = _finish(theta, Q64 @ Y, res)
+    sigma, V, residuals = _finish(theta, Q64 @ Y, res, blas)
     extra = {"basis_dim": Q.shape[1], "converged": converged,
              "timings_s": {"orthonormalize": t_orth}}
     return sigma, V, residuals, extra
@@ -631,7 +610,8 @@ def _exact(X: sp.csr_matrix, k: int, mu, s, t_start: float) -> Spectrum:
     # eigenvalues below the rounding floor of A are zero (rank deficiency), not sqrt(noise)
     theta[theta <= p * np.finfo(np.float64).eps * max(float(theta[0]), 0.0)] = 0.0
     t_eig = time.perf_counter() - t0
-    sigma, V, residuals = _finish(theta, V, res)
+    with RowChunks() as blas:
+        sigma, V, residuals = _finish(theta, V, res, blas)
     info = {"svd_version": SVD_VERSION, "method": "exact", "k": k, "passes": 1,
             "dtype": "float64", "shape": [n, p],
             "col_center": mu is not None, "col_scale": s is not None,

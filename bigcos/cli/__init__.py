@@ -11,15 +11,9 @@ import importlib
 import logging
 import os
 
-# OpenBLAS's idle threads spin for 2^28 cycles (~0.1 s) after each BLAS call, stealing a core
-# from the sparse passes that follow the GEMMs of the SVD: 2^18 cycles (~0.1 ms) before they
-# sleep made `bigcos bench svd` ~7 % faster. OpenBLAS reads this once, when numpy loads, so it
-# is set before anything imports numpy; a value already in the environment wins.
-os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "18")
+import click
 
-import click  # noqa: E402
-
-from bigcos import __version__  # noqa: E402
+from bigcos import __version__
 from bigcos.errors import UserError
 
 # (module in bigcos.cli, attribute): one entry per command, in the order of the pipeline.

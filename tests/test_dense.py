@@ -1,0 +1,77 @@
+"""RowChunks: tall-skinny products whose rounding is fixed by a constant row split."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from threadpoolctl import threadpool_limits
+
+from bigcos import dense
+from bigcos.dense import RowChunks
+from bigcos.svd import truncated_svd
+from tests.test_svd import decaying_matrix
+
+
+@pytest.fixture
+def operands():
+    rng = np.random.default_rng(0)
+    # 10,001 rows: two full chunks of 4,096 and a ragged one
+    return (rng.standard_normal((10_001, 40)).astype(np.float32),
+            rng.standard_normal((10_001, 24)).astype(np.float32),
+            rng.standard_normal((40, 24)).astype(np.float32))
+
+
+def test_products_match_numpy_in_float64(operands):
+    A, B, M = operands
+    A64, B64, M64 = (x.astype(np.float64) for x in operands)
+    with RowChunks() as blas:
+        np.testing.assert_allclose(blas.tn(A, B), A64.T @ B64, rtol=0, atol=2e-3)
+        np.testing.assert_allclose(blas.tn(A, B, np.float64), A64.T @ B64, rtol=1e-12)
+        np.testing.assert_allclose(blas.gram(A, np.float64), A64.T @ A64, rtol=1e-12)
+        assert blas.gram(A).dtype == np.float64
+        np.testing.assert_allclose(blas.nn(A, M), A64 @ M64, rtol=0, atol=1e-4)
+        Z = B.copy()
+        out = blas.nn(A, M, out=Z, subtract=True)
+        assert out is Z
+        np.testing.assert_allclose(Z, B64 - A64 @ M64, rtol=0, atol=1e-4)
+        # an F-ordered or float64 M is cast to A's dtype; a strided output view is filled
+        wide = np.zeros((A.shape[0], 30), np.float32)
+        blas.nn(A, np.asfortranarray(M64), out=wide[:, 3:27])
+        np.testing.assert_allclose(wide[:, 3:27], A64 @ M64, rtol=0, atol=1e-4)
+        assert not wide[:, :3].any() and not wide[:, 27:].any()
+
+
+@pytest.mark.parametrize("threads", [2, 3, 7])
+def test_results_do_not_depend_on_threads(operands, threads):
+    A, B, M = operands
+    with RowChunks(threads=1) as one, RowChunks(threads=threads) as many:
+        one_tn = one.tn(A, B)
+        for a, b in [(one.tn(A, B), many.tn(A, B)), (one.gram(A), many.gram(A)),
+                     (one.nn(A, M), many.nn(A, M))]:
+            np.testing.assert_array_equal(a, b)
+    # the split, not BLAS's own threading, defines the result; the limit is lifted afterwards
+    with threadpool_limits(2):
+        with RowChunks(threads=threads) as blas:
+            assert _blas_threads() == 1
+            np.testing.assert_array_equal(blas.tn(A, B), one_tn)
+        assert _blas_threads() == 2
+
+
+def _blas_threads() -> int:
+    from threadpoolctl import threadpool_info
+
+    return min(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_truncated_svd_is_the_same_on_one_core_and_on_many(monkeypatch, dtype):
+    """What byte-identical outputs on machines with different core counts rest on: OpenBLAS
+    splits one GEMM differently for 1 and 2 threads, RowChunks does not."""
+    X = decaying_matrix(n=1500, p=9000, density=0.01, seed=11)  # p > 2 chunks
+    runs = []
+    for threads in (1, 4):
+        monkeypatch.setattr(dense, "default_threads", lambda threads=threads: threads)
+        with threadpool_limits(min(threads, 2)):   # as on a 1-core and a 2-core machine
+            runs.append(truncated_svd(X, 10, dtype=dtype))
+    np.testing.assert_array_equal(runs[0].sigma, runs[1].sigma)
+    np.testing.assert_array_equal(runs[0].V, runs[1].V)
