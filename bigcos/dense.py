@@ -22,6 +22,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import scipy.linalg  # noqa: F401  (loads scipy's own OpenBLAS now, so the limit below covers it)
 from threadpoolctl import threadpool_limits
 
 ROWS = 4096  # rows per chunk: part of the definition of the result, not a tuning knob
@@ -50,6 +51,8 @@ class RowChunks:
         self._limits = None
 
     def __enter__(self) -> RowChunks:
+        # threadpoolctl limits the BLAS libraries loaded when it is called: scipy.linalg's
+        # OpenBLAS (not numpy's) is imported at the top of this module for that reason
         self._limits = threadpool_limits(limits=1, user_api="blas")
         self._pool = ThreadPoolExecutor(self._threads)
         return self

@@ -58,6 +58,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import scipy.linalg
 import scipy.sparse as sp
 
 from bigcos.dense import RowChunks
@@ -120,7 +121,9 @@ def truncated_svd(X: sp.csr_matrix, k: int, *, oversampling: int | None = None,
     method: ``krylov`` or ``subspace``. tile_cols: width of the column tiles of the dense
     operand inside a block (cache blocking; changes speed only).
 
-    Results are identical up to float rounding for any block count, worker count or scheduler.
+    Results are bitwise identical for any worker count, core count or scheduler: the row
+    partition depends on the data alone and the dense products run over a fixed row split
+    (:class:`bigcos.dense.RowChunks`); another ``block_rows`` changes them by float rounding.
     """
     t_start = time.perf_counter()
     X = _check_matrix(X)
@@ -414,8 +417,6 @@ def _orthonormalize(Z: np.ndarray, K: np.ndarray | None, ref_norm: float, dtype:
 
 def _ritz(H: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Top-k eigenpairs of the symmetric H, descending."""
-    import scipy.linalg
-
     m = H.shape[0]
     theta, Y = scipy.linalg.eigh((H + H.T) / 2, subset_by_index=[m - k, m - 1], driver="evx")
     return theta[::-1], Y[:, ::-1]
@@ -442,8 +443,6 @@ def _cholesky_qr(V: np.ndarray, blas: RowChunks) -> np.ndarray:
     CholeskyQR: V R^-1 with R^T R = V^T V (R ~ I, so V moves only by its loss of
     orthogonality). Falls back to Householder QR when V^T V is not positive definite.
     """
-    import scipy.linalg
-
     try:
         R = scipy.linalg.cholesky(blas.gram(V), lower=False)
     except np.linalg.LinAlgError:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 from threadpoolctl import threadpool_limits
@@ -75,3 +78,24 @@ def test_truncated_svd_is_the_same_on_one_core_and_on_many(monkeypatch, dtype):
             runs.append(truncated_svd(X, 10, dtype=dtype))
     np.testing.assert_array_equal(runs[0].sigma, runs[1].sigma)
     np.testing.assert_array_equal(runs[0].V, runs[1].V)
+
+
+def test_every_blas_runs_at_one_thread_inside_even_in_a_fresh_process():
+    """threadpoolctl limits only the BLAS libraries already loaded. scipy.linalg brings its
+    own OpenBLAS; loaded lazily inside the limit, it ran the Rayleigh-Ritz eigensolver
+    multi-threaded in the first SVD of a process (every CLI run), single-threaded afterwards,
+    and the bits differed (seen on the 200,000 x 50,000 bench matrix)."""
+    import subprocess
+    import sys
+
+    code = ("from bigcos.dense import RowChunks\n"
+            "from threadpoolctl import threadpool_info\n"
+            "with RowChunks(threads=2):\n"
+            "    import scipy.linalg\n"
+            "    info = [i for i in threadpool_info() if i['user_api'] == 'blas']\n"
+            "    print(len(info), max(i['num_threads'] for i in info))\n")
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "2"}  # as on any multi-core machine
+    out = subprocess.run([sys.executable, "-c", code], check=True, cwd=root, timeout=120,
+                         capture_output=True, text=True, env=env).stdout.split()
+    assert int(out[0]) >= 1 and out[1] == "1"   # here: numpy's and scipy's OpenBLAS
