@@ -446,8 +446,8 @@ def column_sq_norms(P: np.ndarray, rows: np.ndarray, chunk: int = 1 << 16) -> np
 # --------------------------------------------------------------------------- SVD + its cache
 @dataclass(frozen=True)
 class SVDOptions:
-    """Parameters of the truncated SVD (``bigcos.svd.truncated_svd``). ``block_rows`` only
-    changes speed and is not part of the cache key."""
+    """Parameters of the truncated SVD (``bigcos.svd.truncated_svd``). ``block_rows`` and
+    ``scheduler`` only change speed and are not part of the cache key."""
 
     k: int = 64
     oversampling: int | None = None
@@ -457,10 +457,12 @@ class SVDOptions:
     exact: bool = False
     tol: float | None = None
     block_rows: int | None = None
+    scheduler: str = "auto"
 
     def key(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("block_rows")
+        d.pop("scheduler")
         return d
 
 
@@ -510,7 +512,7 @@ def cached_spectrum(X: sp.csr_matrix, svd: SVDOptions, col_center: np.ndarray | 
     spectrum = truncated_svd(X, svd.k, oversampling=svd.oversampling, n_iter=svd.n_iter,
                              seed=svd.seed, dtype=np.dtype(svd.dtype), exact=svd.exact,
                              col_center=col_center, col_scale=col_scale,
-                             block_rows=svd.block_rows, tol=svd.tol)
+                             block_rows=svd.block_rows, tol=svd.tol, scheduler=svd.scheduler)
     if entry is not None:
         try:
             with io.atomic_output_dir(entry, overwrite=True) as tmp:

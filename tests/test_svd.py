@@ -196,13 +196,34 @@ def test_threaded_and_process_cluster_agree_bitwise(process_cluster, dtype, bloc
               block_rows=block_rows)
     threaded = truncated_svd(X, 8, **kw)
     with Client(process_cluster):
-        clustered = truncated_svd(X, 8, **kw)
+        clustered = truncated_svd(X, 8, scheduler="distributed", **kw)
     assert threaded.info["scheduler"] == "threaded"
     assert clustered.info["scheduler"] == "distributed"
     assert clustered.info["n_blocks"] == threaded.info["n_blocks"]
     assert threaded.info["n_blocks"] == (1 if block_rows is None else -(-X.shape[0] // 7))
     np.testing.assert_array_equal(threaded.sigma, clustered.sigma)
     np.testing.assert_array_equal(threaded.V, clustered.V)
+
+
+@pytest.mark.cluster
+def test_auto_scheduler_runs_passes_in_threads_beside_a_local_cluster(process_cluster):
+    """Workers of a LocalCluster share this machine's cores: shipping the operand to them
+    every pass only costs time, so ``auto`` keeps the passes in this process's threads."""
+    from distributed import Client
+
+    X = decaying_matrix(seed=13)
+    with Client(process_cluster) as client:
+        before = client.run(lambda dask_worker: len(dask_worker.data))
+        auto = truncated_svd(X, 5)
+        assert client.run(lambda dask_worker: len(dask_worker.data)) == before
+        forced = truncated_svd(X, 5, scheduler="distributed")
+    assert auto.info["scheduler"] == "threaded"
+    assert forced.info["scheduler"] == "distributed"
+    np.testing.assert_array_equal(auto.V, forced.V)
+    with pytest.raises(UserError, match="no distributed.Client is active"):
+        truncated_svd(X, 5, scheduler="distributed")
+    with pytest.raises(UserError, match="scheduler='cloud'"):
+        truncated_svd(X, 5, scheduler="cloud")
 
 
 def test_default_partition_ignores_the_cluster():

@@ -67,6 +67,10 @@ def _parse_lams(values: tuple[str, ...]) -> dict[int, float]:
               show_default=True, help="SVD arithmetic on X.")
 @click.option("--block-rows", type=click.IntRange(min=1), default=None,
               help="Rows per Dask block (speed and memory only).")
+@click.option("--svd-scheduler", type=click.Choice(["auto", "threads", "distributed"]),
+              default="auto", show_default=True,
+              help="Where the SVD's passes run: auto = on the workers of a remote scheduler, "
+                   "else in this process's threads (a LocalCluster only adds shipping).")
 @click.option("--svd-cache", type=click.Path(file_okay=False), default=None,
               help="Where spectra are kept for reuse (default: MATRIX_DIR/svd-cache).")
 @click.option("--no-svd-cache", is_flag=True, help="Neither read nor write the SVD cache.")
@@ -80,7 +84,7 @@ def _parse_lams(values: tuple[str, ...]) -> dict[int, float]:
 @dask_options
 @overwrite_option
 def fit(matrix_dir, out, model_kind, k, objective, lam, scaling, every, remedy, beta, name,
-        exact, oversampling, svd_iterations, tol, seed, dtype, block_rows, svd_cache,
+        exact, oversampling, svd_iterations, tol, seed, dtype, block_rows, svd_scheduler, svd_cache,
         no_svd_cache, factors, als_iterations, regularization, alpha, cluster, overwrite):
     """Fit embeddings of MATRIX_DIR (from `bigcos ingest`) and write them to --out.
 
@@ -118,7 +122,8 @@ def fit(matrix_dir, out, model_kind, k, objective, lam, scaling, every, remedy, 
                                "project-back" in remedy)
     pre = models.Preprocessing(columns[0] if columns else "none", beta=beta)
     svd = models.SVDOptions(k=k, oversampling=oversampling, n_iter=svd_iterations, seed=seed,
-                            dtype=dtype, exact=exact, tol=tol, block_rows=block_rows)
+                            dtype=dtype, exact=exact, tol=tol, block_rows=block_rows,
+                            scheduler=svd_scheduler)
     cache = None if no_svd_cache else (svd_cache or "default")
     from bigcos.cluster import dask_client
 
