@@ -293,3 +293,28 @@ def test_full_disk_mid_stage_leaves_no_partial_stage_and_resumes(local_run, tmp_
     monkeypatch.setattr(bigcos.reports, "write_tables", real)
     resumed = run_job(job, threaded(), progress=False, echo=lambda s: None)
     assert resumed.ran[0] == "sim/report" and "sim/neighbors" in resumed.skipped
+
+
+def test_readme_findings_script_reads_the_run_outputs(local_run):
+    """jobs/readme_findings.py turns `bigcos run` outputs into the README's findings rows."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("readme_findings",
+                                                  ROOT / "jobs" / "readme_findings.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    job, _ = local_run
+    line, quoted = script.row(job.out / "sim")
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    counts = json.loads((job.out / "sim" / "matrix" / "manifest.json").read_text())["counts"]
+    assert cells[0] == "sim" and cells[1].startswith(f"{counts['users']:,} × {counts['items']:,}")
+    assert cells[2] == "1.000"          # user-item by dot: the same lists under every D
+    import pandas as pd
+
+    held = pd.read_parquet(job.out / "sim" / "report" / "heldout.parquet")
+    dot = held[(held.metric == "dot") & (held.model == "obj1-symmetric")].recall_at_20.iloc[0]
+    assert cells[5] == f"{dot:.3f}"
+    assert "obj1-symmetric" in quoted["auc_cos_by_model"]
+    assert cells[7].endswith("(cluster)")
+    assert not any(m.endswith(("-std", "-pop0.75", "project-back"))
+                   for m in quoted["auc_cos_by_model"])
