@@ -23,10 +23,10 @@ reorthogonalisation). From a Gaussian start Q_0 (p x l, l = k + oversampling) ea
 computes W_j = A Q_j and orthonormalises it against all earlier blocks into Q_{j+1}; after
 ``n_iter`` passes, Rayleigh-Ritz on the basis K = [Q_1 ... Q_{n_iter-1}] (p x L,
 L <= (n_iter - 1) l; the random Q_0 = Omega is not kept, so it is not orthonormalised, unless
-n_iter = 1) with H = K^T A K taken
-from the orthogonalisation coefficients, so no extra pass is needed.
-Residuals come from the Krylov relation A K = K H + Z E^T (Z: the last W with K projected out):
-||A v_i - theta_i v_i|| = ||Z y_i,last||.
+n_iter = 1) with H = K^T A K taken from the orthogonalisation coefficients, so no extra pass
+is needed. Products with the tall basis run over a fixed row split (bigcos.dense.RowChunks),
+so the result does not depend on the number of cores. Residuals come from the Krylov relation
+A K = K H + Z E^T (Z: the last W with K projected out): ||A v_i - theta_i v_i|| = ||Z y_i,last||.
 ``subspace``: plain subspace iteration (Halko, Martinsson & Tropp 2011, Alg. 4.4 on A) with
 Rayleigh-Ritz on the last block, kept for comparison. ``exact=True``: dense float64
 eigendecomposition of A (p x p) for small p; k = p works.
