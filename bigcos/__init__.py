@@ -17,16 +17,23 @@ _API = {
     "UserError": "bigcos.errors",
     "truncated_svd": "bigcos.svd", "Spectrum": "bigcos.svd",
     "save_spectrum": "bigcos.svd", "load_spectrum": "bigcos.svd",
+    "IngestOptions": "bigcos.matrix",
     "load_model": "bigcos.models",
     "Model": "bigcos.models",
     "fit": "bigcos.models",
-    "top_n": "bigcos.neighbors", "read_neighbors": "bigcos.neighbors",
-    "Blocking": "bigcos.neighbors",
-    "simulate": "bigcos.simulate",
-    "SimulationParams": "bigcos.simulate",
-    "figure1": "bigcos.figure1",
+    "fit_als": "bigcos.models",
+    "neighbors": "bigcos.neighbor_lists",
+    "top_n": "bigcos.neighbor_lists", "read_neighbors": "bigcos.neighbor_lists",
+    "Blocking": "bigcos.neighbor_lists",
+    "simulate": "bigcos.simulator",
+    "SimulationParams": "bigcos.simulator",
+    "figure1": "bigcos.figures",
     "write_report": "bigcos.reports", "read_report_table": "bigcos.reports",
+    "load_job": "bigcos.pipeline", "run_job": "bigcos.pipeline",
 }
+# No public name may equal a submodule's name: importing ``bigcos.<name>`` would rebind the
+# package attribute to the module (the reason the simulator and Figure 1 modules are named
+# ``simulator`` and ``figures``).
 
 __all__ = ["__version__", *_API]
 

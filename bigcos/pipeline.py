@@ -47,7 +47,7 @@ from bigcos.errors import UserError
 from bigcos.matrix import IngestOptions
 from bigcos.models import NAMED_SCALINGS, PREPROCESSINGS
 from bigcos.reports import Options as ReportOptions
-from bigcos.simulate import SimulationParams
+from bigcos.simulator import SimulationParams
 
 log = logging.getLogger(__name__)
 

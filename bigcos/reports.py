@@ -70,7 +70,7 @@ import scipy.sparse as sp
 
 from bigcos import io, metrics
 from bigcos.errors import UserError
-from bigcos.neighbors import KINDS, METRICS, top_n
+from bigcos.neighbor_lists import KINDS, METRICS, top_n
 
 SCHEMA_VERSION = 1
 _F64 = pa.float64()
@@ -453,7 +453,7 @@ def heldout(models: dict[str, Any], data, ks: tuple[int, int, int] = (20, 50, 10
     Users with at least one test item are scored (under the strong-generalisation split only
     the held-out users); each model's user embeddings must be the matrix's rows in order
     (held-out users: embeddings of their fold-in rows). Top-K lists come from the exact kernel
-    :func:`bigcos.neighbors.top_n` (ties: smaller item index; training items excluded).
+    :func:`bigcos.neighbor_lists.top_n` (ties: smaller item index; training items excluded).
     """
     if data.test is None:
         return []

@@ -2,13 +2,13 @@
 
 Layout under ``<job out>/<dataset>/``::
 
-    simulation/          bigcos.simulate.simulate      (simulated datasets only)
+    simulation/          bigcos.simulator.simulate      (simulated datasets only)
     matrix/              bigcos.matrix.ingest
     models/closed-form/  bigcos.models.fit             (objective 1 x every D, objective 2,
                                                         project-back: one SVD)
     models/<remedy>/     bigcos.models.fit             (a column remedy: its own SVD)
     models/als/          bigcos.models.fit_als
-    neighbors/           bigcos.neighbors.neighbors    (every model, kind and metric)
+    neighbors/           bigcos.neighbor_lists.neighbors    (every model, kind and metric)
     report/              bigcos.reports.write_report
 """
 
@@ -59,13 +59,13 @@ def model_dirs(fit_stages: list[Stage]) -> list[Path]:
 def dataset_stages(job: Job, ds: Dataset, root: Path) -> list[Stage]:
     from dask.utils import parse_bytes
 
-    from bigcos import matrix, models, neighbors, reports, simulate
+    from bigcos import matrix, models, neighbor_lists, reports, simulator
 
     stages: list[Stage] = []
     log, items, upstream = ds.log, ds.items, []
     if ds.simulate is not None:
         sim = Stage(ds.name, "simulate", root / "simulation", asdict(ds.simulate), [], [],
-                    lambda d: simulate.simulate(d, ds.simulate, overwrite=True))
+                    lambda d: simulator.simulate(d, ds.simulate, overwrite=True))
         stages.append(sim)
         log, items = sim.directory / "interactions", sim.directory / "items.parquet"
         upstream = [sim]
@@ -99,7 +99,7 @@ def dataset_stages(job: Job, ds: Dataset, root: Path) -> list[Stage]:
     nb = job.neighbors
     budget = parse_bytes(nb.memory_budget)
     neigh = Stage(ds.name, "neighbors", root / "neighbors", asdict(nb), [], fits,
-                  lambda d: neighbors.neighbors(model_dirs(fits), d, kinds=nb.kinds,
+                  lambda d: neighbor_lists.neighbors(model_dirs(fits), d, kinds=nb.kinds,
                                                 metrics=nb.metrics, n=nb.n,
                                                 exclude_train=nb.exclude_train,
                                                 memory_budget=budget, overwrite=True))

@@ -9,7 +9,7 @@ import pytest
 import scipy.sparse as sp
 from click.testing import CliRunner
 
-from bigcos.figure1 import (
+from bigcos.figures import (
     Figure1Options,
     chance_precision,
     cosine_matrix,
@@ -18,7 +18,7 @@ from bigcos.figure1 import (
     panel_metrics,
     population_cosine,
 )
-from bigcos.simulate import SimulationParams, make_items, simulate
+from bigcos.simulator import SimulationParams, make_items, simulate
 
 PARAMS = SimulationParams(n_users=3_000, n_items=200, max_items=200, block_users=1_000, seed=0)
 # lambdas scaled to this simulation's spectrum (sigma_1 ~ 380, sigma_20 ~ 15), as the paper's

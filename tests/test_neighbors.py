@@ -14,7 +14,7 @@ import scipy.sparse as sp
 
 from bigcos import io
 from bigcos.errors import UserError
-from bigcos.neighbors import Blocking, neighbors, read_neighbors, top_n
+from bigcos.neighbor_lists import Blocking, neighbors, read_neighbors, top_n
 from bigcos.topn import EMPTY, decode_keys, encode_keys, inverse_norms
 
 METRICS = ("cos", "dot")
@@ -316,7 +316,7 @@ def test_string_ids_are_kept(tmp_path):
 
 
 def test_failed_run_leaves_previous_output_intact(models, tmp_path, monkeypatch):
-    import bigcos.neighbors as nb
+    import bigcos.neighbor_lists as nb
 
     out = tmp_path / "nb"
     neighbors([models["a"]], out, kinds=["item-item"], n=5)

@@ -10,7 +10,7 @@ import scipy.sparse as sp
 from click.testing import CliRunner
 
 from bigcos.cli import main
-from bigcos.neighbors import read_neighbors, top_n
+from bigcos.neighbor_lists import read_neighbors, top_n
 from tests.test_neighbors import reference, write_model
 
 TITLES = ["Toy Story (1995)", "Jumanji (1995)", "Heat (1995)", "Toy Story 2 (1999)",

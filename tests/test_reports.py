@@ -390,7 +390,7 @@ def test_html_renders_its_images_in_headless_chromium(report_dir, tmp_path):
 def test_report_on_models_and_neighbours_from_bigcos_itself(inputs, tmp_path):
     """bigcos fit (exact SVD) + bigcos neighbors (threaded scheduler) feed the report."""
     from bigcos.models import ModelSpec, Scaling, SVDOptions, fit
-    from bigcos.neighbors import neighbors
+    from bigcos.neighbor_lists import neighbors
 
     specs = [ModelSpec(1, LAM1, Scaling("symmetric")),
              ModelSpec(1, LAM1, Scaling("random", spread=100.0, seed=1)),

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from scipy import stats
 
 from bigcos.errors import UserError
-from bigcos.simulate import (
+from bigcos.simulator import (
     SimulationParams,
     activity_table,
     alias_table,
@@ -236,7 +236,7 @@ def test_identical_for_any_scheduler_and_worker_count(tmp_path):
 
 def test_blocks_depend_only_on_seed_and_block_index():
     """A block computed alone equals the same block inside a run (no shared RNG state)."""
-    from bigcos.simulate import block_interactions
+    from bigcos.simulator import block_interactions
 
     items = make_items(SMALL)
     alone, _ = block_interactions(SMALL, items, 3)

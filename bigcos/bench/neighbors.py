@@ -1,7 +1,7 @@
 """``bigcos bench neighbors``: exact top-N of all items by cosine and dot, beside the peers.
 
 The embedding is p x k float32 Gaussian with log-normal row norms (so dot and cosine lists
-differ, as they do for real embeddings). bigcos runs ``bigcos.neighbors.neighbors`` (item-item,
+differ, as they do for real embeddings). bigcos runs ``bigcos.neighbor_lists.neighbors`` (item-item,
 both metrics, Parquet dataset written) on a LocalCluster started beforehand (its start-up time
 is reported separately). The peers run in this process, one metric at a time, and return arrays
 without writing anything:
@@ -74,7 +74,7 @@ def worker_peak_rss(client) -> int:
 
 
 def run_bigcos(model: Path, out: Path, n: int) -> dict:
-    from bigcos.neighbors import neighbors
+    from bigcos.neighbor_lists import neighbors
 
     return neighbors([model], out, kinds=["item-item"], metrics=["cos", "dot"], n=n,
                      overwrite=True)
@@ -219,7 +219,7 @@ def _scale_run(p: int, k: int, n: int, seed: int, tmp: Path, full_max: int, samp
         return m.row()
     from threadpoolctl import threadpool_limits
 
-    from bigcos.neighbors import SYMMETRIC_GROUPS, Blocking
+    from bigcos.neighbor_lists import SYMMETRIC_GROUPS, Blocking
     from bigcos.topn import inverse_norms, symmetric_topn
 
     inv = inverse_norms(x)

@@ -28,8 +28,8 @@ import click
 
 from bigcos.bench.common import json_option, measure, report
 from bigcos.cluster import ClusterOptions, dask_client
-from bigcos.simulate import SimulationParams, block_rngs, draw_users, make_items, write_block
-from bigcos.simulate import simulate as run_simulation
+from bigcos.simulator import SimulationParams, block_rngs, draw_users, make_items, write_block
+from bigcos.simulator import simulate as run_simulation
 
 
 def numpy_peer(params: SimulationParams, n_users: int) -> int:

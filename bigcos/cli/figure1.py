@@ -5,9 +5,9 @@ from __future__ import annotations
 import click
 
 from bigcos.cli.common import overwrite_option
-from bigcos.figure1 import Figure1Options
-from bigcos.figure1 import figure1 as run_figure1
-from bigcos.simulate import SimulationParams
+from bigcos.figures import Figure1Options
+from bigcos.figures import figure1 as run_figure1
+from bigcos.simulator import SimulationParams
 
 _D = Figure1Options()
 

@@ -72,8 +72,8 @@ def neighbors(model_dirs, out, kinds, metrics, n, include_train, memory_budget, 
     """
     from bigcos import io
     from bigcos.cluster import dask_client
-    from bigcos.neighbors import Blocking
-    from bigcos.neighbors import neighbors as run_neighbors
+    from bigcos.neighbor_lists import Blocking
+    from bigcos.neighbor_lists import neighbors as run_neighbors
 
     for model_dir in model_dirs:  # fail fast, before starting a cluster
         io.require_dir(model_dir, "model", "items.parquet")
@@ -117,7 +117,7 @@ def similar(model_dir, title, item_id, user_id, n, metrics, items_path, include_
         bigcos similar out/models/obj1-symmetric --item "Toy Story (1995)" -N 10
     """
     from bigcos.models import load_model
-    from bigcos.neighbors import check_metrics, operands, top_n
+    from bigcos.neighbor_lists import check_metrics, operands, top_n
 
     if sum(x is not None for x in (title, item_id, user_id)) != 1:
         raise UserError("similar: give exactly one of --item, --item-id, --user-id")

@@ -6,8 +6,8 @@ import click
 
 from bigcos.cli.common import dask_options, overwrite_option
 from bigcos.cluster import dask_client
-from bigcos.simulate import SimulationParams
-from bigcos.simulate import simulate as run_simulation
+from bigcos.simulator import SimulationParams
+from bigcos.simulator import simulate as run_simulation
 
 _D = SimulationParams()
 

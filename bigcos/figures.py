@@ -163,13 +163,13 @@ def figure1(out: str | os.PathLike, simulation: str | os.PathLike | None = None,
     """Simulate (or reuse ``simulation``), fit, and write OUT/figure1.png, figure1.parquet,
     manifest.json (plus OUT/simulation and OUT/matrix). Returns the table.
 
-    ``params`` (a :class:`bigcos.simulate.SimulationParams`, default the paper's) is used only
+    ``params`` (a :class:`bigcos.simulator.SimulationParams`, default the paper's) is used only
     when no ``simulation`` directory is given. The table has one row per panel (plus
     ``population``): panel, objective, scaling, lam, dims_kept, the metrics of
     :func:`panel_metrics`, chance_precision.
     """
     from bigcos.matrix import ingest
-    from bigcos.simulate import SimulationParams, simulate
+    from bigcos.simulator import SimulationParams, simulate
 
     options = options or Figure1Options()
     timings = io.Timings()
