@@ -35,7 +35,18 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except UserError as exc:
-            raise click.ClickException(str(exc)) from None
+            raise click.ClickException(_with_flag(ctx, exc)) from None
+
+
+def _with_flag(ctx: click.Context, exc: UserError) -> str:
+    """The error's message, plus the command-line flag of the parameter it names."""
+    from bigcos.options import flag_for_parameter
+
+    command = ctx.command
+    if isinstance(command, click.Group) and ctx.invoked_subcommand:
+        command = command.get_command(ctx, ctx.invoked_subcommand)
+    flag = flag_for_parameter(command, exc.parameter) if exc.parameter else None
+    return f"{exc} (option {flag})" if flag else str(exc)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -1,0 +1,87 @@
+"""bigcos.options: one dataclass feeds Python, TOML and the command line."""
+
+from dataclasses import dataclass
+from typing import Literal
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from bigcos.cli import _Group
+from bigcos.errors import UserError
+from bigcos.options import check_minimums, click_options, defaults, flag_of, from_table, opt
+
+
+@dataclass(frozen=True)
+class Toy:
+    k: int = opt(64, "Dimensions.", flags=("-k",), deprecated=("--dims",), minimum=1)
+    lam: float = opt(2.5, "Shrinkage.", minimum=0)
+    kinds: tuple[Literal["a", "b", "c"], ...] = opt(("a", "b"), "Kinds.")
+    name: str | None = opt(None, "A name.")
+    exact: bool = opt(False, "Exact path.")
+    mode: Literal["x", "y"] = opt("x", "Mode.")
+
+    def __post_init__(self):
+        check_minimums(self)
+
+
+def _cli():
+    @click.group(cls=_Group)
+    def top():
+        pass
+
+    @top.command()
+    @click_options(Toy, into="toy")
+    def show(toy):
+        click.echo(repr(toy))
+
+    return top
+
+
+def test_defaults_and_help_come_from_the_dataclass():
+    result = CliRunner().invoke(_cli(), ["show", "--help"])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    for fragment in ("-k INTEGER", "Dimensions. [default: 64]", "[default: 2.5]",
+                     "[default: (a,b)]", "--exact / --no-exact", "[default: x]"):
+        assert fragment in text, fragment
+    assert "--dims" not in text  # deprecated spellings are hidden
+    result = CliRunner().invoke(_cli(), ["show"])
+    assert result.output.strip() == repr(Toy())
+
+
+def test_values_lists_and_choices():
+    result = CliRunner().invoke(_cli(), ["show", "-k", "5", "--kinds", "c,a", "--kinds", "b",
+                                         "--exact", "--mode", "y", "--name", "n1"])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == repr(Toy(k=5, kinds=("c", "a", "b"), exact=True, mode="y",
+                                             name="n1"))
+    bad = CliRunner().invoke(_cli(), ["show", "--kinds", "a,z"])
+    assert bad.exit_code == 2 and "'z' is not one of a, b, c" in bad.output
+
+
+def test_deprecated_flag_still_works_and_warns():
+    result = CliRunner().invoke(_cli(), ["show", "--dims", "7"])
+    assert result.exit_code == 0, result.output
+    assert repr(Toy(k=7)) in result.stdout
+    assert "--dims is deprecated" in result.stderr and "use -k" in result.stderr
+
+
+def test_validation_names_the_parameter_and_the_cli_adds_the_flag():
+    with pytest.raises(UserError, match="^k must be >= 1, got 0$") as info:
+        Toy(k=0)
+    assert info.value.parameter == "k"
+    result = CliRunner().invoke(_cli(), ["show", "-k", "0"])
+    assert result.exit_code == 1
+    assert result.output.strip() == "Error: k must be >= 1, got 0 (option -k)"
+
+
+def test_toml_tables():
+    assert from_table(Toy, {"k": 3, "kinds": ["c"]}, "[toy]") == Toy(k=3, kinds=("c",))
+    with pytest.raises(UserError, match=r"\[toy\]: unknown key 'kk'"):
+        from_table(Toy, {"kk": 3}, "[toy]")
+    with pytest.raises(UserError, match=r"\[toy\].k: expected an integer, got 'x'"):
+        from_table(Toy, {"k": "x"}, "[toy]")
+    with pytest.raises(UserError, match=r"^\[toy\]: lam must be >= 0"):
+        from_table(Toy, {"lam": -1}, "[toy]")
+    assert defaults(Toy)["kinds"] == ("a", "b") and flag_of(Toy, "k") == "-k"
