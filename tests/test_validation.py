@@ -1,0 +1,122 @@
+"""λ paths on validation users and the scores they rank by, against dense numpy."""
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from bigcos.evaluation import HeldOut, from_split, per_user
+from bigcos.models import ModelSpec, Scaling, solve
+from bigcos.validation import choose, lambda_grid, path, scoring_factors
+
+
+def _data(seed=0, n=60, p=25):
+    rng = np.random.default_rng(seed)
+    X = (rng.random((n, p)) < rng.random(p) * 0.5).astype(np.float64)
+    return X
+
+
+def _dense_recall(scores, fold_in, relevant, k):
+    scores = np.where(fold_in > 0, -np.inf, scores)
+    out = []
+    for s, rel in zip(scores, relevant, strict=True):
+        order = np.lexsort((np.arange(len(s)), -s))[:k]  # ties: smaller index first
+        n_rel = int(rel.sum())
+        out.append(rel[order].sum() / min(k, n_rel) if n_rel else np.nan)
+    return np.array(out)
+
+
+@pytest.mark.parametrize("remedy", ["none", "standardize", "popularity"])
+@pytest.mark.parametrize("spec", [ModelSpec(1, 3.0, Scaling("sigma")), ModelSpec(2, 0.5),
+                                  ModelSpec(1, 3.0, project_back=True),
+                                  ModelSpec(2, 0.5, project_back=True)])
+def test_dot_factors_are_the_models_prediction_of_x_in_its_own_scale(spec, remedy):
+    X = _data()
+    counts = X.sum(0)
+    mu = X.mean(0) if remedy == "standardize" else np.zeros(X.shape[1])
+    s = {"none": np.ones(X.shape[1]), "popularity": np.maximum(counts, 1) ** -0.75,
+         "standardize": 1 / np.where(X.std(0) > 0, X.std(0), 1)}[remedy]
+    Xt = (X - mu) * s
+    _, sigma, Vt = np.linalg.svd(Xt, full_matrices=False)
+    k = 8
+    V, sigma = Vt[:k].T, sigma[:k]
+    sol = solve(sigma, spec)
+    # independent: W = A B^T of the objective (project-back: V G V^T), mapped back to X
+    if spec.project_back:
+        W = V @ np.diag(sol.g) @ V.T
+    elif spec.objective == 1:
+        W = V @ np.diag(sigma**2 / (sigma**2 + spec.lam)) @ V.T
+    else:
+        W = V @ np.diag(np.maximum(1 - spec.lam / sigma, 0)) @ V.T
+    X_hat = Xt @ W / s + mu
+    users, items = scoring_factors(sol, V, Xt @ V, "dot",
+                                   mu if remedy == "standardize" else None,
+                                   None if remedy == "none" else s)
+    np.testing.assert_allclose(users.astype(np.float64) @ items.T, X_hat, atol=2e-5)
+
+
+def test_cos_factors_are_the_exported_embeddings():
+    X = _data(1)
+    _, sigma, Vt = np.linalg.svd(X, full_matrices=False)
+    V, sigma = Vt[:6].T, sigma[:6]
+    sol = solve(sigma, ModelSpec(1, 2.0, Scaling("item-orthonormal")))
+    users, items = scoring_factors(sol, V, X @ V, "cos")
+    np.testing.assert_allclose(items, sol.B(V), atol=1e-6)
+    np.testing.assert_allclose(users, X @ sol.A(V), atol=1e-5)
+
+
+def test_path_recall_matches_a_dense_ranking_and_choose_takes_the_best():
+    X = _data(2, n=120, p=30)
+    rng = np.random.default_rng(3)
+    hidden = (X > 0) & (rng.random(X.shape) < 0.3)
+    fold, rel = np.where(hidden, 0, X), hidden.astype(np.float64)
+    val = np.arange(80, 120)
+    heldout = from_split(sp.csr_matrix(fold), sp.csr_matrix(rel), val)
+    _, sigma, Vt = np.linalg.svd(X[:80], full_matrices=False)
+    V, sigma = Vt[:10].T, sigma[:10]
+    P = fold[heldout.users] @ V
+    grid = lambda_grid(sigma, 1, 6)
+    rows = path(sigma, V, P, heldout, lambda lam: solve(sigma, ModelSpec(1, lam)), grid, k=5)
+    assert len(rows) == 12
+    for r in rows:
+        sol = solve(sigma, ModelSpec(1, r["lam"]))
+        u, i = scoring_factors(sol, V, P, r["metric"])
+        u, i = u.astype(np.float64), i.astype(np.float64)
+        if r["metric"] == "cos":
+            u = u / np.linalg.norm(u, axis=1, keepdims=True)
+            i = i / np.linalg.norm(i, axis=1, keepdims=True)
+        dense = _dense_recall(u @ i.T, fold[heldout.users], rel[heldout.users], 5)
+        assert r["recall"] == pytest.approx(np.nanmean(dense), abs=1e-12)
+    for metric in ("dot", "cos"):
+        best = max(r["recall"] for r in rows if r["metric"] == metric)
+        chosen = choose(rows, metric)
+        assert next(r["recall"] for r in rows
+                    if r["metric"] == metric and r["lam"] == chosen) == best
+
+
+def test_choose_breaks_ties_towards_the_smaller_lambda():
+    rows = [{"lam": lam, "metric": "dot", "recall": rec}
+            for lam, rec in [(4.0, 0.3), (1.0, 0.2), (2.0, 0.3), (8.0, 0.1)]]
+    assert choose(rows, "dot") == 2.0
+    with pytest.raises(ValueError, match="no row for metric 'cos'"):
+        choose(rows, "cos")
+
+
+def test_lambda_grid_is_relative_to_the_spectrum():
+    sigma = np.array([10.0, 4.0, 1.0, 0.0])
+    g1 = lambda_grid(sigma, 1, 5)
+    assert g1[0] == pytest.approx(0.1) and g1[-1] == pytest.approx(1000.0)
+    assert np.all(np.diff(g1) > 0)
+    g2 = lambda_grid(sigma, 2, 5)
+    assert g2[0] == 0 and g2[1] == pytest.approx(0.1) and g2[-1] == pytest.approx(9.9)
+    # objective 2 keeps at least one dimension at every grid point
+    assert all(solve(sigma, ModelSpec(2, lam)).kept.sum() >= 1 for lam in g2)
+
+
+def test_per_user_excludes_fold_in_items():
+    users = np.eye(3, dtype=np.float32)
+    items = np.eye(3, dtype=np.float32)
+    fold = sp.csr_matrix(np.eye(3))
+    rel = sp.csr_matrix(np.roll(np.eye(3), 1, axis=1))
+    out = per_user(users, items, HeldOut(np.arange(3), fold, rel), ("dot",), k=1)
+    # each user's best item is its own fold-in item: excluded; ties go to the smaller index
+    np.testing.assert_array_equal(out["dot"]["recall"], [1.0, 0.0, 1.0])
