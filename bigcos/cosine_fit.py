@@ -1,0 +1,271 @@
+"""Fit the model trained with respect to cosine (:mod:`bigcos.cosine_model`) on a matrix directory.
+
+Steps of :func:`fit_cosine`:
+
+1. The rows a model may see (all but strong-generalisation held-out users) are split into
+   training rows and validation rows (``validation_fraction`` of them, seeded, or the rows
+   given); each validation row's items are split into fold-in and held-out items
+   (``validation_holdout`` of them, at least one of each).
+2. Truncated SVD of the training rows (``bigcos.svd.truncated_svd``), warm start
+   (:func:`bigcos.cosine_model.warm_start`, objective 1 ``symmetric`` with shrinkage ``lam``).
+3. L-BFGS-B on L*(A, B) = ||X - tau* N(XA) N(B)^T||^2 over the training rows. Each loss and
+   gradient is one pass over fixed row blocks of X: one Dask task per block on ``client``
+   (blocks scattered once; A, Q broadcast per evaluation; the block terms summed in block
+   order in one task), else a thread per block in this process. Both paths sum the same
+   floats in the same order, so they give identical results. Early stopping on validation
+   Recall@20 by cosine (``patience``).
+4. Model directory: every user (held-out ones folded in from their training row) gets
+   tau^(1/2) N(x_u A), every item tau^(1/2) N(b_i): their dot product is the model's
+   prediction tau P Q^T of X and their cosine the cosine it was trained on. Written with
+   the helpers of :mod:`bigcos.models` (``items.parquet``, ``users.parquet``,
+   ``manifest.json``), so ``bigcos.load_model``, neighbours and reports read it like any model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+from bigcos import cosine_model, io, models
+from bigcos.errors import UserError
+
+PROJECT_ROWS = 1 << 16  # rows of X per product when embedding every user
+
+
+@dataclass(frozen=True)
+class CosineOptions:
+    """Parameters of :func:`fit_cosine`; all change the result except ``block_rows``' speed.
+
+    ``k``: embedding dimensions (the rank: the regulariser); ``iterations``: L-BFGS-B
+    iterations at most; ``tol``: stop when the relative decrease of the loss per iteration is
+    below it; ``seed``: validation split and SVD start; ``lam``: objective-1 shrinkage of the
+    warm start G = sigma^2 / (sigma^2 + lam) (not a penalty of the loss: it has none);
+    ``validation_fraction``: share of the fit rows held out for early stopping (0: none);
+    ``validation_holdout``: share of a validation row's items to recall; ``patience``:
+    iterations without a better validation Recall@20 before stopping; ``block_rows``: rows
+    per task (None: blocks of about 5M non-zeros, a function of the data alone; another value
+    changes the loss only by float rounding).
+    """
+
+    k: int = 64
+    iterations: int = 100
+    tol: float = 1e-7
+    seed: int = 0
+    lam: float = 0.0
+    validation_fraction: float = 0.1
+    validation_holdout: float = 0.2
+    patience: int = 10
+    block_rows: int | None = None
+
+    def __post_init__(self):
+        def fail(name: str, rule: str) -> None:
+            raise UserError(f"{name}: must be {rule}, not {getattr(self, name)!r}")
+
+        for name in ("k", "iterations", "patience"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                fail(name, "an integer >= 1")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            fail("seed", "an integer >= 0")
+        if not (math.isfinite(self.tol) and self.tol >= 0):
+            fail("tol", "finite and >= 0")
+        if not (math.isfinite(self.lam) and self.lam >= 0):
+            fail("lam", "finite and >= 0")
+        if not 0.0 <= self.validation_fraction < 1.0:
+            fail("validation_fraction", "in [0, 1)")
+        if not 0.0 < self.validation_holdout < 1.0:
+            fail("validation_holdout", "in (0, 1)")
+        if self.block_rows is not None and (not isinstance(self.block_rows, int)
+                                            or self.block_rows < 1):
+            fail("block_rows", "None or an integer >= 1")
+
+
+# --------------------------------------------------------------------------- validation rows
+def validation_split(train: sp.csr_matrix, candidates: np.ndarray, options: CosineOptions,
+                     rows: Sequence[int] | None = None
+                     ) -> tuple[np.ndarray, sp.csr_matrix, sp.csr_matrix]:
+    """(validation rows, fold-in (m, p) CSR, held-out (m, p) CSR) from ``train``.
+
+    ``rows`` (matrix row indices) if given, else ``validation_fraction`` of the ``candidates``
+    with at least 2 items, drawn with ``seed``. Each row keeps round(``validation_holdout`` x
+    its items) held out, at least 1 and at most all but one.
+    """
+    counts = np.diff(train.indptr)
+    rng = np.random.default_rng(options.seed)
+    if rows is not None:
+        rows = np.unique(np.asarray(rows, np.int64))
+        bad = rows[~np.isin(rows, candidates) | (counts[np.clip(rows, 0, len(counts) - 1)] < 2)]
+        if len(bad):
+            raise UserError(f"validation_rows: row {int(bad[0])} is not a fit row with at "
+                            f"least 2 items (rows are 0 .. {train.shape[0] - 1}, held-out "
+                            "users excluded)")
+    else:
+        eligible = candidates[counts[candidates] >= 2]
+        m = int(round(options.validation_fraction * len(candidates)))
+        rows = np.sort(rng.choice(eligible, size=min(m, len(eligible)), replace=False))
+    sub = train[rows].tocsr()
+    sub.sort_indices()
+    per_row = np.diff(sub.indptr)
+    n_held = np.minimum(np.maximum(1, np.round(options.validation_holdout * per_row)),
+                        per_row - 1).astype(np.int64)
+    row_of = np.repeat(np.arange(len(rows)), per_row)
+    order = np.lexsort((rng.random(sub.nnz), row_of))  # a random order within each row
+    rank = np.empty(sub.nnz, np.int64)
+    rank[order] = np.arange(sub.nnz) - sub.indptr[row_of[order]]
+    is_held = rank < n_held[row_of]
+    shape = sub.shape
+
+    def part(mask: np.ndarray) -> sp.csr_matrix:
+        return sp.csr_matrix((sub.data[mask], (row_of[mask], sub.indices[mask])), shape=shape)
+
+    return rows, part(~is_held), part(is_held)
+
+
+# --------------------------------------------------------------------------- block passes
+def _block_bounds(X: sp.csr_matrix, block_rows: int | None) -> list[tuple[int, int]]:
+    from bigcos.svd import _row_bounds, default_block_count
+
+    return _row_bounds(X, block_rows, default_block_count(X.nnz))
+
+
+class _ThreadTerms:
+    """``terms(A, Q, gram_q)`` over row blocks, one thread per block, summed in block order."""
+
+    def __init__(self, blocks: list[sp.csr_matrix]):
+        self.blocks = blocks
+        self.pool = ThreadPoolExecutor(max_workers=min(len(blocks), os.cpu_count() or 1))
+
+    def __call__(self, A, Q, gram_q) -> cosine_model.BlockTerms:
+        parts = list(self.pool.map(lambda b: cosine_model.block_terms(b, A, Q, gram_q),
+                                   self.blocks))
+        return cosine_model.sum_terms(parts)
+
+    def close(self) -> None:
+        self.pool.shutdown()
+
+
+class _DaskTerms:
+    """``terms(A, Q, gram_q)`` as Dask tasks: one per scattered block, one summing task."""
+
+    def __init__(self, client, blocks: list[sp.csr_matrix]):
+        self.client = client
+        self.blocks = client.scatter(blocks)
+
+    def __call__(self, A, Q, gram_q) -> cosine_model.BlockTerms:
+        a, q, g = self.client.scatter([A, Q, gram_q], broadcast=True, hash=False)
+        parts = self.client.map(cosine_model.block_terms, self.blocks, A=a, Q=q, gram_q=g,
+                                pure=False)
+        return self.client.submit(cosine_model.sum_terms, parts, pure=False).result()
+
+    def close(self) -> None:
+        self.client.cancel(self.blocks)
+
+
+def _embed_rows(X: sp.csr_matrix, A: np.ndarray) -> np.ndarray:
+    """N(X A) (n, k) float64, PROJECT_ROWS rows at a time."""
+    parts = [cosine_model.normalize_rows(np.asarray(X[s:s + PROJECT_ROWS] @ A, np.float64))[0]
+             for s in range(0, X.shape[0], PROJECT_ROWS)]
+    return np.vstack(parts) if parts else np.zeros((0, A.shape[1]))
+
+
+# --------------------------------------------------------------------------- the fit
+def fit_cosine(matrix_dir: str | os.PathLike, out: str | os.PathLike,
+               options: CosineOptions = CosineOptions(), *, client=None,
+               validation_rows: Sequence[int] | None = None, name: str = "cosine",
+               overwrite: bool = False) -> Path:
+    """Train embeddings with respect to cosine and write them as a model directory at ``out``.
+
+    Parameters
+    ----------
+    matrix_dir : a matrix directory (``bigcos.ingest``).
+    out : the model directory to write (atomically).
+    options : :class:`CosineOptions`.
+    client : a ``distributed.Client`` to run the per-block terms on, or None (threads here).
+    validation_rows : matrix row indices to validate on instead of a random
+        ``validation_fraction`` of the fit rows (they are left out of training).
+    name : the model name in the manifest. overwrite : replace an existing ``out``.
+
+    Returns
+    -------
+    Path of the model directory. Its manifest records the parameters, the loss curve, the
+    validation curve, iterations, passes over X, tau, the SVD and timings.
+
+    Memory: X in float64 blocks (12 bytes per non-zero), per block in flight 3 p k floats,
+    the (n, k) user embeddings, and L-BFGS-B's history (10 pairs of 2 p k floats).
+
+    References
+    ----------
+    Steck, Ekanadham, Kallus (2024), Sec. 3, first remedy; MATH.md "Remedies".
+    """
+    from bigcos.matrix import load_matrix
+    from bigcos.svd import _row_block, truncated_svd
+
+    timings = io.Timings()
+    matrix_dir = Path(matrix_dir).resolve()
+    models._check_out(out, overwrite)
+    with timings("load_matrix"):
+        data = load_matrix(matrix_dir)
+        fit_rows = models._fit_rows(data)
+        val_rows, X_fold, X_held = (validation_split(data.train, fit_rows, options,
+                                                     validation_rows)
+                                    if validation_rows is not None
+                                    or options.validation_fraction > 0
+                                    else (np.zeros(0, np.int64), None, None))
+        train_rows = np.setdiff1d(fit_rows, val_rows)
+        X = data.train[train_rows].astype(np.float64)
+    n, p = X.shape
+    if options.k > min(n, p):
+        raise UserError(f"k: {options.k} is larger than min(training rows, items) = "
+                        f"{min(n, p)} ({n} x {p})")
+    with timings("svd"):
+        spectrum = truncated_svd(X, options.k, seed=options.seed)
+        A0, B0 = cosine_model.warm_start(spectrum.V, spectrum.sigma, n, options.lam)
+    blocks = [_row_block(X, a, b, np.dtype(np.float64))
+              for a, b in _block_bounds(X, options.block_rows)]
+    terms = _DaskTerms(client, blocks) if client is not None else _ThreadTerms(blocks)
+    validate = (None if X_fold is None or not len(val_rows)
+                else lambda A, B: cosine_model.cosine_recall(X_fold, X_held, A, B))
+    sq_norm = float(X.multiply(X).sum())
+    try:
+        with timings("optimise"):
+            result = cosine_model.fit_lbfgs(A0, B0, terms, sq_norm, iterations=options.iterations,
+                                            tol=options.tol, validate=validate,
+                                            patience=options.patience)
+    finally:
+        terms.close()
+    if not result.tau > 0:
+        raise UserError(f"{matrix_dir}: the fit degenerated (tau = {result.tau:g}); "
+                        "try another seed or lam")
+    root_tau = math.sqrt(result.tau)
+    with io.atomic_output_dir(out, overwrite=overwrite) as tmp:
+        with timings("embed_and_write"):
+            users = root_tau * _embed_rows(data.train, result.A)
+            items = root_tau * cosine_model.normalize_rows(result.B)[0]
+            models._write_model(tmp, data, items, users, None)
+        counts = {"users": data.train.shape[0], "items": p, "fit_users": len(fit_rows),
+                  "train_rows": n, "validation_rows": len(val_rows),
+                  "train_nnz": int(data.train.nnz), "dims_kept": options.k,
+                  "blocks": len(blocks)}
+        optimisation = {
+            "iterations": result.iterations, "passes_over_x": result.evaluations,
+            "best_iteration": result.best_iteration, "stop_reason": result.stop_reason,
+            "tau": result.tau, "loss": result.loss, "sq_norm": sq_norm,
+            "loss_curve": result.loss_curve,
+            "validation_recall_at_20_cos": result.validation_curve,
+            "validation_rows_sha256": hashlib.sha256(val_rows.tobytes()).hexdigest(),
+            "scheduler": "distributed" if client is not None else "threads"}
+        svd_section = {"k": spectrum.k, "sigma_1": float(spectrum.sigma[0]),
+                       "sigma_k": float(spectrum.sigma[-1]),
+                       "residual_max": float(np.max(spectrum.residuals)), "info": spectrum.info}
+        io.write_manifest(tmp, "fit", {"model": "cosine", **asdict(options),
+                                       "validation_rows_given": validation_rows is not None},
+                          timings=timings, model_name=name, matrix_dir=str(matrix_dir),
+                          counts=counts, optimisation=optimisation, svd=svd_section)
+    return Path(out)
