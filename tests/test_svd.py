@@ -332,3 +332,17 @@ def test_bench_matrix_and_command_run_small(tmp_path):
     ours = next(r for r in rows if r["name"].startswith("bigcos"))
     assert ours["max_rel_err"] < 1e-3 and ours["passes"] == 6
     assert "goal k=6" in result.output
+
+
+def test_the_algebra_imports_no_dask_and_no_io():
+    """bigcos.krylov is pure numpy/scipy: the driver places the passes, not the maths."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys, bigcos.krylov\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('dask', 'distributed')"
+            " or m in ('bigcos.io', 'bigcos.gram', 'bigcos.svd', 'pyarrow')))\n")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                         text=True, timeout=120, cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.strip() == "[]"
