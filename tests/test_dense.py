@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 from threadpoolctl import threadpool_limits
 
 from bigcos import dense
-from bigcos.dense import RowChunks
+from bigcos.dense import BlasThreadsError, RowChunks, blas_threads_here
 from bigcos.svd import truncated_svd
 from tests.test_svd import decaying_matrix
 
@@ -55,15 +56,50 @@ def test_results_do_not_depend_on_threads(operands, threads):
     # the split, not BLAS's own threading, defines the result; the limit is lifted afterwards
     with threadpool_limits(2):
         with RowChunks(threads=threads) as blas:
-            assert _blas_threads() == 1
+            assert blas.call(_blas_threads) == 1
             np.testing.assert_array_equal(blas.tn(A, B), one_tn)
         assert _blas_threads() == 2
 
 
 def _blas_threads() -> int:
-    from threadpoolctl import threadpool_info
+    return max(i["num_threads"] for i in blas_threads_here())
 
-    return min(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas")
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_every_pool_thread_runs_every_blas_at_one_thread(operands, threads):
+    """Checked from inside each pool thread (a barrier makes every thread take one task),
+    with the process at 2 BLAS threads: that is where an OpenMP BLAS applies its limit."""
+    A, B, M = operands
+    barrier = threading.Barrier(threads)
+
+    def seen_from_this_thread():
+        barrier.wait(timeout=30)
+        return threading.get_ident(), blas_threads_here()
+
+    with threadpool_limits(2), RowChunks(threads=1) as one, RowChunks(threads=threads) as blas:
+        seen = [f.result() for f in [blas._pool.submit(seen_from_this_thread)
+                                     for _ in range(threads)]]
+        for a, b in [(one.tn(A, B), blas.tn(A, B)), (one.gram(A), blas.gram(A)),
+                     (one.nn(A, M), blas.nn(A, M))]:
+            np.testing.assert_array_equal(a, b)
+    assert len({ident for ident, _ in seen}) == threads
+    for _, libraries in seen:
+        assert libraries                                 # numpy's BLAS at least
+        assert [lib["num_threads"] for lib in libraries] == [1] * len(libraries)
+
+
+def test_a_blas_that_keeps_its_threads_fails_loudly(operands, monkeypatch):
+    """If the limit does not take (here: it is not applied at all), the pool thread's check
+    stops the products instead of computing core-count-dependent bits."""
+    A, B, _ = operands
+    real = dense.threadpool_limits
+    monkeypatch.setattr(dense, "threadpool_limits", lambda **kw: real(limits=None))
+    with (threadpool_limits(2), pytest.raises(BlasThreadsError, match="reports 2 threads"),
+          RowChunks(threads=2) as blas):
+        blas.tn(A, B)
+    monkeypatch.undo()
+    with RowChunks(threads=2) as blas:                   # the count of open pools is intact
+        assert blas.call(_blas_threads) == 1
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -88,11 +124,10 @@ def test_every_blas_runs_at_one_thread_inside_even_in_a_fresh_process():
     import subprocess
     import sys
 
-    code = ("from bigcos.dense import RowChunks\n"
-            "from threadpoolctl import threadpool_info\n"
-            "with RowChunks(threads=2):\n"
+    code = ("from bigcos.dense import RowChunks, blas_threads_here\n"
+            "with RowChunks(threads=2) as blas:\n"
             "    import scipy.linalg\n"
-            "    info = [i for i in threadpool_info() if i['user_api'] == 'blas']\n"
+            "    info = blas.call(blas_threads_here)\n"
             "    print(len(info), max(i['num_threads'] for i in info))\n")
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "2"}  # as on any multi-core machine

@@ -50,12 +50,11 @@ def assert_spectrum_close(spec: Spectrum, D: np.ndarray, k: int, rtol=1e-5, ptol
 
 
 # --------------------------------------------------------------------------- accuracy
-@pytest.mark.parametrize("method,n_iter", [("krylov", 8), ("subspace", 40)])
-def test_randomised_float64_matches_dense_svd(method, n_iter):
+def test_randomised_float64_matches_dense_svd():
     X = decaying_matrix()
-    spec = truncated_svd(X, 10, dtype=np.float64, method=method, n_iter=n_iter)
+    spec = truncated_svd(X, 10, dtype=np.float64, n_iter=8)
     assert_spectrum_close(spec, X.toarray().astype(np.float64), 10)
-    assert spec.info["method"] == method and spec.info["passes"] == n_iter
+    assert spec.info["method"] == "krylov" and spec.info["passes"] == 8
     assert spec.info["basis_dim"] < X.shape[1]          # not trivially the whole space
     assert np.all(np.diff(spec.sigma) <= 0)
 
@@ -67,6 +66,20 @@ def test_float32_default_path_is_accurate_to_float32():
     np.testing.assert_allclose(spec.sigma, s[:12], rtol=1e-4)
     assert spec.info["dtype"] == "float32" and spec.V.dtype == np.float64
     np.testing.assert_allclose(spec.V.T @ spec.V, np.eye(12), atol=1e-10)
+
+
+def test_exact_path_does_not_depend_on_the_blas_thread_count():
+    """The dense eigh runs at one BLAS thread in a RowChunks pool thread (it used to run at
+    the process's thread count, and its last bits changed with it)."""
+    from threadpoolctl import threadpool_limits
+
+    X = decaying_matrix(seed=8)
+    with threadpool_limits(1):
+        one = truncated_svd(X, 20, exact=True, col_center=np.full(X.shape[1], 0.01))
+    with threadpool_limits(2):
+        two = truncated_svd(X, 20, exact=True, col_center=np.full(X.shape[1], 0.01))
+    np.testing.assert_array_equal(one.V, two.V)
+    np.testing.assert_array_equal(one.residuals, two.residuals)
 
 
 def test_exact_full_rank_including_zero_singular_values():
@@ -116,12 +129,11 @@ def test_residuals_are_the_true_residuals():
     X = decaying_matrix(seed=6)
     D = X.toarray().astype(np.float64)
     A = D.T @ D
-    for method in ("krylov", "subspace"):
-        spec = truncated_svd(X, 10, dtype=np.float64, n_iter=2, method=method)
-        true = np.linalg.norm(A @ spec.V - spec.V * spec.sigma**2, axis=0) / spec.sigma**2
-        assert true.max() > 1e-6                              # really unconverged
-        np.testing.assert_allclose(spec.residuals, true, rtol=1e-6, atol=1e-12)
-        assert spec.info["max_residual"] == pytest.approx(true.max(), rel=1e-6)
+    spec = truncated_svd(X, 10, dtype=np.float64, n_iter=2)
+    true = np.linalg.norm(A @ spec.V - spec.V * spec.sigma**2, axis=0) / spec.sigma**2
+    assert true.max() > 1e-6                                  # really unconverged
+    np.testing.assert_allclose(spec.residuals, true, rtol=1e-6, atol=1e-12)
+    assert spec.info["max_residual"] == pytest.approx(true.max(), rel=1e-6)
 
 
 def test_tol_stops_early_once_residuals_are_small():
@@ -134,19 +146,18 @@ def test_tol_stops_early_once_residuals_are_small():
     np.testing.assert_allclose(spec.sigma, s[:5], rtol=1e-8)
 
 
-@pytest.mark.parametrize("method", ["krylov", "subspace"])
-def test_rank_below_k_gives_zero_singular_values(method):
+def test_rank_below_k_gives_zero_singular_values():
     rng = np.random.default_rng(12)
     base = sp.random(3, 25, density=0.5, random_state=rng, format="csr")
     X = sp.vstack([base] * 20).tocsr()                    # 60 x 25, rank 3
     D = X.toarray()
-    spec = truncated_svd(X, 6, dtype=np.float64, method=method)
+    spec = truncated_svd(X, 6, dtype=np.float64)
     s, V = dense_reference(D)
     np.testing.assert_allclose(spec.sigma[:3], s[:3], rtol=1e-10)
     assert np.all(spec.sigma[3:] < 1e-6 * s[0])
     np.testing.assert_allclose(spec.V.T @ spec.V, np.eye(6), atol=1e-10)
     assert projector_gap(spec.V[:, :3], V[:, :3]) < 1e-8
-    zero = truncated_svd(sp.csr_matrix((30, 10)), 2, method=method)
+    zero = truncated_svd(sp.csr_matrix((30, 10)), 2)
     np.testing.assert_array_equal(zero.sigma, 0.0)
     np.testing.assert_allclose(zero.V.T @ zero.V, np.eye(2), atol=1e-10)
 
@@ -195,8 +206,8 @@ def test_threaded_and_process_cluster_agree_bitwise(process_cluster, dtype, bloc
     kw = dict(dtype=dtype, col_center=np.full(X.shape[1], 0.01) if centred else None,
               block_rows=block_rows)
     threaded = truncated_svd(X, 8, **kw)
-    with Client(process_cluster):
-        clustered = truncated_svd(X, 8, scheduler="distributed", **kw)
+    with Client(process_cluster) as client:
+        clustered = truncated_svd(X, 8, client=client, scheduler="distributed", **kw)
     assert threaded.info["scheduler"] == "threaded"
     assert clustered.info["scheduler"] == "distributed"
     assert clustered.info["n_blocks"] == threaded.info["n_blocks"]
@@ -208,22 +219,37 @@ def test_threaded_and_process_cluster_agree_bitwise(process_cluster, dtype, bloc
 @pytest.mark.cluster
 def test_auto_scheduler_runs_passes_in_threads_beside_a_local_cluster(process_cluster):
     """Workers of a LocalCluster share this machine's cores: shipping the operand to them
-    every pass only costs time, so ``auto`` keeps the passes in this process's threads."""
+    every pass only costs time, so ``auto`` keeps the passes in this process's threads; a
+    client connected by address (a remote scheduler, as far as it can tell) gets them."""
     from distributed import Client
 
     X = decaying_matrix(seed=13)
     with Client(process_cluster) as client:
         before = client.run(lambda dask_worker: len(dask_worker.data))
-        auto = truncated_svd(X, 5)
+        auto = truncated_svd(X, 5, client=client)
+        threads = truncated_svd(X, 5, client=client, scheduler="threads")
         assert client.run(lambda dask_worker: len(dask_worker.data)) == before
-        forced = truncated_svd(X, 5, scheduler="distributed")
-    assert auto.info["scheduler"] == "threaded"
-    assert forced.info["scheduler"] == "distributed"
-    np.testing.assert_array_equal(auto.V, forced.V)
-    with pytest.raises(UserError, match="no distributed.Client is active"):
-        truncated_svd(X, 5, scheduler="distributed")
-    with pytest.raises(UserError, match="scheduler='cloud'"):
-        truncated_svd(X, 5, scheduler="cloud")
+        forced = truncated_svd(X, 5, client=client, scheduler="distributed")
+    with Client(process_cluster.scheduler_address) as remote:
+        assert remote.cluster is None
+        by_address = truncated_svd(X, 5, client=remote)
+    assert auto.info["scheduler"] == threads.info["scheduler"] == "threaded"
+    assert forced.info["scheduler"] == by_address.info["scheduler"] == "distributed"
+    for other in (threads, forced, by_address):
+        np.testing.assert_array_equal(auto.V, other.V)
+        np.testing.assert_array_equal(auto.sigma, other.sigma)
+
+
+@pytest.mark.cluster
+def test_an_open_client_is_never_picked_up(process_cluster):
+    """Only the ``client`` argument places passes: an open default client is ignored."""
+    from distributed import Client
+
+    X = decaying_matrix(seed=13)
+    with Client(process_cluster):
+        assert truncated_svd(X, 5, scheduler="auto").info["scheduler"] == "threaded"
+        with pytest.raises(UserError, match="scheduler='distributed' needs a client"):
+            truncated_svd(X, 5, scheduler="distributed")
 
 
 def test_default_partition_ignores_the_cluster():
@@ -241,15 +267,27 @@ def test_default_partition_ignores_the_cluster():
     ({"k": 5, "col_center": np.zeros(3)}, "col_center"),
     ({"k": 5, "col_scale": np.full(60, np.nan)}, "col_scale"),
     ({"k": 5, "dtype": np.int32}, "dtype"),
-    ({"k": 5, "method": "lanczos"}, "method"),
+    ({"k": 5, "oversampling": -1}, "oversampling"),
+    ({"k": 5, "tile_cols": 0}, "tile_cols"),
+    ({"k": 5, "scheduler": "cloud"}, "scheduler='cloud'"),
+    ({"k": 5, "scheduler": "distributed"}, "needs a client: pass client="),
     ({"k": 5, "tol": -1.0}, "tol"),
     ({"k": 5, "n_iter": 0}, "n_iter"),
     ({"k": 5, "block_rows": 0}, "block_rows"),
 ])
 def test_bad_arguments_raise_user_errors(kwargs, message):
     X = decaying_matrix(n=40, p=60, density=0.2)
-    with pytest.raises(UserError, match=message):
+    with pytest.raises(UserError, match=message) as err:
         truncated_svd(X, **kwargs)
+    assert "--" not in str(err.value)                       # parameters, never CLI flags
+
+
+def test_k_errors_name_the_parameters_of_each_path():
+    X = decaying_matrix(n=40, p=60, density=0.2)
+    with pytest.raises(UserError, match=r"k=41: k must be <= min\(n, p\) = 40 .*exact"):
+        truncated_svd(X, 41)
+    with pytest.raises(UserError, match="k=61: k must be <= p = 60 .*for exact"):
+        truncated_svd(X, 61, exact=True)
 
 
 def test_bad_matrices_raise_user_errors():
@@ -294,3 +332,17 @@ def test_bench_matrix_and_command_run_small(tmp_path):
     ours = next(r for r in rows if r["name"].startswith("bigcos"))
     assert ours["max_rel_err"] < 1e-3 and ours["passes"] == 6
     assert "goal k=6" in result.output
+
+
+def test_the_algebra_imports_no_dask_and_no_io():
+    """bigcos.krylov is pure numpy/scipy: the driver places the passes, not the maths."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys, bigcos.krylov\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('dask', 'distributed')"
+            " or m in ('bigcos.io', 'bigcos.gram', 'bigcos.svd', 'pyarrow')))\n")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                         text=True, timeout=120, cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.strip() == "[]"
