@@ -130,9 +130,9 @@ def validation_split(train: sp.csr_matrix, candidates: np.ndarray, options: Cosi
 
 # --------------------------------------------------------------------------- block passes
 def _block_bounds(X: sp.csr_matrix, block_rows: int | None) -> list[tuple[int, int]]:
-    from bigcos.svd import _row_bounds, default_block_count
+    from bigcos.gram import default_block_count, row_bounds
 
-    return _row_bounds(X, block_rows, default_block_count(X.nnz))
+    return row_bounds(X, block_rows, default_block_count(X.nnz))
 
 
 class _ThreadTerms:
@@ -204,8 +204,9 @@ def fit_cosine(matrix_dir: str | os.PathLike, out: str | os.PathLike,
     ----------
     Steck, Ekanadham, Kallus (2024), Sec. 3, first remedy; MATH.md "Remedies".
     """
+    from bigcos.gram import row_block
     from bigcos.matrix import load_matrix
-    from bigcos.svd import _row_block, truncated_svd
+    from bigcos.svd import truncated_svd
 
     timings = io.Timings()
     matrix_dir = Path(matrix_dir).resolve()
@@ -227,7 +228,7 @@ def fit_cosine(matrix_dir: str | os.PathLike, out: str | os.PathLike,
     with timings("svd"):
         spectrum = truncated_svd(X, options.k, seed=options.seed)
         A0, B0 = cosine_model.warm_start(spectrum.V, spectrum.sigma, n, options.lam)
-    blocks = [_row_block(X, a, b, np.dtype(np.float64))
+    blocks = [row_block(X, a, b, np.dtype(np.float64))
               for a, b in _block_bounds(X, options.block_rows)]
     terms = _DaskTerms(client, blocks) if client is not None else _ThreadTerms(blocks)
     validate = (None if X_fold is None or not len(val_rows)

@@ -81,7 +81,7 @@ def default_block_count(nnz: int) -> int:
     return int(min(MAX_BLOCKS, max(1, -(-nnz // BLOCK_NNZ))))
 
 
-def _row_bounds(X: sp.csr_matrix, block_rows: int | None, n_blocks: int) -> list[tuple]:
+def row_bounds(X: sp.csr_matrix, block_rows: int | None, n_blocks: int) -> list[tuple]:
     """Row ranges [a, b): ``block_rows`` rows each, else ``n_blocks`` of about equal nnz."""
     n = X.shape[0]
     if block_rows is not None:
@@ -93,7 +93,7 @@ def _row_bounds(X: sp.csr_matrix, block_rows: int | None, n_blocks: int) -> list
     return [(a, b) for a, b in zip(edges[:-1], edges[1:], strict=True) if b > a]
 
 
-def _row_block(X: sp.csr_matrix, a: int, b: int, dtype: np.dtype) -> sp.csr_matrix:
+def row_block(X: sp.csr_matrix, a: int, b: int, dtype: np.dtype) -> sp.csr_matrix:
     """Rows [a, b) of X in ``dtype``, sharing X's data and indices when no cast is needed."""
     lo, hi = X.indptr[a], X.indptr[b]
     data = X.data[lo:hi]
@@ -186,8 +186,8 @@ class GramOperator:
                        if self.mu is not None else None)
         self.client = client
         self._blas = blas
-        bounds = _row_bounds(X, block_rows, default_block_count(X.nnz))
-        blocks = [_row_block(X, a, b, self.dtype) for a, b in bounds]
+        bounds = row_bounds(X, block_rows, default_block_count(X.nnz))
+        blocks = [row_block(X, a, b, self.dtype) for a, b in bounds]
         self.block_rows = [int(b - a) for a, b in bounds]
         if self.client is not None:
             self._blocks = self.client.scatter(blocks, hash=False)
