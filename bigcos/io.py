@@ -252,9 +252,18 @@ def embeddings_table(ids: pa.Array | np.ndarray, embedding: np.ndarray, id_colum
 
 
 def nonfinite_rows(embedding: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
-    """Indices of the rows of ``embedding`` (m, k) holding a NaN or an infinity.
+    """The rows of an embedding that hold a NaN or an infinity.
 
-    Checked ``chunk`` rows at a time (memory: chunk * k bytes of flags). Returns int64 (r,).
+    Parameters
+    ----------
+    embedding : ndarray, shape (m, k)
+    chunk : int
+        Rows checked at a time (memory: chunk k bytes of flags).
+
+    Returns
+    -------
+    ndarray of int64, shape (r,)
+        Sorted row indices.
     """
     bad = [start + np.flatnonzero(~np.isfinite(embedding[start:start + chunk]).all(axis=1))
            for start in range(0, embedding.shape[0], chunk)]

@@ -121,6 +121,14 @@ def write_model(directory: Path, item_ids: pa.Array, items: np.ndarray, user_ids
 
 
 def check_out(out: str | os.PathLike, overwrite: bool) -> None:
-    """Fail before any work when ``out`` exists and may not be replaced."""
+    """Fail before any work when ``out`` exists and may not be replaced.
+
+    Parameters
+    ----------
+    out : str or path
+        The output directory of a fit.
+    overwrite : bool
+        Whether an existing ``out`` may be replaced.
+    """
     if Path(out).exists() and not overwrite:
         raise UserError(f"{out}: output already exists (pass --overwrite to replace it)")

@@ -96,7 +96,17 @@ def _file_digest(path: Path) -> str:
 
 
 def matrix_digest(matrix_dir: Path) -> str:
-    """sha256 (hex) over the content of train.npz and users.parquet (rows, held-out flags)."""
+    """The content hash of a matrix directory (part of the SVD cache key).
+
+    Parameters
+    ----------
+    matrix_dir : Path
+
+    Returns
+    -------
+    str
+        sha256 (hex) over the content of train.npz and users.parquet (rows, held-out flags).
+    """
     h = hashlib.sha256()
     for name in ("train.npz", "users.parquet"):
         f = matrix_dir / name

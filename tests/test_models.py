@@ -398,3 +398,14 @@ def test_als_factors_refuse_a_failed_fold_in_and_diverged_factors():
     with pytest.raises(UserError, match=r"^ALS model 'x' .*embedding rows hold NaN or inf"):
         als_factors(data, ALSOptions(factors=4, iterations=2, regularization=0.0, alpha=1e20),
                     name="x")
+
+
+def test_the_maths_modules_import_no_dask_distributed_pyarrow_or_io():
+    import subprocess
+    import sys
+
+    code = ("import sys, bigcos.closed_form, bigcos.column_remedies; print(sorted({m.split('.')[0]"
+            " for m in sys.modules if m.split('.')[0] in ('dask', 'distributed', 'pyarrow')}"
+            " | ({'bigcos.io'} & set(sys.modules))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
