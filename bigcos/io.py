@@ -226,9 +226,21 @@ def read_table(path: str | os.PathLike, columns: list[str] | None = None) -> pa.
 
 # --------------------------------------------------------------------------- embeddings
 def embeddings_table(ids: pa.Array | np.ndarray, embedding: np.ndarray, id_column: str) -> pa.Table:
-    """A table with ``id_column`` (original ids) and ``embedding`` (fixed_size_list<float32>[k]).
+    """The Parquet layout of embeddings: one row per id.
 
-    ``embedding`` has shape (len(ids), k); row i is the embedding of ids[i].
+    Parameters
+    ----------
+    ids : pyarrow.Array or ndarray, shape (m,)
+        Original ids; row i of ``embedding`` belongs to ``ids[i]``.
+    embedding : ndarray, shape (m, k)
+        Converted to float32 (a contiguous copy unless it already is one).
+    id_column : str
+        Name of the id column (``item_id``, ``user_id``).
+
+    Returns
+    -------
+    pyarrow.Table
+        Columns ``id_column`` and ``embedding`` (fixed_size_list<float32>[k]).
     """
     emb = np.ascontiguousarray(embedding, dtype=np.float32)
     if emb.ndim != 2 or emb.shape[0] != len(ids):
@@ -239,13 +251,88 @@ def embeddings_table(ids: pa.Array | np.ndarray, embedding: np.ndarray, id_colum
     return pa.table({id_column: pa.array(ids), "embedding": column})
 
 
+def nonfinite_rows(embedding: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
+    """The rows of an embedding that hold a NaN or an infinity.
+
+    Parameters
+    ----------
+    embedding : ndarray, shape (m, k)
+    chunk : int
+        Rows checked at a time (memory: chunk k bytes of flags).
+
+    Returns
+    -------
+    ndarray of int64, shape (r,)
+        Sorted row indices.
+    """
+    bad = [start + np.flatnonzero(~np.isfinite(embedding[start:start + chunk]).all(axis=1))
+           for start in range(0, embedding.shape[0], chunk)]
+    return np.concatenate(bad) if bad else np.zeros(0, np.int64)
+
+
+def require_finite_embeddings(embedding: np.ndarray, ids: pa.Array | np.ndarray,
+                              id_column: str, where: str | os.PathLike) -> None:
+    """Raise a one-line :class:`UserError` naming ``where`` when a row of ``embedding`` is
+    not finite.
+
+    A NaN row would get inverse norm 0 under cosine and sort above +inf under dot, so
+    embeddings with NaN or inf are refused, not written or read.
+
+    Parameters
+    ----------
+    embedding : ndarray, shape (m, k)
+    ids : pyarrow.Array or ndarray, shape (m,)
+        Original ids of the rows (the first bad one is named).
+    id_column : str
+        What the ids are (``item_id``, ``user_id``).
+    where : str or path
+        The file or model the embeddings belong to.
+    """
+    bad = nonfinite_rows(embedding)
+    if len(bad):
+        first = ids[int(bad[0])]
+        first = first.as_py() if isinstance(first, pa.Scalar) else first
+        raise UserError(f"{where}: {len(bad)} of {embedding.shape[0]} embedding rows hold NaN "
+                        f"or inf (first: {id_column} {first!r})")
+
+
 def write_embeddings(path: Path, ids: pa.Array | np.ndarray, embedding: np.ndarray,
                      id_column: str) -> None:
+    """Write embeddings as one zstd Parquet file (layout of :func:`embeddings_table`).
+
+    Parameters
+    ----------
+    path : Path
+    ids : pyarrow.Array or ndarray, shape (m,)
+    embedding : ndarray, shape (m, k)
+        Every value must be finite (else :class:`UserError` naming ``path``, the number of bad
+        rows and the first bad id); written as float32.
+    id_column : str
+    """
+    require_finite_embeddings(embedding, ids, id_column, path)
     write_table(path, embeddings_table(ids, embedding, id_column))
 
 
 def read_embeddings(path: str | os.PathLike, id_column: str) -> tuple[pa.Array, np.ndarray]:
-    """Read a table written by :func:`write_embeddings`: (ids, float32 array of shape (m, k))."""
+    """Read a table written by :func:`write_embeddings`.
+
+    Parameters
+    ----------
+    path : str or path
+    id_column : str
+
+    Returns
+    -------
+    ids : pyarrow.Array, shape (m,)
+    embedding : ndarray, shape (m, k), float32
+        Memory: m k 4 bytes (one copy when the file holds another float type).
+
+    Raises
+    ------
+    UserError
+        When a column is missing, ``embedding`` is not a fixed-size list, or a row holds NaN or
+        inf (naming the file, the number of bad rows and the first bad id).
+    """
     table = read_table(path)
     for col in (id_column, "embedding"):
         if col not in table.column_names:
@@ -253,6 +340,11 @@ def read_embeddings(path: str | os.PathLike, id_column: str) -> tuple[pa.Array, 
     emb_col = table.column("embedding").combine_chunks()
     if not pa.types.is_fixed_size_list(emb_col.type):
         raise UserError(f"{path}: column 'embedding' must be a fixed-size list of float32")
+    if emb_col.null_count:
+        raise UserError(f"{path}: column 'embedding' has {emb_col.null_count} null rows")
     k = emb_col.type.list_size
     flat = emb_col.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
-    return table.column(id_column).combine_chunks(), flat.reshape(len(table), k)
+    ids = table.column(id_column).combine_chunks()
+    embedding = flat.reshape(len(table), k)
+    require_finite_embeddings(embedding, ids, id_column, path)
+    return ids, embedding

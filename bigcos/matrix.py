@@ -1,6 +1,8 @@
 """Interaction logs to CSR matrices with id vocabularies, filters and held-out splits.
 
-Pipeline of :func:`ingest` (every step streams or works on compact arrays; no whole-log frame)::
+Reading the log (streamed, into codes and vocabularies) is :mod:`bigcos.log_reader`; this module
+builds, filters, splits, saves and loads the matrices. Pipeline of :func:`ingest` (every step
+streams or works on compact arrays; no whole-log frame)::
 
     Parquet record batches ──dictionary-encode ids per batch──▶ int32 codes + small dictionaries
         ──merge dictionaries (sorted vocabulary)──▶ global codes ──sort by (user, item[, time])──▶
@@ -26,23 +28,20 @@ On disk (a *matrix directory*)::
 from __future__ import annotations
 
 import os
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import scipy.sparse as sp
 
 from bigcos import io
 from bigcos.errors import UserError
+from bigcos.log_reader import LogColumns, read_log
 
 Duplicates = Literal["sum", "max", "last"]
 Split = Literal["none", "random", "time", "users"]
-BATCH_ROWS = 1 << 20
 
 
 # --------------------------------------------------------------------------- the result
@@ -53,7 +52,8 @@ class Interactions:
     ``train`` and ``test`` are CSR float32 of shape (n_users, n_items) with sorted indices and no
     duplicates. ``user_ids[i]`` / ``item_ids[j]`` are the original ids of row i / column j.
     ``heldout_users`` (strong generalisation split only) marks users whose ``train`` row is their
-    fold-in part: a model must not be fit on those rows (use :attr:`fit_matrix`).
+    fold-in part: a model must not be fit on those rows (:attr:`fit_rows`, :attr:`fit_train`,
+    :attr:`fit_matrix`).
     """
 
     train: sp.csr_matrix
@@ -64,15 +64,36 @@ class Interactions:
 
     @property
     def shape(self) -> tuple[int, int]:
+        """(n_users, n_items)."""
         return self.train.shape
 
     @property
+    def fit_rows(self) -> np.ndarray:
+        """Rows a model may be fit on: every row but the held-out users' (strong
+        generalisation), as sorted int64 indices of shape (n_fit,). The one definition used by
+        every model and report."""
+        n = self.train.shape[0]
+        if self.heldout_users is None:
+            return np.arange(n)
+        return np.flatnonzero(~np.asarray(self.heldout_users, bool))
+
+    @property
+    def fit_train(self) -> sp.csr_matrix:
+        """``train[fit_rows]``, shape (n_fit, n_items): the matrix a model is fit on (``train``
+        itself, no copy, when no user is held out)."""
+        rows = self.fit_rows
+        return self.train if len(rows) == self.train.shape[0] else self.train[rows]
+
+    @property
     def fit_matrix(self) -> sp.csr_matrix:
-        """``train`` with the rows of held-out users emptied: what a model may be fit on."""
-        if self.heldout_users is None or not self.heldout_users.any():
+        """``train`` with the rows outside :attr:`fit_rows` emptied, shape (n_users, n_items):
+        what a model may be fit on, row-aligned with ``train``."""
+        rows = self.fit_rows
+        if len(rows) == self.train.shape[0]:
             return self.train
-        keep = sp.diags((~self.heldout_users).astype(np.float32))
-        out = (keep @ self.train).tocsr()
+        keep = np.zeros(self.train.shape[0], np.float32)
+        keep[rows] = 1.0
+        out = (sp.diags(keep) @ self.train).tocsr()
         out.eliminate_zeros()
         return out
 
@@ -95,212 +116,8 @@ class IngestOptions:
     seed: int = 0
 
 
-# --------------------------------------------------------------------------- reading
-@dataclass
-class _Columns:
-    """Columns of a log as compact arrays aligned by row."""
-
-    users: np.ndarray  # int32 codes into user_vocab
-    items: np.ndarray  # int32 codes into item_vocab
-    values: np.ndarray  # float32
-    times: np.ndarray | None  # int64, or None when not needed
-    user_vocab: pa.Array
-    item_vocab: pa.Array
-
-
-def _check_schema(log: Path, schema: pa.Schema, opts: IngestOptions, need_time: bool) -> dict:
-    """Validate column presence and types; return {role: column name or None}."""
-    names = schema.names
-
-    def field(role: str, name: str | None, required: bool) -> str | None:
-        if name is None:
-            return None
-        if name not in names:
-            if required:
-                raise UserError(f"{log}: column '{name}' ({role}) not found; "
-                                f"columns are {', '.join(names)}")
-            return None
-        return name
-
-    cols = {
-        "user": field("user id", opts.user_col, True),
-        "item": field("item id", opts.item_col, True),
-        "value": field("value", opts.value_col, False),
-        "time": field("timestamp", opts.time_col, need_time),
-    }
-    for role in ("user", "item"):
-        t = schema.field(cols[role]).type
-        if pa.types.is_dictionary(t):
-            t = t.value_type
-        if not (pa.types.is_integer(t) or pa.types.is_string(t) or pa.types.is_large_string(t)):
-            raise UserError(f"{log}: column '{cols[role]}' must hold integer or string ids, "
-                            f"not {t}")
-    if cols["value"]:
-        t = schema.field(cols["value"]).type
-        if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)):
-            raise UserError(f"{log}: column '{cols['value']}' must be numeric, not {t}")
-    if cols["time"]:
-        t = schema.field(cols["time"]).type
-        if not (pa.types.is_integer(t) or pa.types.is_timestamp(t) or pa.types.is_date(t)):
-            raise UserError(f"{log}: column '{cols['time']}' must be an integer or timestamp, "
-                            f"not {t}")
-    return cols
-
-
-@dataclass
-class _IdPart:
-    """One record batch's ids in a compact form, mapped to global codes by :func:`_merge_vocab`.
-
-    Integer ids: ``codes`` are ``id - base`` as uint32 when the batch's id range fits, else the
-    raw ids as int64 (``base`` 0). String ids: ``codes`` are int32 indices into ``dictionary``.
-    """
-
-    codes: np.ndarray
-    type: pa.DataType
-    base: int = 0
-    top: int = 0  # largest code (integer ids)
-    dictionary: pa.Array | None = None
-
-
-def _encode(column: pa.ChunkedArray | pa.Array) -> _IdPart:
-    if pa.types.is_integer(column.type):
-        ids = column.to_numpy(zero_copy_only=False)
-        lo, hi = int(ids.min()), int(ids.max())
-        if hi - lo < 2**32:
-            return _IdPart((ids - lo).astype(np.uint32), column.type, lo, hi - lo)
-        return _IdPart(ids.astype(np.int64), column.type, 0, hi)
-    encoded = pc.dictionary_encode(column)
-    if isinstance(encoded, pa.ChunkedArray):
-        encoded = encoded.combine_chunks()
-    return _IdPart(encoded.indices.to_numpy(zero_copy_only=False).astype(np.int32),
-                   column.type, dictionary=encoded.dictionary)
-
-
-def _merge_vocab(parts: list[_IdPart]) -> tuple[np.ndarray, pa.Array]:
-    """Map every batch's ids onto one sorted vocabulary: (global int32 codes, vocabulary).
-
-    Integer ids whose overall range is at most twice the number of rows use a
-    direct-address table (O(rows + range), no hashing, no sort); sparse ranges sort the
-    batches' distinct ids and binary-search them; strings merge arrow dictionaries.
-    """
-    if parts[0].dictionary is not None:
-        return _merge_dictionaries(parts)
-    n_rows = sum(len(p.codes) for p in parts)
-    lo = min(p.base for p in parts)
-    span = max(p.base + p.top for p in parts) - lo + 1
-    if span <= max(2 * n_rows, 1 << 22):  # table: 5 bytes per id in range, <= 10 per row
-        present = np.zeros(span, bool)
-        for p in parts:
-            present[p.codes + np.int64(p.base - lo)] = True
-        code_of = np.cumsum(present, dtype=np.int32 if span < 2**31 else np.int64) - 1
-        vocab = np.flatnonzero(present) + lo
-        codes = np.concatenate([code_of[p.codes + np.int64(p.base - lo)] for p in parts])
-    else:
-        vocab = np.unique(np.concatenate([np.unique(p.codes).astype(np.int64) + p.base
-                                          for p in parts]))
-        codes = np.concatenate([np.searchsorted(vocab, p.codes.astype(np.int64) + p.base)
-                                for p in parts])
-    return codes.astype(np.int32), pa.array(vocab).cast(parts[0].type)
-
-
-def _merge_dictionaries(parts: list[_IdPart]) -> tuple[np.ndarray, pa.Array]:
-    dicts = [p.dictionary.cast(parts[0].dictionary.type) for p in parts]
-    vocab = pc.unique(pa.concat_arrays(dicts))
-    vocab = vocab.take(pc.sort_indices(vocab))
-    out = np.empty(sum(len(p.codes) for p in parts), np.int32)
-    start = 0
-    for p, d in zip(parts, dicts, strict=True):
-        mapping = pc.index_in(d, value_set=vocab).to_numpy(zero_copy_only=False)
-        out[start:start + len(p.codes)] = mapping.astype(np.int32)[p.codes]
-        start += len(p.codes)
-    return out, vocab
-
-
-def _read_log(log: Path, opts: IngestOptions, need_time: bool) -> tuple[_Columns, int]:
-    """Stream the log in record batches into compact columns. Returns (columns, rows read).
-
-    Batches are validated and their ids made compact on a thread pool (numpy and pyarrow
-    release the GIL),
-    with at most two batches per core in flight, so memory holds the compact columns plus a
-    few record batches.
-    """
-    dataset = io.open_dataset(log)
-    cols = _check_schema(log, dataset.schema, opts, need_time)
-    wanted = [c for c in (cols["user"], cols["item"], cols["value"],
-                          cols["time"] if need_time else None) if c]
-
-    def encode(batch: pa.RecordBatch, offset: int) -> tuple:
-        for role in ("user", "item"):
-            col = batch.column(cols[role])
-            if col.null_count:
-                raise UserError(f"{log}: column '{cols[role]}' has null ids "
-                                f"(first at row {offset + _first_null(col)})")
-        return (_encode(batch.column(cols["user"])), _encode(batch.column(cols["item"])),
-                _values(log, batch, cols["value"], offset),
-                _times(batch, cols["time"]) if need_time else None)
-
-    parts: list[tuple] = []
-    rows = 0
-    workers = os.cpu_count() or 1
-    try:
-        with ThreadPoolExecutor(workers) as pool:
-            pending: deque = deque()
-            for batch in dataset.to_batches(columns=wanted, batch_size=BATCH_ROWS):
-                if batch.num_rows:
-                    pending.append(pool.submit(encode, batch, rows))
-                    rows += batch.num_rows
-                while len(pending) > 2 * workers:
-                    parts.append(pending.popleft().result())
-            parts.extend(f.result() for f in pending)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise UserError(f"{log}: cannot be read as Parquet ({io._first_line(exc)})") from None
-    if rows == 0:
-        raise UserError(f"{log}: the log has no rows")
-    user_parts, item_parts, values, times = (list(x) for x in zip(*parts, strict=True))
-    del parts
-    users, user_vocab = _merge_vocab(user_parts)
-    del user_parts
-    items, item_vocab = _merge_vocab(item_parts)
-    del item_parts
-    return _Columns(users, items, np.concatenate(values),
-                    np.concatenate(times) if need_time else None, user_vocab, item_vocab), rows
-
-
-def _first_null(col: pa.Array) -> int:
-    return int(pc.index(pc.is_null(col), True).as_py())
-
-
-def _values(log: Path, batch: pa.RecordBatch, name: str | None, offset: int) -> np.ndarray:
-    if name is None:
-        return np.ones(batch.num_rows, np.float32)
-    col = batch.column(name)
-    if col.null_count:
-        raise UserError(f"{log}: column '{name}' has null values "
-                        f"(first at row {offset + _first_null(col)})")
-    v = col.to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
-    bad = ~np.isfinite(v)
-    if bad.any():
-        i = int(np.argmax(bad))
-        raise UserError(f"{log}: column '{name}' has a non-finite value {v[i]} at row {offset + i}")
-    neg = v < 0
-    if neg.any():
-        i = int(np.argmax(neg))
-        raise UserError(f"{log}: column '{name}' has a negative value {v[i]} at row {offset + i}; "
-                        "interaction strengths must be >= 0")
-    return v
-
-
-def _times(batch: pa.RecordBatch, name: str) -> np.ndarray:
-    col = batch.column(name)
-    if pa.types.is_date(col.type):
-        col = col.cast(pa.date64())
-    # a missing time sorts first: it never wins "last", and lands in train for a time split
-    col = pc.fill_null(col.cast(pa.int64()), np.iinfo(np.int64).min)
-    return col.to_numpy(zero_copy_only=False)
-
-
 # --------------------------------------------------------------------------- building
-def _combine(cols: _Columns, how: Duplicates) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+def _combine(cols: LogColumns, how: Duplicates) -> tuple[np.ndarray, np.ndarray, np.ndarray,
                                                        np.ndarray | None]:
     """Order by (user, item) and combine duplicate pairs. Returns rows, cols, vals, times.
 
@@ -403,11 +220,27 @@ def _csr(rows, cols, vals, shape) -> sp.csr_matrix:
 
 def build(log: str | os.PathLike, opts: IngestOptions = IngestOptions()
           ) -> tuple[Interactions, dict]:
-    """Read ``log`` and build the matrices in memory. Returns (interactions, counts)."""
+    """Read ``log`` and build the matrices in memory (nothing is written).
+
+    Parameters
+    ----------
+    log : str or path
+        A Parquet file or a directory of Parquet files.
+    opts : IngestOptions
+
+    Returns
+    -------
+    interactions : Interactions
+        ``train`` (and ``test``) CSR float32 of shape (n_users, n_items).
+    counts : dict
+        Rows read, pairs, duplicates, filtered, users, items, non-zeros, held-out users.
+    """
     log = Path(log)
     _validate(opts)
     need_time = opts.split == "time" or opts.duplicates == "last"
-    cols, n_rows = _read_log(log, opts, need_time)
+    cols, n_rows = read_log(log, user_col=opts.user_col, item_col=opts.item_col,
+                            value_col=opts.value_col, time_col=opts.time_col,
+                            need_time=need_time)
     rows, items, vals, times = _combine(cols, opts.duplicates)
     counts = {"log_rows": n_rows, "pairs": len(rows), "duplicate_rows": n_rows - len(rows)}
     del cols.users, cols.items, cols.values, cols.times
@@ -462,7 +295,14 @@ def _validate(opts: IngestOptions) -> None:
 
 # --------------------------------------------------------------------------- disk
 def save(directory: Path, data: Interactions) -> None:
-    """Write ``data`` into ``directory`` (which must exist; see :func:`ingest` for atomicity)."""
+    """Write ``data`` into an existing ``directory`` (see :func:`ingest` for atomicity).
+
+    Parameters
+    ----------
+    directory : Path
+    data : Interactions
+        Written as train.npz[, test.npz], users.parquet, items.parquet (no manifest).
+    """
     sp.save_npz(directory / "train.npz", data.train, compressed=False)
     if data.test is not None:
         sp.save_npz(directory / "test.npz", data.test, compressed=False)
@@ -480,8 +320,25 @@ def ingest(log: str | os.PathLike, out: str | os.PathLike, options: IngestOption
            overwrite: bool = False, items: str | os.PathLike | None = None) -> Interactions:
     """Build the matrices of ``log`` and write a matrix directory at ``out`` atomically.
 
-    ``items`` optionally names an item metadata table (e.g. titles and genres); its path is
-    recorded in the manifest for later commands (reports, ``bigcos similar``).
+    Parameters
+    ----------
+    log : str or path
+        A Parquet file or a directory of Parquet files (columns named by ``options``).
+    out : str or path
+        The matrix directory to write.
+    options : IngestOptions, optional
+        Column names, duplicate rule, threshold, minimum counts, split (default: all defaults).
+    overwrite : bool
+        Replace an existing ``out``.
+    items : str or path, optional
+        An item metadata table (e.g. titles and genres); its path is recorded in the manifest
+        for later commands (reports, ``bigcos similar``).
+
+    Returns
+    -------
+    Interactions
+        ``train`` (and ``test``) CSR float32 of shape (n_users, n_items). Peak memory: about
+        the COO form of the log (see the module docstring) plus the CSR result.
     """
     opts = options or IngestOptions()
     timings = io.Timings()
@@ -504,8 +361,16 @@ def ingest(log: str | os.PathLike, out: str | os.PathLike, options: IngestOption
 def load_matrix(directory: str | os.PathLike) -> Interactions:
     """Read a matrix directory written by :func:`ingest`.
 
-    Returns :class:`Interactions`: ``train`` CSR (and ``test`` CSR or None) with index-aligned
-    ``user_ids`` / ``item_ids`` (pyarrow arrays of the original ids).
+    Parameters
+    ----------
+    directory : str or path
+
+    Returns
+    -------
+    Interactions
+        ``train`` CSR (n_users, n_items) (and ``test`` CSR or None) with index-aligned
+        ``user_ids`` / ``item_ids`` (pyarrow arrays of the original ids) and ``heldout_users``
+        (bool (n_users,) or None).
     """
     d = io.require_dir(directory, "matrix", "train.npz")
     train = sp.load_npz(d / "train.npz").tocsr()

@@ -177,14 +177,16 @@ def test_als_model_is_written_in_the_same_format(matrix_dir, tmp_path):
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--scaling", "banana"], "--scaling 'banana'"),
+    (["--scaling", "sigma", "--remedy", "project-back", "--objective", "2"], "--scaling: "),
+    (["--beta", "-1", "--remedy", "popularity"], "--beta: must be finite and >= 0"),
     (["--scaling", "random:0.1"], "SPREAD >= 1"),
     (["--objective", "2", "--scaling", "sigma"], "objective 1 only"),
-    (["--lam", "-3"], "--lam"),
+    (["--lam", "-3"], "--lam: must be finite and >= 0"),
     (["--lam", "3:1"], "objective must be 1 or 2"),
     (["--remedy", "standardize", "--remedy", "popularity"], "pick one"),
     (["--model", "als", "--scaling", "sigma"], "closed-form models only"),
     (["--factors", "3"], "--model als only"),
-    (["-k", "99", "--exact"], "-k 99"),
+    (["-k", "99", "--exact"], "-k: 99 is larger than the number of items"),
     (["--objective", "2", "--lam", "1e9", "--exact"], "no dimension is kept"),
     (["--scaling", "1,2"], "2 values given"),
 ])
@@ -239,3 +241,67 @@ def test_bench_fit_runs_small_and_writes_json(tmp_path):
     rows = json.loads(out.read_text())["rows"]
     assert [r["models"] for r in rows] == [7, 1]
     assert all(r["seconds"] > 0 for r in rows)
+
+
+def test_fit_with_an_explicit_client_runs_there_and_matches_threads(matrix_dir, tmp_path):
+    """fit(client=None) never looks for the open client; fit(client=c) runs the row projection
+    on c's workers, with the same embeddings either way."""
+    from distributed import get_task_stream
+
+    from bigcos.cluster import ClusterOptions, dask_client
+    from bigcos.models import ModelSpec, Scaling, SVDOptions, fit
+
+    specs = [ModelSpec(1, 2.0, Scaling("sigma")), ModelSpec(2, 0.5)]
+    svd = SVDOptions(k=4, dtype="float64", block_rows=7)
+    with dask_client(ClusterOptions(n_workers=2, processes=True)) as client:
+        with get_task_stream(client) as threads_stream:
+            here = fit(matrix_dir, tmp_path / "threads", specs, svd, cache_dir=None)
+        with get_task_stream(client) as client_stream:
+            there = fit(matrix_dir, tmp_path / "client", specs, svd, cache_dir=None,
+                        client=client)
+    assert threads_stream.data == []
+    assert len(client_stream.data) >= 60 // 7  # at least the projection's blocks ran there
+    for name in here.models:
+        a, b = bigcos.load_model(here.models[name]), bigcos.load_model(there.models[name])
+        np.testing.assert_array_equal(a.item_embeddings, b.item_embeddings)
+        np.testing.assert_array_equal(a.user_embeddings, b.user_embeddings)
+
+
+@pytest.mark.parametrize(("k", "message"), [(0, "k: must be >= 1, not 0"),
+                                            (17, "k: 17 is larger than the number of items")])
+def test_fit_errors_name_the_parameter_k(matrix_dir, tmp_path, k, message):
+    from bigcos.errors import UserError
+    from bigcos.models import ModelSpec, SVDOptions, fit
+
+    with pytest.raises(UserError, match=message):
+        fit(matrix_dir, tmp_path / "m", [ModelSpec(1)], SVDOptions(k=k, exact=True),
+            cache_dir=None)
+    assert not (tmp_path / "m").exists()
+
+
+def test_load_model_refuses_an_embedding_file_planted_with_nan(matrix_dir, tmp_path):
+    out = tmp_path / "m"
+    run(matrix_dir, "--out", out, "-k", 3, "--exact", "--no-svd-cache")
+    users = pq.read_table(out / "users.parquet")
+    emb = np.stack(users.column("embedding").to_numpy(zero_copy_only=False)).astype(np.float32)
+    emb[[4, 9], 1] = np.nan
+    emb[11, 0] = np.inf
+    planted = pa.FixedSizeListArray.from_arrays(pa.array(emb.ravel(), pa.float32()), 3)
+    pq.write_table(users.set_column(1, "embedding", planted), out / "users.parquet")
+    first = users.column("user_id")[4].as_py()
+    with pytest.raises(bigcos.UserError) as err:
+        bigcos.load_model(out)
+    text = str(err.value)
+    assert "\n" not in text and str(out / "users.parquet") in text
+    assert "3 of 60 embedding rows hold NaN or inf" in text and repr(first) in text
+
+
+def test_als_that_diverges_is_refused_before_anything_is_written(matrix_dir, tmp_path):
+    out = tmp_path / "als"
+    result = run(matrix_dir, "--out", out, "--model", "als", "--factors", 4,
+                 "--als-iterations", 3, "--regularization", 0, "--alpha", 1e20, ok=False)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "ALS model 'als'" in errors[0], result.output
+    assert "embedding rows hold NaN or inf (first: " in errors[0]
+    assert not out.exists()

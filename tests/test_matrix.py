@@ -147,6 +147,10 @@ def test_splits_partition_the_interactions(bundled_log, tmp_path, split):
     frac = data.test.nnz / full.train.nnz
     loaded = bigcos.load_matrix(tmp_path / "m")
     assert (loaded.test != data.test).nnz == 0
+    if split != "users":  # every row is fit on: fit_train is train itself, not a copy
+        assert loaded.heldout_users is None and loaded.fit_train is loaded.train
+        assert np.array_equal(loaded.fit_rows, np.arange(loaded.shape[0]))
+        assert loaded.fit_matrix is loaded.train
     if split == "random":
         assert 0.23 < frac < 0.27
         per_user_train = np.diff(data.train.indptr)
@@ -162,6 +166,8 @@ def test_splits_partition_the_interactions(bundled_log, tmp_path, split):
         assert not (test_rows & ~held).any()  # only held-out users have test interactions
         assert data.fit_matrix[held].nnz == 0
         assert (data.fit_matrix[~held] != data.train[~held]).nnz == 0
+        assert np.array_equal(loaded.fit_rows, np.flatnonzero(~held))
+        assert (loaded.fit_train != data.train[~held]).nnz == 0
         fold_in = data.train[held]
         assert fold_in.nnz > 0  # held-out users keep a fold-in part to embed them
 

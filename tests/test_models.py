@@ -12,11 +12,13 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import scipy.optimize
 import scipy.sparse as sp
 
 from bigcos.errors import UserError
+from bigcos.matrix import Interactions
 from bigcos.models import (
     NAMED_SCALINGS,
     ALSOptions,
@@ -25,6 +27,7 @@ from bigcos.models import (
     Scaling,
     als_factors,
     losses,
+    model_specs,
     parse_scaling,
     project_rows,
     solve,
@@ -257,6 +260,8 @@ def test_column_remedies_are_implicit_and_match_the_dense_preprocessed_matrix(ki
 
 
 def test_project_rows_is_the_same_for_any_block_size_and_on_a_local_cluster():
+    from distributed import get_task_stream
+
     from bigcos.cluster import ClusterOptions, dask_client
 
     X = sparse_matrix(300, 40, 0.1, seed=11)
@@ -267,9 +272,14 @@ def test_project_rows_is_the_same_for_any_block_size_and_on_a_local_cluster():
     dense = (X.toarray() - center) * scale @ V
     np.testing.assert_allclose(one, dense, rtol=1e-12, atol=1e-12)
     assert np.array_equal(one, many)
-    with dask_client(ClusterOptions(n_workers=2, processes=True)):
-        distributed = project_rows(X, V, center, scale, block_rows=19)
-    assert np.array_equal(one, distributed)
+    with dask_client(ClusterOptions(n_workers=2, processes=True)) as client:
+        with get_task_stream(client) as on_workers:
+            distributed = project_rows(X, V, center, scale, block_rows=19, client=client)
+        assert len(on_workers.data) >= 16  # one task per block of 19 rows ran on the workers
+        with get_task_stream(client) as ignored:
+            threads = project_rows(X, V, center, scale, block_rows=19)
+        assert ignored.data == []  # client=None: threads here, the open client is not looked up
+    assert np.array_equal(one, distributed) and np.array_equal(one, threads)
 
 
 def test_parse_scaling_accepts_documented_forms_and_rejects_others():
@@ -297,11 +307,33 @@ def test_model_spec_rejects_meaningless_combinations():
         ModelSpec(3)
 
 
+@pytest.mark.parametrize(("make", "start"), [
+    (lambda: ModelSpec(1, -1.0), "lam1: must be finite and >= 0"),
+    (lambda: ModelSpec(2, float("nan")), "lam2: must be finite and >= 0"),
+    (lambda: ModelSpec(3), "objective: must be 1 or 2"),
+    (lambda: ModelSpec(2, 1.0, Scaling("sigma")), "scaling: objective 2"),
+    (lambda: parse_scaling("banana"), "scaling 'banana': not one of"),
+    (lambda: model_specs(("2",), {1: 0.0, 2: 0.0}, ("sigma",), False, False), "scalings: "),
+    (lambda: solve(np.ones(3), ModelSpec(1, 0.0, Scaling("vector", values=(1, 2)))),
+     "scaling: 2 values given"),
+    (lambda: Preprocessing("banana"), "kind: unknown column remedy"),
+    (lambda: Preprocessing("popularity", beta=-1.0), "beta: must be finite"),
+    (lambda: ALSOptions(factors=0), "factors and iterations must be >= 1, not 0 and 15"),
+    (lambda: ALSOptions(iterations=0), "factors and iterations must be >= 1"),
+    (lambda: ALSOptions(alpha=0.0), "regularization must be >= 0 and alpha > 0"),
+])
+def test_library_errors_name_the_parameter_not_a_flag(make, start):
+    with pytest.raises(UserError) as err:
+        make()
+    text = str(err.value)
+    assert text.startswith(start) and "--" not in text and "\n" not in text
+
+
 def test_als_factors_fit_the_data_and_fold_in_heldout_users():
     X = sparse_matrix(200, 30, 0.15, seed=12)
     heldout = np.zeros(200, bool)
     heldout[::10] = True
-    data = SimpleNamespace(train=X, heldout_users=heldout)
+    data = Interactions(X, None, pa.array(np.arange(200)), pa.array(np.arange(30)), heldout)
     opts = ALSOptions(factors=8, iterations=10, regularization=0.05, seed=1)
     items, users = als_factors(data, opts)
     assert items.shape == (30, 8) and users.shape == (200, 8)
@@ -313,3 +345,67 @@ def test_als_factors_fit_the_data_and_fold_in_heldout_users():
     dense = X.toarray() > 0
     for rows in (~heldout, heldout):  # observed items outscore unobserved, fit and folded-in
         assert scores[rows][dense[rows]].mean() > scores[rows][~dense[rows]].mean() + 0.2
+
+
+def test_write_embeddings_refuses_nan_and_inf_naming_file_count_and_first_id(tmp_path):
+    from bigcos import io
+
+    emb = np.ones((6, 3), np.float32)
+    emb[2, 1], emb[5, 0] = np.nan, -np.inf
+    ids = pa.array(["a", "b", "c", "d", "e", "f"])
+    path = tmp_path / "items.parquet"
+    with pytest.raises(UserError) as err:
+        io.write_embeddings(path, ids, emb, "item_id")
+    assert str(err.value) == (f"{path}: 2 of 6 embedding rows hold NaN or inf "
+                              "(first: item_id 'c')")
+    assert not path.exists()
+    io.write_embeddings(path, ids, np.ones((6, 3)), "item_id")  # finite float64 is fine
+    assert io.read_embeddings(path, "item_id")[1].dtype == np.float32
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_read_embeddings_refuses_a_file_planted_with_nan_or_inf(tmp_path, bad):
+    import pyarrow.parquet as pq
+
+    from bigcos import io
+
+    values = np.arange(40, dtype=np.float32)
+    values[[13, 14, 30]] = bad  # rows 3 (two values) and 7 of a 10 x 4 embedding
+    table = pa.table({"user_id": pa.array(100 + np.arange(10)),
+                      "embedding": pa.FixedSizeListArray.from_arrays(pa.array(values), 4)})
+    path = tmp_path / "users.parquet"
+    pq.write_table(table, path)
+    with pytest.raises(UserError) as err:
+        io.read_embeddings(path, "user_id")
+    assert str(err.value) == f"{path}: 2 of 10 embedding rows hold NaN or inf (first: user_id 103)"
+
+
+def test_als_factors_refuse_a_failed_fold_in_and_diverged_factors():
+    dense = np.zeros((40, 12), np.float32)
+    dense[np.arange(40), np.arange(40) % 12] = 1.0
+    dense[:, 1] = 1.0
+    dense[0, 0] = 1e20  # a held-out user's fold-in row: implicit's Cholesky fails on it
+    heldout = np.zeros(40, bool)
+    heldout[:5] = True
+    data = Interactions(sp.csr_matrix(dense), None, pa.array(np.arange(40)),
+                        pa.array(np.arange(12)), heldout)
+    with pytest.raises(UserError, match=r"^ALS model 'als' \(factors=4.*folding in held-out"):
+        als_factors(data, ALSOptions(factors=4, iterations=2))
+    data.heldout_users = None
+    binary = data.train.copy()
+    binary.data[:] = 1.0
+    data.train = binary
+    with pytest.raises(UserError, match=r"^ALS model 'x' .*embedding rows hold NaN or inf"):
+        als_factors(data, ALSOptions(factors=4, iterations=2, regularization=0.0, alpha=1e20),
+                    name="x")
+
+
+def test_the_maths_modules_import_no_dask_distributed_pyarrow_or_io():
+    import subprocess
+    import sys
+
+    code = ("import sys, bigcos.closed_form, bigcos.column_remedies; print(sorted({m.split('.')[0]"
+            " for m in sys.modules if m.split('.')[0] in ('dask', 'distributed', 'pyarrow')}"
+            " | ({'bigcos.io'} & set(sys.modules))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

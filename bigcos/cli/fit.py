@@ -2,10 +2,26 @@
 
 from __future__ import annotations
 
+import re
+
 import click
 
 from bigcos.cli.common import dask_options, overwrite_option
 from bigcos.errors import UserError
+
+# library parameters named at the start of a UserError -> the flags that set them
+_FLAGS = {"lam1": "--lam", "lam2": "--lam", "scaling": "--scaling", "scalings": "--scaling",
+          "k": "-k", "objective": "--objective", "beta": "--beta", "kind": "--remedy",
+          "name": "--name"}
+
+
+def _flag_error(exc: UserError) -> UserError:
+    """``exc`` with a leading library parameter name replaced by its command-line flag."""
+    text = str(exc)
+    match = re.match(r"(\w+)(?=[: ])", text)
+    if match and match.group(1) in _FLAGS:
+        text = _FLAGS[match.group(1)] + text[match.end():]
+    return UserError(text)
 
 
 def _parse_lams(values: tuple[str, ...]) -> dict[int, float]:
@@ -83,9 +99,7 @@ def _parse_lams(values: tuple[str, ...]) -> dict[int, float]:
               help="ALS confidence weight of observed entries.")
 @dask_options
 @overwrite_option
-def fit(matrix_dir, out, model_kind, k, objective, lam, scaling, every, remedy, beta, name,
-        exact, oversampling, svd_iterations, tol, seed, dtype, block_rows, svd_scheduler, svd_cache,
-        no_svd_cache, factors, als_iterations, regularization, alpha, cluster, overwrite):
+def fit(**options):
     """Fit embeddings of MATRIX_DIR (from `bigcos ingest`) and write them to --out.
 
     A model directory holds items.parquet and users.parquet (original ids, `embedding` as
@@ -102,6 +116,16 @@ def fit(matrix_dir, out, model_kind, k, objective, lam, scaling, every, remedy, 
       bigcos fit out/matrix --out out/obj1-sigma -k 50 --scaling sigma --lam 10000
       bigcos fit out/matrix --out out/als --model als --factors 128
     """
+    try:
+        _fit(**options)
+    except UserError as exc:
+        raise _flag_error(exc) from None
+
+
+def _fit(matrix_dir, out, model_kind, k, objective, lam, scaling, every, remedy, beta, name,
+         exact, oversampling, svd_iterations, tol, seed, dtype, block_rows, svd_scheduler,
+         svd_cache, no_svd_cache, factors, als_iterations, regularization, alpha, cluster,
+         overwrite):
     from bigcos import models
 
     if model_kind == "als":
@@ -127,9 +151,9 @@ def fit(matrix_dir, out, model_kind, k, objective, lam, scaling, every, remedy, 
     cache = None if no_svd_cache else (svd_cache or "default")
     from bigcos.cluster import dask_client
 
-    with dask_client(cluster):
+    with dask_client(cluster) as client:
         result = models.fit(matrix_dir, out, specs, svd, pre, cache_dir=cache, name=name,
-                            overwrite=overwrite)
+                            overwrite=overwrite, client=client)
     hit = "SVD from cache" if result.svd_cache_hit else "SVD computed"
     for model_name, path in result.models.items():
         click.echo(f"wrote {path} ({model_name})")

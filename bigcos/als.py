@@ -1,0 +1,145 @@
+"""Implicit ALS (the ``implicit`` library, CPU) as an iterative peer of the closed-form models.
+
+Runs in this process (implicit parallelises over users with its own threads); no Dask client is
+involved. Written as a model directory like the closed-form models (no spectrum.parquet).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bigcos import io
+from bigcos.errors import UserError
+from bigcos.model_dir import check_out, write_model
+
+
+@dataclass(frozen=True)
+class ALSOptions:
+    """implicit's ``AlternatingLeastSquares`` (confidence 1 + alpha x on observed entries).
+
+    References
+    ----------
+    Hu, Koren, Volinsky (2008), "Collaborative Filtering for Implicit Feedback Datasets".
+    """
+
+    factors: int = 128
+    iterations: int = 15
+    regularization: float = 0.01
+    alpha: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.factors < 1 or self.iterations < 1:
+            raise UserError(f"factors and iterations must be >= 1, not {self.factors} and "
+                            f"{self.iterations}")
+        if not (self.regularization >= 0 and self.alpha > 0):
+            raise UserError(f"regularization must be >= 0 and alpha > 0, not "
+                            f"{self.regularization} and {self.alpha}")
+
+
+def als_factors(data, als: ALSOptions, *, name: str = "als") -> tuple[np.ndarray, np.ndarray]:
+    """ALS item and user factors of an interaction matrix, checked to be finite.
+
+    Fit on :attr:`~bigcos.matrix.Interactions.fit_rows`; held-out (strong generalisation) users
+    get factors recomputed from their fold-in rows with the item factors fixed (implicit's
+    ``recalculate_user``, one exact least-squares step: ALS's analogue of X A). BLAS runs on
+    one thread (implicit parallelises over users itself and warns otherwise).
+
+    Parameters
+    ----------
+    data : bigcos.matrix.Interactions
+        ``train`` of shape (n, p).
+    als : ALSOptions
+    name : str
+        Model name for error messages.
+
+    Returns
+    -------
+    items : ndarray, shape (p, factors), float32
+    users : ndarray, shape (n, factors), float32
+
+    Raises
+    ------
+    UserError
+        When ALS diverged (factors with NaN or inf: the model, the number of bad rows and the
+        first bad id are named) or implicit's solver failed.
+    """
+    from implicit.cpu.als import AlternatingLeastSquares
+    from implicit.recommender_base import ModelFitError
+    from threadpoolctl import threadpool_limits
+
+    where = (f"ALS model '{name}' (factors={als.factors}, alpha={als.alpha:g}, "
+             f"regularization={als.regularization:g})")
+    fit_rows = data.fit_rows
+    n = data.train.shape[0]
+    with threadpool_limits(1, "blas"):
+        model = AlternatingLeastSquares(factors=als.factors, regularization=als.regularization,
+                                        alpha=als.alpha, iterations=als.iterations,
+                                        random_state=als.seed, dtype=np.float32)
+        with contextlib.suppress(ModelFitError):  # NaN factors: the checks below name them
+            model.fit(data.fit_train.astype(np.float32), show_progress=False)
+        items = np.asarray(model.item_factors, np.float32)
+        io.require_finite_embeddings(items, data.item_ids, "item_id", where)
+        users = np.zeros((n, model.user_factors.shape[1]), np.float32)
+        users[fit_rows] = model.user_factors
+        held = np.setdiff1d(np.arange(n), fit_rows)
+        if len(held):
+            try:
+                users[held] = model.recalculate_user(held, data.train[held])
+            except ValueError as exc:  # implicit's Cholesky of a fold-in user failed
+                raise UserError(f"{where}: folding in held-out users failed "
+                                f"({str(exc).splitlines()[0]}); raise regularization") from None
+    io.require_finite_embeddings(users, data.user_ids, "user_id", where)
+    return items, users
+
+
+def fit_als(matrix_dir: str | os.PathLike, out: str | os.PathLike, als: ALSOptions = ALSOptions(),
+            *, name: str = "als", overwrite: bool = False) -> Path:
+    """Fit implicit ALS and write it as a model directory like the closed-form ones.
+
+    Parameters
+    ----------
+    matrix_dir : str or path
+        A matrix directory (``bigcos ingest``).
+    out : str or path
+        The model directory, written atomically.
+    als : ALSOptions
+    name : str
+        Model name in the manifest.
+    overwrite : bool
+        Replace an existing ``out``.
+
+    Returns
+    -------
+    Path
+        ``out``.
+
+    Raises
+    ------
+    UserError
+        When ALS diverged to NaN or inf factors (naming the model, the number of bad rows and
+        the first bad id; see :func:`als_factors`); nothing is written then.
+    """
+    from bigcos.matrix import load_matrix
+
+    timings = io.Timings()
+    matrix_dir = Path(matrix_dir).resolve()
+    check_out(out, overwrite)
+    with timings("load_matrix"):
+        data = load_matrix(matrix_dir)
+    with timings("als"):
+        items, users = als_factors(data, als, name=name)
+    with io.atomic_output_dir(out, overwrite=overwrite) as tmp:
+        with timings("write"):
+            write_model(tmp, data.item_ids, items, data.user_ids, users)
+        counts = {"users": data.train.shape[0], "items": data.train.shape[1],
+                  "fit_users": len(data.fit_rows), "train_nnz": int(data.train.nnz),
+                  "dims_kept": items.shape[1]}
+        io.write_manifest(tmp, "fit", {"model": "als", **asdict(als)}, timings=timings,
+                          model_name=name, matrix_dir=str(matrix_dir), counts=counts)
+    return Path(out)

@@ -1,0 +1,253 @@
+"""Streamed reading of interaction logs: Parquet record batches -> compact int32 codes and
+sorted id vocabularies (the first stage of :func:`bigcos.matrix.ingest`).
+
+Every batch is validated and its ids dictionary-encoded on a thread pool; the batches'
+vocabularies are then merged into one sorted vocabulary per side (integers numerically, strings
+lexicographically), so the codes do not depend on the order of rows or files in the log.
+Memory: per row of the log, 8 bytes of codes + 4 of value (+ 8 of timestamp when asked for),
+plus a few record batches. The log itself is never held whole.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from bigcos import io
+from bigcos.errors import UserError
+
+BATCH_ROWS = 1 << 20
+
+@dataclass
+class LogColumns:
+    """Columns of a log as compact arrays aligned by row (m rows); codes index the sorted
+    vocabularies."""
+
+    users: np.ndarray  # int32 codes into user_vocab
+    items: np.ndarray  # int32 codes into item_vocab
+    values: np.ndarray  # float32
+    times: np.ndarray | None  # int64, or None when not needed
+    user_vocab: pa.Array
+    item_vocab: pa.Array
+
+
+def _check_schema(log: Path, schema: pa.Schema, wanted: dict[str, str | None],
+                  need_time: bool) -> dict:
+    """Validate column presence and types; ``wanted`` and the result map each role (user,
+    item, value, time) to a column name or None."""
+    names = schema.names
+
+    def field(role: str, name: str | None, required: bool) -> str | None:
+        if name is None:
+            return None
+        if name not in names:
+            if required:
+                raise UserError(f"{log}: column '{name}' ({role}) not found; "
+                                f"columns are {', '.join(names)}")
+            return None
+        return name
+
+    cols = {
+        "user": field("user id", wanted["user"], True),
+        "item": field("item id", wanted["item"], True),
+        "value": field("value", wanted["value"], False),
+        "time": field("timestamp", wanted["time"], need_time),
+    }
+    for role in ("user", "item"):
+        t = schema.field(cols[role]).type
+        if pa.types.is_dictionary(t):
+            t = t.value_type
+        if not (pa.types.is_integer(t) or pa.types.is_string(t) or pa.types.is_large_string(t)):
+            raise UserError(f"{log}: column '{cols[role]}' must hold integer or string ids, "
+                            f"not {t}")
+    if cols["value"]:
+        t = schema.field(cols["value"]).type
+        if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)):
+            raise UserError(f"{log}: column '{cols['value']}' must be numeric, not {t}")
+    if cols["time"]:
+        t = schema.field(cols["time"]).type
+        if not (pa.types.is_integer(t) or pa.types.is_timestamp(t) or pa.types.is_date(t)):
+            raise UserError(f"{log}: column '{cols['time']}' must be an integer or timestamp, "
+                            f"not {t}")
+    return cols
+
+
+@dataclass
+class _IdPart:
+    """One record batch's ids in a compact form, mapped to global codes by :func:`_merge_vocab`.
+
+    Integer ids: ``codes`` are ``id - base`` as uint32 when the batch's id range fits, else the
+    raw ids as int64 (``base`` 0). String ids: ``codes`` are int32 indices into ``dictionary``.
+    """
+
+    codes: np.ndarray
+    type: pa.DataType
+    base: int = 0
+    top: int = 0  # largest code (integer ids)
+    dictionary: pa.Array | None = None
+
+
+def _encode(column: pa.ChunkedArray | pa.Array) -> _IdPart:
+    if pa.types.is_integer(column.type):
+        ids = column.to_numpy(zero_copy_only=False)
+        lo, hi = int(ids.min()), int(ids.max())
+        if hi - lo < 2**32:
+            return _IdPart((ids - lo).astype(np.uint32), column.type, lo, hi - lo)
+        return _IdPart(ids.astype(np.int64), column.type, 0, hi)
+    encoded = pc.dictionary_encode(column)
+    if isinstance(encoded, pa.ChunkedArray):
+        encoded = encoded.combine_chunks()
+    return _IdPart(encoded.indices.to_numpy(zero_copy_only=False).astype(np.int32),
+                   column.type, dictionary=encoded.dictionary)
+
+
+def _merge_vocab(parts: list[_IdPart]) -> tuple[np.ndarray, pa.Array]:
+    """Map every batch's ids onto one sorted vocabulary: (global int32 codes, vocabulary).
+
+    Integer ids whose overall range is at most twice the number of rows use a
+    direct-address table (O(rows + range), no hashing, no sort); sparse ranges sort the
+    batches' distinct ids and binary-search them; strings merge arrow dictionaries.
+    """
+    if parts[0].dictionary is not None:
+        return _merge_dictionaries(parts)
+    n_rows = sum(len(p.codes) for p in parts)
+    lo = min(p.base for p in parts)
+    span = max(p.base + p.top for p in parts) - lo + 1
+    if span <= max(2 * n_rows, 1 << 22):  # table: 5 bytes per id in range, <= 10 per row
+        present = np.zeros(span, bool)
+        for p in parts:
+            present[p.codes + np.int64(p.base - lo)] = True
+        code_of = np.cumsum(present, dtype=np.int32 if span < 2**31 else np.int64) - 1
+        vocab = np.flatnonzero(present) + lo
+        codes = np.concatenate([code_of[p.codes + np.int64(p.base - lo)] for p in parts])
+    else:
+        vocab = np.unique(np.concatenate([np.unique(p.codes).astype(np.int64) + p.base
+                                          for p in parts]))
+        codes = np.concatenate([np.searchsorted(vocab, p.codes.astype(np.int64) + p.base)
+                                for p in parts])
+    return codes.astype(np.int32), pa.array(vocab).cast(parts[0].type)
+
+
+def _merge_dictionaries(parts: list[_IdPart]) -> tuple[np.ndarray, pa.Array]:
+    dicts = [p.dictionary.cast(parts[0].dictionary.type) for p in parts]
+    vocab = pc.unique(pa.concat_arrays(dicts))
+    vocab = vocab.take(pc.sort_indices(vocab))
+    out = np.empty(sum(len(p.codes) for p in parts), np.int32)
+    start = 0
+    for p, d in zip(parts, dicts, strict=True):
+        mapping = pc.index_in(d, value_set=vocab).to_numpy(zero_copy_only=False)
+        out[start:start + len(p.codes)] = mapping.astype(np.int32)[p.codes]
+        start += len(p.codes)
+    return out, vocab
+
+
+def read_log(log: Path, *, user_col: str, item_col: str, value_col: str | None,
+             time_col: str | None, need_time: bool) -> tuple[LogColumns, int]:
+    """Stream a log in record batches into compact columns.
+
+    Batches are validated and their ids made compact on a thread pool (numpy and pyarrow
+    release the GIL), with at most two batches per core in flight, so memory holds the compact
+    columns plus a few record batches.
+
+    Parameters
+    ----------
+    log : Path
+        A Parquet file or a directory of Parquet files (hive partitions included).
+    user_col, item_col : str
+        Id columns (integer or string); required, no nulls.
+    value_col : str or None
+        Interaction strength (numeric, finite, >= 0); None or absent: every row counts 1.
+    time_col : str or None
+        Timestamp column (integer, timestamp or date); read only when ``need_time``.
+    need_time : bool
+        Whether timestamps are needed (and ``time_col`` required).
+
+    Returns
+    -------
+    columns : LogColumns
+        ``users``/``items`` int32 codes (m,), ``values`` float32 (m,), ``times`` int64 (m,) or
+        None, and the sorted vocabularies.
+    rows : int
+        Rows read, m.
+    """
+    dataset = io.open_dataset(log)
+    cols = _check_schema(log, dataset.schema, {"user": user_col, "item": item_col,
+                                               "value": value_col, "time": time_col}, need_time)
+    wanted = [c for c in (cols["user"], cols["item"], cols["value"],
+                          cols["time"] if need_time else None) if c]
+
+    def encode(batch: pa.RecordBatch, offset: int) -> tuple:
+        for role in ("user", "item"):
+            col = batch.column(cols[role])
+            if col.null_count:
+                raise UserError(f"{log}: column '{cols[role]}' has null ids "
+                                f"(first at row {offset + _first_null(col)})")
+        return (_encode(batch.column(cols["user"])), _encode(batch.column(cols["item"])),
+                _values(log, batch, cols["value"], offset),
+                _times(batch, cols["time"]) if need_time else None)
+
+    parts: list[tuple] = []
+    rows = 0
+    workers = os.cpu_count() or 1
+    try:
+        with ThreadPoolExecutor(workers) as pool:
+            pending: deque = deque()
+            for batch in dataset.to_batches(columns=wanted, batch_size=BATCH_ROWS):
+                if batch.num_rows:
+                    pending.append(pool.submit(encode, batch, rows))
+                    rows += batch.num_rows
+                while len(pending) > 2 * workers:
+                    parts.append(pending.popleft().result())
+            parts.extend(f.result() for f in pending)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise UserError(f"{log}: cannot be read as Parquet ({io._first_line(exc)})") from None
+    if rows == 0:
+        raise UserError(f"{log}: the log has no rows")
+    user_parts, item_parts, values, times = (list(x) for x in zip(*parts, strict=True))
+    del parts
+    users, user_vocab = _merge_vocab(user_parts)
+    del user_parts
+    items, item_vocab = _merge_vocab(item_parts)
+    del item_parts
+    return LogColumns(users, items, np.concatenate(values),
+                    np.concatenate(times) if need_time else None, user_vocab, item_vocab), rows
+
+
+def _first_null(col: pa.Array) -> int:
+    return int(pc.index(pc.is_null(col), True).as_py())
+
+
+def _values(log: Path, batch: pa.RecordBatch, name: str | None, offset: int) -> np.ndarray:
+    if name is None:
+        return np.ones(batch.num_rows, np.float32)
+    col = batch.column(name)
+    if col.null_count:
+        raise UserError(f"{log}: column '{name}' has null values "
+                        f"(first at row {offset + _first_null(col)})")
+    v = col.to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    bad = ~np.isfinite(v)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise UserError(f"{log}: column '{name}' has a non-finite value {v[i]} at row {offset + i}")
+    neg = v < 0
+    if neg.any():
+        i = int(np.argmax(neg))
+        raise UserError(f"{log}: column '{name}' has a negative value {v[i]} at row {offset + i}; "
+                        "interaction strengths must be >= 0")
+    return v
+
+
+def _times(batch: pa.RecordBatch, name: str) -> np.ndarray:
+    col = batch.column(name)
+    if pa.types.is_date(col.type):
+        col = col.cast(pa.date64())
+    # a missing time sorts first: it never wins "last", and lands in train for a time split
+    col = pc.fill_null(col.cast(pa.int64()), np.iinfo(np.int64).min)
+    return col.to_numpy(zero_copy_only=False)

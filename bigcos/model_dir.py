@@ -1,0 +1,134 @@
+"""Model directories: the on-disk form of every fitted model (closed form or ALS).
+
+    items.parquet     item_id (original type), embedding (fixed_size_list<float32>[k])
+    users.parquet     user_id (original type), embedding (fixed_size_list<float32>[k])
+    spectrum.parquet  closed form only: dim, sigma, g, d, a, b, kept, residual per SVD dimension
+    manifest.json     parameters, counts, losses, SVD section, timings, versions
+
+Rows follow the matrix's order (row j of items.parquet is column j of the matrix). Embeddings with
+NaN or inf are refused on write and on read (see :func:`bigcos.io.write_embeddings`).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from bigcos import io
+from bigcos.closed_form import Solution
+from bigcos.errors import UserError
+
+ITEMS, USERS, DIMENSIONS = "items.parquet", "users.parquet", "spectrum.parquet"
+
+
+@dataclass
+class Model:
+    """A fitted model read back by :func:`load_model`.
+
+    ``item_embeddings`` (p, k) float32, row j = ``item_ids[j]`` (matrix column order);
+    ``user_embeddings`` (n, k) float32, row i = ``user_ids[i]`` (matrix row order);
+    ``dimensions``: the spectrum table (sigma, g, d, a, b, kept per SVD dimension) or None (ALS).
+    """
+
+    name: str
+    item_ids: pa.Array
+    item_embeddings: np.ndarray
+    user_ids: pa.Array
+    user_embeddings: np.ndarray
+    manifest: dict
+    matrix_dir: Path | None
+    dimensions: pa.Table | None = field(default=None, repr=False)
+
+
+def load_model(directory: str | os.PathLike) -> Model:
+    """Read a model directory written by ``bigcos fit`` (or :func:`write_model`).
+
+    Parameters
+    ----------
+    directory : str or path
+
+    Returns
+    -------
+    Model
+        Memory: (n + p) k 4 bytes of embeddings.
+
+    Raises
+    ------
+    UserError
+        When the directory is not a model directory, the item and user embeddings differ in
+        dimension, or an embedding holds NaN or inf (naming the file).
+    """
+    d = io.require_dir(directory, "model", ITEMS)
+    manifest = io.read_manifest(d)
+    if "model_name" not in manifest:
+        raise UserError(f"{d / io.MANIFEST}: not a model manifest ('model_name' missing)")
+    item_ids, items = io.read_embeddings(d / ITEMS, "item_id")
+    user_ids, users = io.read_embeddings(d / USERS, "user_id")
+    if items.shape[1] != users.shape[1]:
+        raise UserError(f"{d}: item embeddings have {items.shape[1]} dimensions, "
+                        f"user embeddings {users.shape[1]}")
+    dims = io.read_table(d / DIMENSIONS) if (d / DIMENSIONS).exists() else None
+    matrix_dir = manifest.get("matrix_dir")
+    return Model(manifest["model_name"], item_ids, items, user_ids, users, manifest,
+                 Path(matrix_dir) if matrix_dir else None, dims)
+
+
+def dimensions_table(solution: Solution, residuals: np.ndarray | None = None) -> pa.Table:
+    """One row per SVD dimension of a closed-form model: dim, sigma, g, d, a, b, kept[, residual].
+
+    Parameters
+    ----------
+    solution : Solution
+        Vectors of shape (k,).
+    residuals : ndarray, shape (k,), optional
+        The SVD's residual per singular triplet.
+
+    Returns
+    -------
+    pyarrow.Table with k rows
+    """
+    sol = solution
+    cols = {"dim": pa.array(np.arange(len(sol.sigma), dtype=np.int32)),
+            "sigma": sol.sigma, "g": sol.g, "d": sol.d, "a": sol.a, "b": sol.b,
+            "kept": pa.array(sol.kept)}
+    if residuals is not None:
+        cols["residual"] = np.asarray(residuals, np.float64)
+    return pa.table(cols)
+
+
+def write_model(directory: Path, item_ids: pa.Array, items: np.ndarray, user_ids: pa.Array,
+                users: np.ndarray, dimensions: pa.Table | None = None) -> None:
+    """Write the embedding files of a model into an existing ``directory`` (no manifest).
+
+    Parameters
+    ----------
+    directory : Path
+    item_ids : pyarrow.Array, shape (p,)
+    items : ndarray, shape (p, k)
+    user_ids : pyarrow.Array, shape (n,)
+    users : ndarray, shape (n, k)
+    dimensions : pyarrow.Table, optional
+        :func:`dimensions_table` of a closed-form model.
+    """
+    io.write_embeddings(directory / ITEMS, item_ids, items, "item_id")
+    io.write_embeddings(directory / USERS, user_ids, users, "user_id")
+    if dimensions is not None:
+        io.write_table(directory / DIMENSIONS, dimensions)
+
+
+def check_out(out: str | os.PathLike, overwrite: bool) -> None:
+    """Fail before any work when ``out`` exists and may not be replaced.
+
+    Parameters
+    ----------
+    out : str or path
+        The output directory of a fit.
+    overwrite : bool
+        Whether an existing ``out`` may be replaced.
+    """
+    if Path(out).exists() and not overwrite:
+        raise UserError(f"{out}: output already exists (pass --overwrite to replace it)")
