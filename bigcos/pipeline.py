@@ -286,20 +286,21 @@ def load_job(path: str | os.PathLike | None) -> Job:
 
 
 def bundled_data() -> Path:
-    """The bundled ml-latest-small folder: in the source checkout or installed with the package."""
-    candidates = [Path.cwd() / "data" / "ml-latest-small",
-                  Path(__file__).resolve().parents[1] / "data" / "ml-latest-small"]
-    try:
-        from importlib.resources import files
+    """The bundled ml-latest-small folder (interactions.parquet, items.parquet, its terms).
 
-        candidates.append(Path(str(files("bigcos_data"))) / "ml-latest-small")
-    except ModuleNotFoundError:
-        pass
-    for c in candidates:
-        if (c / "interactions.parquet").exists():
-            return c
-    raise UserError("the bundled data (data/ml-latest-small) was not found; "
-                    "run from the bigcos checkout or give a job file")
+    Installed, it is package data (``bigcos/data/ml-latest-small``, found with
+    importlib.resources); run from a source checkout, it is the checkout's
+    ``data/ml-latest-small``. The current directory plays no part.
+    """
+    from importlib.resources import files
+
+    installed = files("bigcos") / "data" / "ml-latest-small"
+    checkout = Path(__file__).resolve().parents[1] / "data" / "ml-latest-small"
+    for folder in (installed, checkout):
+        if isinstance(folder, Path) and (folder / "interactions.parquet").is_file():
+            return folder
+    raise UserError(f"the bundled data was not found in {installed} nor {checkout}; "
+                    "reinstall bigcos, or give a job file")
 
 
 DEFAULT_JOB = """
