@@ -34,8 +34,9 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from bigcos import cosine_model, io, models
+from bigcos import cosine_model, io
 from bigcos.errors import UserError
+from bigcos.model_dir import check_out, write_model
 
 PROJECT_ROWS = 1 << 16  # rows of X per product when embedding every user
 
@@ -210,10 +211,10 @@ def fit_cosine(matrix_dir: str | os.PathLike, out: str | os.PathLike,
 
     timings = io.Timings()
     matrix_dir = Path(matrix_dir).resolve()
-    models._check_out(out, overwrite)
+    check_out(out, overwrite)
     with timings("load_matrix"):
         data = load_matrix(matrix_dir)
-        fit_rows = models._fit_rows(data)
+        fit_rows = data.fit_rows
         val_rows, X_fold, X_held = (validation_split(data.train, fit_rows, options,
                                                      validation_rows)
                                     if validation_rows is not None
@@ -249,7 +250,7 @@ def fit_cosine(matrix_dir: str | os.PathLike, out: str | os.PathLike,
         with timings("embed_and_write"):
             users = root_tau * _embed_rows(data.train, result.A)
             items = root_tau * cosine_model.normalize_rows(result.B)[0]
-            models._write_model(tmp, data, items, users, None)
+            write_model(tmp, data.item_ids, items, data.user_ids, users)
         counts = {"users": data.train.shape[0], "items": p, "fit_users": len(fit_rows),
                   "train_rows": n, "validation_rows": len(val_rows),
                   "train_nnz": int(data.train.nnz), "dims_kept": options.k,
