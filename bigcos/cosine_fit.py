@@ -36,6 +36,7 @@ import scipy.sparse as sp
 
 from bigcos import cosine_model, io
 from bigcos.errors import UserError
+from bigcos.evaluation import validation_split
 from bigcos.model_dir import check_out, write_model
 
 PROJECT_ROWS = 1 << 16  # rows of X per product when embedding every user
@@ -86,47 +87,6 @@ class CosineOptions:
         if self.block_rows is not None and (not isinstance(self.block_rows, int)
                                             or self.block_rows < 1):
             fail("block_rows", "None or an integer >= 1")
-
-
-# --------------------------------------------------------------------------- validation rows
-def validation_split(train: sp.csr_matrix, candidates: np.ndarray, options: CosineOptions,
-                     rows: Sequence[int] | None = None
-                     ) -> tuple[np.ndarray, sp.csr_matrix, sp.csr_matrix]:
-    """(validation rows, fold-in (m, p) CSR, held-out (m, p) CSR) from ``train``.
-
-    ``rows`` (matrix row indices) if given, else ``validation_fraction`` of the ``candidates``
-    with at least 2 items, drawn with ``seed``. Each row keeps round(``validation_holdout`` x
-    its items) held out, at least 1 and at most all but one.
-    """
-    counts = np.diff(train.indptr)
-    rng = np.random.default_rng(options.seed)
-    if rows is not None:
-        rows = np.unique(np.asarray(rows, np.int64))
-        bad = rows[~np.isin(rows, candidates) | (counts[np.clip(rows, 0, len(counts) - 1)] < 2)]
-        if len(bad):
-            raise UserError(f"validation_rows: row {int(bad[0])} is not a fit row with at "
-                            f"least 2 items (rows are 0 .. {train.shape[0] - 1}, held-out "
-                            "users excluded)")
-    else:
-        eligible = candidates[counts[candidates] >= 2]
-        m = int(round(options.validation_fraction * len(candidates)))
-        rows = np.sort(rng.choice(eligible, size=min(m, len(eligible)), replace=False))
-    sub = train[rows].tocsr()
-    sub.sort_indices()
-    per_row = np.diff(sub.indptr)
-    n_held = np.minimum(np.maximum(1, np.round(options.validation_holdout * per_row)),
-                        per_row - 1).astype(np.int64)
-    row_of = np.repeat(np.arange(len(rows)), per_row)
-    order = np.lexsort((rng.random(sub.nnz), row_of))  # a random order within each row
-    rank = np.empty(sub.nnz, np.int64)
-    rank[order] = np.arange(sub.nnz) - sub.indptr[row_of[order]]
-    is_held = rank < n_held[row_of]
-    shape = sub.shape
-
-    def part(mask: np.ndarray) -> sp.csr_matrix:
-        return sp.csr_matrix((sub.data[mask], (row_of[mask], sub.indices[mask])), shape=shape)
-
-    return rows, part(~is_held), part(is_held)
 
 
 # --------------------------------------------------------------------------- block passes
@@ -215,7 +175,9 @@ def fit_cosine(matrix_dir: str | os.PathLike, out: str | os.PathLike,
     with timings("load_matrix"):
         data = load_matrix(matrix_dir)
         fit_rows = data.fit_rows
-        val_rows, X_fold, X_held = (validation_split(data.train, fit_rows, options,
+        val_rows, X_fold, X_held = (validation_split(data.train, fit_rows,
+                                                     options.validation_fraction,
+                                                     options.validation_holdout, options.seed,
                                                      validation_rows)
                                     if validation_rows is not None
                                     or options.validation_fraction > 0

@@ -16,6 +16,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from bigcos import metrics
+from bigcos.errors import UserError
 from bigcos.neighbor_lists import top_n
 
 MEASURES = ("recall", "ndcg")
@@ -56,6 +57,66 @@ def from_split(train: sp.csr_matrix, test: sp.csr_matrix, users: np.ndarray) -> 
     users = np.asarray(users, np.int64)
     users = users[np.diff(test.indptr)[users] > 0]
     return HeldOut(users, train[users].tocsr(), test[users].tocsr())
+
+
+def validation_split(train: sp.csr_matrix, candidates: np.ndarray, fraction: float,
+                     holdout: float, seed: int, rows: Sequence[int] | None = None,
+                     max_rows: int | None = None
+                     ) -> tuple[np.ndarray, sp.csr_matrix, sp.csr_matrix]:
+    """Validation users drawn from the fit rows, each with a fold-in and a held-out part.
+
+    Parameters
+    ----------
+    train : CSR (n, p)
+    candidates : int array
+        Rows that may become validation rows (the fit rows: never the test users).
+    fraction : float in [0, 1)
+        Share of ``candidates`` to draw (only rows with at least 2 items are eligible).
+    holdout : float in (0, 1)
+        Share of a validation row's items to hide: round(holdout x items), at least 1 and at
+        most all but one.
+    seed : int
+        One seed draws the rows and the hidden items.
+    rows : int sequence, optional
+        Use these rows instead of drawing.
+    max_rows : int, optional
+        At most this many rows (a seeded subsample of the drawn ones).
+
+    Returns
+    -------
+    rows : (m,) int64 sorted row indices
+    fold_in, held_out : CSR (m, p)
+    """
+    counts = np.diff(train.indptr)
+    rng = np.random.default_rng(seed)
+    if rows is not None:
+        rows = np.unique(np.asarray(rows, np.int64))
+        bad = rows[~np.isin(rows, candidates) | (counts[np.clip(rows, 0, len(counts) - 1)] < 2)]
+        if len(bad):
+            raise UserError(f"validation_rows: row {int(bad[0])} is not a fit row with at "
+                            f"least 2 items (rows are 0 .. {train.shape[0] - 1}, held-out "
+                            "users excluded)")
+    else:
+        eligible = candidates[counts[candidates] >= 2]
+        m = int(round(fraction * len(candidates)))
+        if max_rows is not None:
+            m = min(m, max_rows)
+        rows = np.sort(rng.choice(eligible, size=min(m, len(eligible)), replace=False))
+    sub = train[rows].tocsr()
+    sub.sort_indices()
+    per_row = np.diff(sub.indptr)
+    n_held = np.minimum(np.maximum(1, np.round(holdout * per_row)), per_row - 1).astype(np.int64)
+    row_of = np.repeat(np.arange(len(rows)), per_row)
+    order = np.lexsort((rng.random(sub.nnz), row_of))  # a random order within each row
+    rank = np.empty(sub.nnz, np.int64)
+    rank[order] = np.arange(sub.nnz) - sub.indptr[row_of[order]]
+    is_held = rank < n_held[row_of]
+
+    def part(mask: np.ndarray) -> sp.csr_matrix:
+        return sp.csr_matrix((sub.data[mask], (row_of[mask], sub.indices[mask])),
+                             shape=sub.shape)
+
+    return rows, part(~is_held), part(is_held)
 
 
 def per_user(user_factors: np.ndarray, item_factors: np.ndarray, heldout: HeldOut,

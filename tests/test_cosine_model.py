@@ -11,8 +11,9 @@ import scipy.sparse as sp
 import bigcos
 from bigcos import cosine_model as cm
 from bigcos import models, reports
-from bigcos.cosine_fit import CosineOptions, _ThreadTerms, fit_cosine, validation_split
+from bigcos.cosine_fit import CosineOptions, _ThreadTerms, fit_cosine
 from bigcos.errors import UserError
+from bigcos.evaluation import validation_split
 from bigcos.matrix import IngestOptions
 from bigcos.neighbor_lists import top_n
 
@@ -124,7 +125,8 @@ def test_early_stopping_returns_the_best_validated_iterate():
 def test_cosine_recall_matches_the_exact_top_n_kernel():
     X, A, B = random_problem(n=50, p=30, seed=6)
     opts = CosineOptions(k=2, validation_fraction=0.5, seed=3)
-    rows, fold, held = validation_split(X, np.arange(50), opts)
+    rows, fold, held = validation_split(X, np.arange(50), opts.validation_fraction,
+                                        opts.validation_holdout, opts.seed)
     got = cm.cosine_recall(fold, held, A, B, at=5, chunk=7)
     users = np.flatnonzero(np.diff(held.indptr) > 0)
     ranked = top_n((fold @ A)[users], B, 5, ("cos",), exclude=fold[users])["cos"][0]
@@ -136,15 +138,15 @@ def test_cosine_recall_matches_the_exact_top_n_kernel():
 
 def test_validation_split_partitions_each_row():
     X, _, _ = random_problem(n=60, p=20, seed=7)
-    rows, fold, held = validation_split(X, np.arange(60), CosineOptions(validation_fraction=0.25))
+    rows, fold, held = validation_split(X, np.arange(60), 0.25, 0.2, 0)
     assert len(rows) == 15 and np.all(np.diff(X.indptr)[rows] >= 2)
     assert abs(fold + held - X[rows]).sum() == 0
     assert fold.multiply(held).nnz == 0
     assert np.all(np.diff(fold.indptr) >= 1) and np.all(np.diff(held.indptr) >= 1)
-    given, _, _ = validation_split(X, np.arange(60), CosineOptions(), rows=[9, 0])
+    given, _, _ = validation_split(X, np.arange(60), 0.1, 0.2, 0, rows=[9, 0])
     assert list(given) == [0, 9]
     with pytest.raises(UserError, match="validation_rows: row 3"):
-        validation_split(X, np.arange(60), CosineOptions(), rows=[3])
+        validation_split(X, np.arange(60), 0.1, 0.2, 0, rows=[3])
 
 
 @pytest.mark.parametrize("change, name", [({"k": 0}, "k"), ({"iterations": 0}, "iterations"),
@@ -201,7 +203,8 @@ def test_fit_cosine_writes_a_model_that_beats_closed_form_cosine(matrix, tmp_pat
     counts = model.manifest["counts"]
     assert counts["train_rows"] + counts["validation_rows"] == counts["fit_users"]
     fit_rows = np.flatnonzero(~data.heldout_users)
-    val_rows, _, _ = validation_split(data.train, fit_rows, opts)
+    val_rows, _, _ = validation_split(data.train, fit_rows, opts.validation_fraction,
+                                     opts.validation_holdout, opts.seed)
     train_rows = np.setdiff1d(fit_rows, val_rows)
     prediction = model.user_embeddings[train_rows] @ model.item_embeddings.T
     dense = np.sum((data.train[train_rows].toarray() - prediction.astype(np.float64)) ** 2)
