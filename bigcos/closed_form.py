@@ -173,14 +173,14 @@ class ModelSpec:
     or project-back (paper Sec. 3)."""
 
     objective: int
-    lam: float = 0.0
+    lam: float | None = 0.0  # None: chosen on validation users (bigcos.validation)
     scaling: Scaling | None = None  # objective 1 factors only; None with project_back
     project_back: bool = False
 
     def __post_init__(self):
         if self.objective not in (1, 2):
             raise UserError(f"objective: must be 1 or 2, not {self.objective}")
-        if not (math.isfinite(self.lam) and self.lam >= 0):
+        if self.lam is not None and not (math.isfinite(self.lam) and self.lam >= 0):
             raise UserError(f"lam{self.objective}: must be finite and >= 0, not {self.lam}")
         if self.project_back and self.scaling is not None:
             raise UserError("scaling: project-back embeddings do not depend on D; "
@@ -329,6 +329,9 @@ def solve(sigma: np.ndarray, spec: ModelSpec, rtol: float = RANK_RTOL) -> Soluti
     al. 2018), Sec. 3 (project-back).
     """
     sigma = np.asarray(sigma, np.float64)
+    if spec.lam is None:
+        raise UserError(f"lam{spec.objective}: not chosen yet (None means: validate it, "
+                        "see bigcos.validation.select)", parameter=f"lam{spec.objective}")
     lam = float(spec.lam)
     nonzero = numerical_rank_mask(sigma, rtol)
     safe = np.where(nonzero, sigma, 1.0)

@@ -19,11 +19,13 @@ Pure numpy on top of the ranking kernel: no Dask, no IO.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from bigcos.evaluation import HeldOut, per_user
+from bigcos.errors import UserError
+from bigcos.evaluation import MEASURES, HeldOut, per_user
 
 GRID_POINTS = 20
 
@@ -128,3 +130,88 @@ def choose(rows: Sequence[dict[str, Any]], metric: str, measure: str = "recall")
         raise ValueError(f"choose: no row for metric {metric!r}")
     best = max(range(len(mine)), key=lambda i: (mine[i][measure], -i))
     return mine[best]["lam"]
+
+
+@dataclass(frozen=True)
+class Selection:
+    """How λ is chosen on validation users (MATH.md, "Choosing λ and stating results").
+
+    ``fraction`` of the fit rows (at most ``max_users``, seeded by ``seed``) become
+    validation users: they are left out of the SVD, and ``holdout`` of each one's items are
+    hidden. λ maximises the validation ``measure`` ("recall" or "ndcg") at list length ``at``
+    over a ``points``-point grid relative to the spectrum, separately for dot and cosine.
+    """
+
+    fraction: float = 0.1
+    holdout: float = 0.2
+    seed: int = 0
+    measure: str = "recall"
+    at: int = 20
+    points: int = 16
+    max_users: int = 2000
+
+    def __post_init__(self):
+        if not 0.0 < self.fraction < 1.0:
+            raise UserError(f"validation fraction: must be in (0, 1), not {self.fraction}",
+                            parameter="validation_fraction")
+        if not 0.0 < self.holdout < 1.0:
+            raise UserError(f"validation holdout: must be in (0, 1), not {self.holdout}",
+                            parameter="validation_holdout")
+        if self.measure not in MEASURES:
+            raise UserError(f"validation measure: {self.measure!r} is not one of "
+                            f"{', '.join(MEASURES)}", parameter="validation_measure")
+        if self.at < 1 or self.points < 2 or self.max_users < 1:
+            raise UserError(f"validation: need at >= 1, points >= 2, max_users >= 1 "
+                            f"(got {self.at}, {self.points}, {self.max_users})")
+
+
+def select(sigma: np.ndarray, V: np.ndarray, P: np.ndarray, heldout: HeldOut,
+           specs: Sequence[Any], selection: Selection, solve: Callable[[np.ndarray, Any], Any],
+           col_center: np.ndarray | None = None, col_scale: np.ndarray | None = None
+           ) -> tuple[list[dict[str, Any]], list[dict[str, float]]]:
+    """Validated λ of each spec, for dot and for cosine ranking.
+
+    Parameters
+    ----------
+    sigma, V, P, heldout, col_center, col_scale
+        As for :func:`path`.
+    specs : sequence of bigcos.closed_form.ModelSpec
+        The families; each one's own ``lam`` is ignored.
+    selection : Selection
+    solve : callable
+        ``solve(sigma, spec) -> Solution`` (:func:`bigcos.closed_form.solve`).
+
+    Returns
+    -------
+    rows : the whole path, one row per (spec, λ, metric), with ``model`` (the spec's name),
+        ``objective``, ``chosen`` (bool) and the columns of :func:`path`.
+    chosen : per spec, ``{"dot": λ, "cos": λ}``.
+
+    Notes
+    -----
+    Dot scores of every objective-1 model (any D, project-back) are X~ V dMat(g) V^T, and
+    of every objective-2 model X~ V dMat((1 - λ/σ)_+) V^T, so the dot path is computed once
+    per objective and shared.
+    """
+    import dataclasses
+
+    rows: list[dict[str, Any]] = []
+    chosen: list[dict[str, float]] = []
+    dot_paths: dict[int, list[dict[str, Any]]] = {}
+    for spec in specs:
+        grid = lambda_grid(sigma, spec.objective, selection.points)
+
+        def model_at(lam: float, spec=spec):
+            return solve(sigma, dataclasses.replace(spec, lam=lam))
+
+        if spec.objective not in dot_paths:
+            dot_paths[spec.objective] = path(sigma, V, P, heldout, model_at, grid, ("dot",),
+                                             selection.at, col_center, col_scale)
+        cos = path(sigma, V, P, heldout, model_at, grid, ("cos",), selection.at,
+                   col_center, col_scale)
+        mine = dot_paths[spec.objective] + cos
+        pick = {m: choose(mine, m, selection.measure) for m in ("dot", "cos")}
+        chosen.append(pick)
+        rows += [{"model": spec.name, "objective": spec.objective, **r,
+                  "chosen": r["lam"] == pick[r["metric"]]} for r in mine]
+    return rows, chosen

@@ -120,3 +120,82 @@ def test_per_user_excludes_fold_in_items():
     out = per_user(users, items, HeldOut(np.arange(3), fold, rel), ("dot",), k=1)
     # each user's best item is its own fold-in item: excluded; ties go to the smaller index
     np.testing.assert_array_equal(out["dot"]["recall"], [1.0, 0.0, 1.0])
+
+
+# --------------------------------------------------------------------------- in bigcos.fit
+@pytest.fixture(scope="module")
+def validated(tmp_path_factory):
+    import bigcos
+    from bigcos.matrix import IngestOptions
+    from bigcos.models import SVDOptions, fit
+
+    d = tmp_path_factory.mktemp("validated")
+    bigcos.ingest("data/ml-latest-small/interactions.parquet", d / "m",
+                  IngestOptions(threshold=4, min_user=5, min_item=5, split="users"))
+    specs = [ModelSpec(1, None, Scaling("symmetric")), ModelSpec(1, None, Scaling("sigma")),
+             ModelSpec(1, None, Scaling("random", spread=100, seed=0)), ModelSpec(2, None),
+             ModelSpec(1, 50.0, Scaling("item-orthonormal"))]
+    result = fit(d / "m", d / "models", specs, SVDOptions(k=24), cache_dir=None)
+    return d, specs, result
+
+
+def _manifest(path):
+    import json
+
+    return json.loads((path / "manifest.json").read_text())["parameters"]
+
+
+def test_fit_keeps_the_best_validation_point_for_each_metric(validated):
+    import pyarrow.parquet as pq
+
+    d, _, result = validated
+    table = pq.read_table(d / "models" / "lambda_path.parquet").to_pylist()
+    assert len({r["n_users"] for r in table}) == 1
+    for name, model_dir in result.models.items():
+        params = _manifest(model_dir)
+        if params["lam_source"] == "fixed":
+            assert name == "obj1-item-orthonormal" and params["lam"] == 50.0
+            continue
+        rows = [r for r in table if r["model"] == params["family"]]
+        assert pq.read_table(model_dir / "lambda_path.parquet").num_rows == len(rows)
+        for metric in ("dot", "cos"):
+            mine = [r for r in rows if r["metric"] == metric]
+            best = max(r["recall"] for r in mine)
+            first_best = min(r["lam"] for r in mine if r["recall"] == best)
+            assert params["lam_validated"][metric] == first_best
+            assert [r["lam"] for r in mine if r["chosen"]] == [first_best]
+        expected = params["lam_validated"]["cos" if name.endswith("-lamcos") else "dot"]
+        assert params["lam"] == expected
+    # every objective-1 family shares the dot λ, so its D's stay dot-equivalent
+    dot_lams = {_manifest(p)["lam"] for n, p in result.models.items()
+                if n.startswith("obj1") and not n.endswith("-lamcos") and "item-orth" not in n}
+    assert len(dot_lams) == 1
+    assert "obj1-random100x-seed0-lamcos" not in result.models
+
+
+def test_test_users_never_influence_the_choice(validated, tmp_path):
+    import shutil
+
+    from bigcos.matrix import load_matrix
+    from bigcos.models import SVDOptions, fit
+
+    d, specs, result = validated
+    other = tmp_path / "m"
+    shutil.copytree(d / "m", other)
+    data = load_matrix(other)
+    held = np.flatnonzero(data.heldout_users)
+    rng = np.random.default_rng(7)
+    # replace every held-out (test) user's fold-in and test rows by random items
+    noise = sp.random(data.train.shape[0], data.train.shape[1], density=0.05, random_state=rng,
+                      format="csr", dtype=np.float32)
+    noise.data[:] = 1
+    keep = sp.diags((~data.heldout_users).astype(np.float32))
+    swap = sp.diags(data.heldout_users.astype(np.float32))
+    train = (keep @ data.train + swap @ noise).tocsr()
+    test = (swap @ noise[::-1]).tocsr()
+    assert len(held) and (train != data.train).nnz and (test != data.test).nnz
+    sp.save_npz(other / "train.npz", train)
+    sp.save_npz(other / "test.npz", test)
+    again = fit(other, tmp_path / "models", specs, SVDOptions(k=24), cache_dir=None)
+    for name, model_dir in result.models.items():
+        assert _manifest(again.models[name])["lam"] == _manifest(model_dir)["lam"], name
