@@ -73,8 +73,8 @@ def test_similar_user_excludes_training_items(model):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--item", "Toy Stroy (1995)"], "no title 'Toy Stroy (1995)' in items table "
-                                     "(close: Toy Story (1995)"),
+    (["--item", "Toy Stroy (1995)"], "--item: no title 'Toy Stroy (1995)' in "),
+    (["--item", "Toy Stroy (1995)"], "items.parquet (close: Toy Story (1995)"),
     (["--item-id", "11"], "--item-id: no id '11'"),
     (["--item-id", "ten"], "--item-id: 'ten' is not an integer id"),
     (["--user-id", "7"], "--user-id: no id '7'"),
