@@ -66,13 +66,10 @@ def neighbors(model_dirs, out, kinds, metrics, n, include_train, memory_budget, 
         bigcos neighbors out/models/obj1-symmetric out/models/obj2 \\
             --kind item-item,user-item --metric cos,dot -N 100 --out out/neighbors
     """
-    from bigcos import io
     from bigcos.cluster import dask_client
-    from bigcos.neighbor_lists import Blocking
+    from bigcos.neighbor_lists import Blocking, check_request
     from bigcos.neighbor_lists import neighbors as run_neighbors
 
-    for model_dir in model_dirs:  # fail fast, before starting a cluster
-        io.require_dir(model_dir, "model", "items.parquet")
     blocking = None
     if query_block or candidate_block:
         if memory_budget is not None:
@@ -81,6 +78,10 @@ def neighbors(model_dirs, out, kinds, metrics, n, include_train, memory_budget, 
         default = Blocking()
         blocking = Blocking(query_block or default.query_block,
                             candidate_block or default.candidate_block)
+    # fail fast (output exists, unknown kind or metric, missing model, budget too small)
+    # before a cluster starts: starting one costs seconds
+    check_request(model_dirs, out, kinds=kinds, metrics=metrics, n=n, blocking=blocking,
+                  memory_budget=memory_budget, overwrite=overwrite)
     with dask_client(cluster):
         manifest = run_neighbors(model_dirs, out, kinds=kinds, metrics=metrics, n=n,
                                  exclude_train=not include_train, blocking=blocking,
@@ -88,6 +89,9 @@ def neighbors(model_dirs, out, kinds, metrics, n, include_train, memory_budget, 
     total = sum(v for c in manifest["counts"].values() for k, v in c.items()
                 if k.startswith("rows_"))
     click.echo(f"wrote {out}: {total} rows in {manifest['timings_s']['total']:.1f} s")
+    short = [f"{key} {c['n_used']}" for key, c in manifest["counts"].items() if c["n_used"] < n]
+    if short:
+        click.echo(f"N used (fewer candidates than -N {n}): {', '.join(short)}")
 
 
 # library parameter -> flag of `bigcos similar`, for the library's one-line errors
