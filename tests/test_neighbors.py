@@ -344,6 +344,28 @@ def test_failed_run_leaves_previous_output_intact(models, tmp_path, monkeypatch)
         neighbors([models["a"]], out, kinds=["item-item"], n=5)
 
 
+def test_n_above_the_candidate_count_is_cut_with_one_warning(models, tmp_path, caplog):
+    n = 500  # > 130 items, > 70 users
+    with caplog.at_level("WARNING", logger="bigcos.neighbor_lists"):
+        manifest = neighbors([models["b"]], tmp_path / "nb", n=n,
+                             kinds=["item-item", "user-user", "user-item"])
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith(f"N = {n} exceeds the candidates of model-b/item-item (129), "
+                                  "model-b/user-user (69), model-b/user-item (130)")
+    counts = manifest["counts"]
+    assert [counts[f"model-b/{k}"]["n_used"] for k in ("item-item", "user-user", "user-item")] \
+        == [129, 69, 130]
+    frame = sorted_frame(tmp_path / "nb")
+    per_kind = frame[frame["metric"] == "dot"].groupby("kind").size().to_dict()
+    train_nnz = models["train"].nnz
+    assert per_kind == {"item-item": 130 * 129, "user-user": 70 * 69,
+                        "user-item": 70 * 130 - train_nnz}
+    caplog.clear()
+    neighbors([models["b"]], tmp_path / "nb2", n=129, kinds=["item-item"])
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
 def test_user_errors_name_the_culprit(models, tmp_path):
     with pytest.raises(UserError, match="--kind: unknown kind 'item-user'"):
         neighbors([models["a"]], tmp_path / "x", kinds=["item-user"])
