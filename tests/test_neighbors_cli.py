@@ -199,3 +199,28 @@ def test_neighbors_on_a_given_scheduler_matches_the_default(model, tmp_path):
         ["kind", "metric", "query_id", "rank"]).reset_index(drop=True) for d in ("local", "remote")]
     assert len(frames[0]) == 2 * (6 + 4) * 3  # metrics x (items + users) x N
     assert frames[0].astype(str).equals(frames[1].astype(str))
+
+
+def test_similar_on_a_shared_dataset_titled_by_name(shared_data, tmp_path):
+    """Last.fm artists have a `name`, not a `title` column: the default falls back to it."""
+    from bigcos.models import load_model
+
+    data = shared_data / "lastfm-hetrec2011-2k"
+    code, out = run("ingest", data / "interactions.parquet", "--out", tmp_path / "matrix",
+                    "--items", data / "items.parquet")
+    assert code == 0, out
+    code, out = run("fit", tmp_path / "matrix", "--out", tmp_path / "model", "-k", "16",
+                    "--workers", "1")
+    assert code == 0, out
+    model = load_model(tmp_path / "model")
+    artists = pq.read_table(data / "items.parquet", columns=["item_id", "name"]).to_pydict()
+    names = dict(zip(artists["item_id"], artists["name"], strict=True))
+    row = 0
+    query = model.item_ids[row].as_py()
+    code, out = run("similar", tmp_path / "model", "--item", names[query], "-N", "5",
+                    "--metric", "cos")
+    assert code == 0, out
+    index, _ = dense_top(model.item_embeddings[row], model.item_embeddings, 5, "cos", [row])
+    expected = [model.item_ids[i].as_py() for i in index]
+    assert [label for _, label in shown_lists(out)["cos"]] == [
+        f"{names[i]}  [{i}]" for i in expected]
