@@ -141,7 +141,22 @@ class ItemTitles:
 
     @classmethod
     def open(cls, model, items: str | os.PathLike | None, title_col: str | None) -> ItemTitles:
-        """Read ``item_id`` and the title column of ``items`` (default: the recorded table)."""
+        """Read ``item_id`` and the title column of an item metadata table.
+
+        Parameters
+        ----------
+        model : bigcos.models.Model
+            Its matrix manifest names the default table (``bigcos ingest --items``).
+        items : str or os.PathLike, optional
+            Parquet table with ``item_id``; None = the recorded one, or no titles.
+        title_col : str, optional
+            None = ``title``, else ``name``, else no titles.
+
+        Returns
+        -------
+        ItemTitles
+            Two columns of (m,) rows held in memory (m = rows of the table), or none.
+        """
         if items is None and model.matrix_dir is not None:
             try:
                 items = io.read_manifest(model.matrix_dir).get("inputs", {}).get("items")
@@ -173,7 +188,8 @@ class ItemTitles:
                    table.column(title_col).combine_chunks().cast(pa.string()), columns)
 
     def labels(self, item_ids: pa.Array) -> list[str]:
-        """``title  [id]`` for each id with a title, else the id as text."""
+        """Labels of ``item_ids`` (shape (r,)): ``title  [id]`` where the id has a title,
+        else the id as text; a list of r strings."""
         ids = item_ids.to_pylist()
         if self.titles is None:
             return [str(i) for i in ids]
@@ -182,7 +198,9 @@ class ItemTitles:
         return [str(i) if t is None else f"{t}  [{i}]" for i, t in zip(ids, titles, strict=True)]
 
     def find(self, title: str, item_ids: pa.Array) -> int:
-        """Row of the model's first item titled ``title`` (exact, else case-insensitive)."""
+        """Row (in ``item_ids``, shape (p,), the model's items) of the first item titled
+        ``title``: exact match, else case-insensitive. UserError naming ``item`` otherwise,
+        with close titles."""
         if self.titles is None:
             raise UserError(f"item: {self.where} has no title column "
                             f"({' or '.join(TITLE_COLUMNS)})"
