@@ -25,6 +25,7 @@ _API = {
     "neighbors": "bigcos.neighbor_lists",
     "top_n": "bigcos.neighbor_lists", "read_neighbors": "bigcos.neighbor_lists",
     "Blocking": "bigcos.neighbor_lists",
+    "similar": "bigcos.similar_items",
     "simulate": "bigcos.simulator",
     "SimulationParams": "bigcos.simulator",
     "figure1": "bigcos.figures",

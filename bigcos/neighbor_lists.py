@@ -41,6 +41,7 @@ output directory, which is renamed into place only when every task has succeeded
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from collections.abc import Sequence
@@ -69,6 +70,7 @@ KINDS = ("item-item", "user-user", "user-item")
 GiB = 2**30
 SYMMETRIC_GROUPS = 8  # at least this many groups (4 parallel pair tasks per round)
 SYMMETRIC_HELD_BYTES = 4 * GiB  # running lists the symmetric graph may hold, cluster-wide
+log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------- blocking
@@ -248,15 +250,9 @@ def neighbors(model_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, *
 
     from bigcos.models import load_model
 
-    if n < 1:
-        raise UserError(f"-N: must be at least 1, got {n}")
-    metrics = check_metrics(metrics)
-    kinds = tuple(dict.fromkeys(kinds))
-    for kind in kinds:
-        if kind not in KINDS:
-            raise UserError(f"--kind: unknown kind '{kind}' (choose from {', '.join(KINDS)})")
-    if blocking is None:
-        blocking = Blocking.from_budget(memory_budget or 2 * GiB, n, len(metrics))
+    kinds, metrics, blocking = check_request(model_dirs, out, kinds=kinds, metrics=metrics, n=n,
+                                             blocking=blocking, memory_budget=memory_budget,
+                                             overwrite=overwrite)
     models = [load_model(d) for d in model_dirs]
     names = [m.name for m in models]
     if len(set(names)) != len(names):
@@ -271,15 +267,17 @@ def neighbors(model_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, *
             for model in models:
                 for kind in kinds:
                     ops = operands(model, kind, exclude_train)
+                    n_used = max(1, min(n, len(ops.candidates) - ops.exclude_self))
                     job = _prepare(scratch_root / f"{model.name}.{kind}", tmp, ops, kind,
-                                   model.name, n, metrics, blocking)
-                    counts[f"{model.name}/{kind}"] = _operand_counts(ops)
+                                   model.name, n_used, metrics, blocking)
+                    counts[f"{model.name}/{kind}"] = _operand_counts(ops) | {"n_used": n_used}
                     use_pairs = _use_symmetric(symmetric, ops, blocking, n, len(metrics))
                     counts[f"{model.name}/{kind}"]["symmetric"] = use_pairs
                     graph = _pair_graph if use_pairs else _group_graph
                     for task in graph(job, len(ops.queries)):
                         tasks.append(task)
                         task_keys.append(f"{model.name}/{kind}")
+        _warn_short_lists(n, counts)
         with timings("compute"), threadpool_limits(1):
             results = dask.compute(*tasks)
         for key, result in zip(task_keys, results, strict=True):
@@ -296,6 +294,36 @@ def neighbors(model_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, *
         return io.write_manifest(tmp, "neighbors", parameters, timings,
                                  filename=io.DATASET_MANIFEST, inputs=inputs,
                                  counts=counts, scheduler=_scheduler_info())
+
+
+def check_request(model_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, *,
+                  kinds: Sequence[str], metrics: Sequence[str], n: int,
+                  blocking: Blocking | None = None, memory_budget: int | None = None,
+                  overwrite: bool = False) -> tuple[tuple[str, ...], tuple[str, ...], Blocking]:
+    """The checks of :func:`neighbors` that need no model loaded, for callers to run before
+    they start a cluster. Returns (kinds, metrics, blocking), deduplicated and sized."""
+    if n < 1:
+        raise UserError(f"-N: must be at least 1, got {n}")
+    metrics = check_metrics(metrics)
+    kinds = tuple(dict.fromkeys(kinds))
+    for kind in kinds:
+        if kind not in KINDS:
+            raise UserError(f"--kind: unknown kind '{kind}' (choose from {', '.join(KINDS)})")
+    if Path(out).exists() and not overwrite:
+        raise UserError(f"{out}: output already exists (pass --overwrite to replace it)")
+    for model_dir in model_dirs:
+        io.require_dir(model_dir, "model", "items.parquet")
+    if blocking is None:
+        blocking = Blocking.from_budget(memory_budget or 2 * GiB, n, len(metrics))
+    return kinds, metrics, blocking
+
+
+def _warn_short_lists(n: int, counts: dict[str, Any]) -> None:
+    """One warning for every model/kind whose lists cannot hold N (fewer candidates)."""
+    short = {key: c["n_used"] for key, c in counts.items() if c["n_used"] < n}
+    if short:
+        log.warning("N = %d exceeds the candidates of %s: lists hold at most that many "
+                    "neighbours", n, ", ".join(f"{k} ({v})" for k, v in short.items()))
 
 
 def _prepare(scratch: Path, out: Path, ops: Operands, kind: str, model: str, n: int,

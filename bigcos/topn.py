@@ -37,7 +37,18 @@ _COS_SLACK = 2e-6  # relative; >> the ~4 ulp (2.4e-7) by which T * inv(q) may di
 
 
 def inverse_norms(x: np.ndarray) -> np.ndarray:
-    """(m,) float32 ``1 / ||x_i||`` (norms accumulated in float64), 0 where the norm is 0."""
+    """Inverse row norms, the ``inv`` of the cosine (MATH.md, "Similarities and top-N").
+
+    Parameters
+    ----------
+    x : numpy.ndarray, shape (m, k)
+        Embeddings, one row each (any float dtype; may be a memory map).
+
+    Returns
+    -------
+    numpy.ndarray, shape (m,), float32
+        ``1 / ||x_i||`` with the norm accumulated in float64, and 0 where the norm is 0.
+    """
     norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))
     inv = np.zeros(len(x), dtype=np.float64)
     np.divide(1.0, norms, out=inv, where=norms > 0)
@@ -45,10 +56,21 @@ def inverse_norms(x: np.ndarray) -> np.ndarray:
 
 
 def encode_keys(scores: np.ndarray, index: np.ndarray) -> np.ndarray:
-    """Pack float32 scores and candidate indices (0 <= index < 2**32 - 1) into int64 keys.
+    """Pack scores and candidate indices into int64 keys whose order is the top-N order.
 
     ``key(a) > key(b)`` exactly when a's score is larger, or equal with a smaller index.
-    -0.0 is treated as +0.0. NaN scores are not allowed.
+
+    Parameters
+    ----------
+    scores : numpy.ndarray, any shape
+        float32 scores (cast to float32); -0.0 is treated as +0.0; NaN is not allowed.
+    index : numpy.ndarray, same shape as scores
+        Candidate indices, 0 <= index < 2**32 - 1 (2**32 - 1 marks :data:`EMPTY`).
+
+    Returns
+    -------
+    numpy.ndarray, same shape, int64
+        Score bits (as an ordered integer) in the high 32 bits, ``2**32 - 1 - index`` below.
     """
     bits = (np.asarray(scores, dtype=np.float32) + np.float32(0.0)).view(np.int32)
     bits = bits.astype(np.int64)
@@ -57,7 +79,18 @@ def encode_keys(scores: np.ndarray, index: np.ndarray) -> np.ndarray:
 
 
 def decode_keys(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Inverse of :func:`encode_keys`: (float32 scores, int64 indices), same shape as keys."""
+    """Inverse of :func:`encode_keys`.
+
+    Parameters
+    ----------
+    keys : numpy.ndarray, any shape, int64
+
+    Returns
+    -------
+    scores : numpy.ndarray, same shape, float32
+        (-0.0 comes back as +0.0; :data:`EMPTY` as -inf.)
+    index : numpy.ndarray, same shape, int64
+    """
     bits = keys >> 32
     bits ^= (bits >> 31) & 0x7FFFFFFF
     scores = bits.astype(np.int32).view(np.float32)
@@ -94,7 +127,15 @@ class RunningTopN:
         self._pending = 0
 
     def offer(self, rows: np.ndarray, keys: np.ndarray) -> None:
-        """Add candidates (local row numbers, keys); merge when the buffer outgrows the lists."""
+        """Add candidates; merge when the buffer holds as many entries as the lists.
+
+        Parameters
+        ----------
+        rows : numpy.ndarray, shape (c,), int
+            Local row number (0 <= rows < n_rows) of each candidate.
+        keys : numpy.ndarray, shape (c,), int64
+            Their :func:`encode_keys`.
+        """
         if len(rows):
             self._rows.append(rows)
             self._keys.append(keys)
@@ -141,7 +182,7 @@ class RunningTopN:
         self.threshold[rows] = np.where(self.frozen[rows], np.float32(np.inf), threshold)
 
     def sorted_keys(self) -> np.ndarray:
-        """(n_rows, n) keys, best first."""
+        """The lists after a final merge: (n_rows, n) int64 keys, best first."""
         self.merge()
         return -np.sort(-self.keys, axis=1)
 
@@ -252,14 +293,36 @@ def query_block_topn(queries: np.ndarray, inv_queries: np.ndarray, candidates: n
                      exclude: sp.csr_matrix | None = None) -> dict[str, np.ndarray]:
     """Exact top-``n`` candidates of each query row, for each metric, in one pass over tiles.
 
-    queries: (R, k) float32, candidates: (p, k) float32 (may be a read-only memory map),
-    inv_queries (R,) / inv_candidates (p,): from :func:`inverse_norms`.
-    self_offset: query row i is candidate ``self_offset + i`` and is excluded (item-item,
-    user-user); exclude: optional (R, p) CSR whose stored entries are excluded pairs.
-    Returns {metric: (R, n) int64 keys, best first} (see :func:`decode_keys`; EMPTY pads rows
-    with fewer than n eligible candidates). Zero-norm queries get :func:`first_eligible`.
-    Working memory: about (9 + 24 * len(metrics)) * R * candidate_block bytes of tiles and
-    buffers plus 24 * R * n * len(metrics) bytes of running lists; independent of p.
+    Parameters
+    ----------
+    queries : numpy.ndarray, shape (R, k), float32
+    inv_queries : numpy.ndarray, shape (R,), float32
+        :func:`inverse_norms` of ``queries``.
+    candidates : numpy.ndarray, shape (p, k), float32
+        May be a read-only memory map; read one tile of ``candidate_block`` rows at a time.
+    inv_candidates : numpy.ndarray, shape (p,), float32
+        :func:`inverse_norms` of ``candidates``.
+    n : int
+        List length.
+    metrics : sequence of {"cos", "dot"}
+    candidate_block : int
+        Candidates per tile (C); changes speed and memory, never results.
+    self_offset : int, optional
+        Query row i is candidate ``self_offset + i`` and is excluded (item-item, user-user).
+    exclude : scipy.sparse.csr_matrix, shape (R, p), optional
+        Stored entries are excluded pairs (user-item: training items).
+
+    Returns
+    -------
+    dict of str to numpy.ndarray, shape (R, n), int64
+        Keys per metric, best first (see :func:`decode_keys`); :data:`EMPTY` pads rows with
+        fewer than n eligible candidates. Zero-norm queries get their first eligible
+        candidates with score 0 (:func:`fill_zero_queries`).
+
+    Notes
+    -----
+    Working memory: about (9 + 24 * len(metrics)) * R * C bytes of tiles and buffers plus
+    24 * R * n * len(metrics) bytes of running lists; independent of p.
     """
     n_rows, p = len(queries), len(candidates)
     rows = _Rows(0, n_rows, inv_queries, n, metrics, max(1, n_rows))
@@ -283,14 +346,36 @@ def symmetric_topn(x: np.ndarray, inv: np.ndarray, n: int, metrics: Sequence[str
                    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
     """Update the top-``n`` lists of rows g and rows h of ``x`` with each other, self excluded.
 
-    x: (p, k) float32 (may be a memory map), inv: its :func:`inverse_norms`; g = (g0, g1) and
-    h = (h0, h1) are row ranges with g == h or g1 <= h0. Every product x_a . x_b with a in g,
-    b in h is computed once and serves both a's list (candidate b) and b's (candidate a).
-    ``lists_g`` / ``lists_h``: the lists so far ({metric: keys}, e.g. from an earlier call
-    with other ranges; None = empty); their thresholds carry over, so a row's candidates pass
-    the filter about as rarely as if all its tiles ran in one call.
-    Returns the updated ({metric: (g1-g0, n) keys}, {metric: (h1-h0, n) keys} or None when
-    g == h), best first. Zero-norm rows are left to :func:`fill_zero_queries`.
+    Every product x_a . x_b with a in g, b in h is computed once and serves both a's list
+    (candidate b) and b's (candidate a): half the GEMM of two one-sided passes.
+
+    Parameters
+    ----------
+    x : numpy.ndarray, shape (p, k), float32
+        Queries and candidates at once (may be a memory map).
+    inv : numpy.ndarray, shape (p,), float32
+        :func:`inverse_norms` of ``x``.
+    n : int
+    metrics : sequence of {"cos", "dot"}
+    g, h : tuple of int
+        Row ranges (g0, g1) and (h0, h1) with g == h or g1 <= h0.
+    block : int
+        Side of the square tiles; changes speed and memory, never results.
+    lists_g, lists_h : dict of str to numpy.ndarray, optional
+        The lists so far, {metric: keys of shape (g1 - g0, n) / (h1 - h0, n)}, e.g. from an
+        earlier call with other ranges; None = empty. Their thresholds carry over, so a
+        row's candidates pass the filter about as rarely as if all its tiles ran in one call.
+
+    Returns
+    -------
+    lists_g : dict of str to numpy.ndarray, shape (g1 - g0, n), int64
+        Updated keys per metric, best first.
+    lists_h : dict of str to numpy.ndarray, shape (h1 - h0, n), int64, or None
+        The same for h; None when g == h. Zero-norm rows are left to
+        :func:`fill_zero_queries`.
+
+    Notes
+    -----
     Working memory: (9 + 24 * len(metrics)) * block**2 bytes of tiles and buffers plus
     24 * n * len(metrics) bytes per row of g and h.
     """
@@ -318,8 +403,24 @@ def symmetric_topn(x: np.ndarray, inv: np.ndarray, n: int, metrics: Sequence[str
 
 def fill_zero_queries(lists: dict[str, np.ndarray], inv_queries: np.ndarray, n: int, p: int,
                       self_offset: int | None, exclude: sp.csr_matrix | None) -> None:
-    """Set the lists of zero-norm queries (rows of ``lists``) to their first eligible
-    candidates with score 0 (every candidate ties at 0 for such a query, by either metric)."""
+    """Set the lists of zero-norm queries to their first eligible candidates, score 0.
+
+    Every candidate ties at 0 for such a query, by either metric, and ties go to the smaller
+    index.
+
+    Parameters
+    ----------
+    lists : dict of str to numpy.ndarray, shape (R, n), int64
+        Keys per metric, modified in place.
+    inv_queries : numpy.ndarray, shape (R,)
+        :func:`inverse_norms` of the queries; 0 marks a zero-norm query.
+    n, p : int
+        List length and number of candidates.
+    self_offset : int or None
+        Query row i is candidate ``self_offset + i`` (excluded).
+    exclude : scipy.sparse.csr_matrix, shape (R, p), or None
+        Excluded pairs.
+    """
     zero = np.flatnonzero(np.asarray(inv_queries) == 0)
     if len(zero):
         firsts = _first_eligible(zero, n, p, self_offset, exclude)

@@ -66,7 +66,11 @@ def test_keys_order_is_score_then_smaller_index():
     assert np.array_equal(got_scores, scores + np.float32(0)) and np.array_equal(got_index, index)
     expected = np.lexsort((index, -(scores + np.float32(0))))
     assert np.array_equal(np.argsort(-keys, kind="stable"), expected)
-    assert (keys > EMPTY).all() | (scores == -np.inf).any()
+    # EMPTY is (-inf, the largest index): strictly below every key of an index < 2**32 - 1,
+    # -inf scores included (the sample has them), so an empty slot never displaces one
+    assert (scores == -np.inf).any() and (keys > EMPTY).all()
+    assert decode_keys(np.array([EMPTY]))[0][0] == -np.inf
+    assert decode_keys(np.array([EMPTY]))[1][0] == 2**32 - 1
 
 
 @pytest.mark.parametrize("blocking", [Blocking(512, 4096), Blocking(7, 5), Blocking(64, 33)])
@@ -340,6 +344,28 @@ def test_failed_run_leaves_previous_output_intact(models, tmp_path, monkeypatch)
         neighbors([models["a"]], out, kinds=["item-item"], n=5)
 
 
+def test_n_above_the_candidate_count_is_cut_with_one_warning(models, tmp_path, caplog):
+    n = 500  # > 130 items, > 70 users
+    with caplog.at_level("WARNING", logger="bigcos.neighbor_lists"):
+        manifest = neighbors([models["b"]], tmp_path / "nb", n=n,
+                             kinds=["item-item", "user-user", "user-item"])
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith(f"N = {n} exceeds the candidates of model-b/item-item (129), "
+                                  "model-b/user-user (69), model-b/user-item (130)")
+    counts = manifest["counts"]
+    assert [counts[f"model-b/{k}"]["n_used"] for k in ("item-item", "user-user", "user-item")] \
+        == [129, 69, 130]
+    frame = sorted_frame(tmp_path / "nb")
+    per_kind = frame[frame["metric"] == "dot"].groupby("kind").size().to_dict()
+    train_nnz = models["train"].nnz
+    assert per_kind == {"item-item": 130 * 129, "user-user": 70 * 69,
+                        "user-item": 70 * 130 - train_nnz}
+    caplog.clear()
+    neighbors([models["b"]], tmp_path / "nb2", n=129, kinds=["item-item"])
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
 def test_user_errors_name_the_culprit(models, tmp_path):
     with pytest.raises(UserError, match="--kind: unknown kind 'item-user'"):
         neighbors([models["a"]], tmp_path / "x", kinds=["item-user"])
@@ -354,10 +380,54 @@ def test_user_errors_name_the_culprit(models, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-def test_blocking_from_budget_respects_the_budget():
-    for budget in (64 * 2**20, 2**30, 8 * 2**30):
-        blocking = Blocking.from_budget(budget, 100, 2)
-        assert blocking.peak_bytes(100, 2) <= budget
+def traced_peak(run) -> int:
+    """Peak bytes allocated (numpy arrays included: numpy reports to tracemalloc) by run()."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        run()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("budget", [24 * 2**20, 48 * 2**20])
+def test_tasks_sized_from_a_budget_stay_within_it(budget):
+    """Measured, not the formula: the allocations of a group task (its query blocks against
+    all candidates, then its output table) and of a pair task (two groups' lists resumed)
+    with the blocks that from_budget picks stay below the budget."""
+    from bigcos.neighbor_lists import _group_keys, neighbor_table
+    from bigcos.topn import symmetric_topn
+
+    n, metrics = 100, METRICS
+    blocking = Blocking.from_budget(budget, n, len(metrics))
+    g = blocking.group_rows
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((2 * g, 8)).astype(np.float32)
+    inv = inverse_norms(x)
+    ids = pa.array(np.arange(2 * g))
+
+    def group_task():
+        keys = _group_keys(x[:g], inv[:g], x, inv, n, metrics, blocking, 0, None)
+        for m in metrics:
+            neighbor_table(ids.slice(0, g), keys[m], ids)
+
+    lists = symmetric_topn(x, inv, n, metrics, (0, g), (0, g), block=blocking.symmetric_block)
+    lists_h = symmetric_topn(x, inv, n, metrics, (g, 2 * g), (g, 2 * g),
+                             block=blocking.symmetric_block)
+
+    def pair_task():
+        symmetric_topn(x, inv, n, metrics, (0, g), (g, 2 * g), block=blocking.symmetric_block,
+                       lists_g=lists[0], lists_h=lists_h[0])
+
+    for task in (group_task, pair_task):
+        peak = traced_peak(task)
+        # within the budget, and not needlessly small blocks (which would be slow)
+        assert budget / 8 <= peak <= budget, (task.__name__, peak / 2**20, budget / 2**20)
+
+
+def test_blocking_from_budget_picks_blocks_and_refuses_tiny_budgets():
     assert Blocking.from_budget(2**30, 100, 2).query_block >= 256
     with pytest.raises(UserError, match="--memory-budget"):
         Blocking.from_budget(2**20, 100, 2)

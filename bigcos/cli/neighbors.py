@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import difflib
-
 import click
-import numpy as np
-import pyarrow as pa
 
 from bigcos.cli.common import dask_options, overwrite_option
 from bigcos.errors import UserError
@@ -70,13 +66,10 @@ def neighbors(model_dirs, out, kinds, metrics, n, include_train, memory_budget, 
         bigcos neighbors out/models/obj1-symmetric out/models/obj2 \\
             --kind item-item,user-item --metric cos,dot -N 100 --out out/neighbors
     """
-    from bigcos import io
     from bigcos.cluster import dask_client
-    from bigcos.neighbor_lists import Blocking
+    from bigcos.neighbor_lists import Blocking, check_request
     from bigcos.neighbor_lists import neighbors as run_neighbors
 
-    for model_dir in model_dirs:  # fail fast, before starting a cluster
-        io.require_dir(model_dir, "model", "items.parquet")
     blocking = None
     if query_block or candidate_block:
         if memory_budget is not None:
@@ -85,6 +78,10 @@ def neighbors(model_dirs, out, kinds, metrics, n, include_train, memory_budget, 
         default = Blocking()
         blocking = Blocking(query_block or default.query_block,
                             candidate_block or default.candidate_block)
+    # fail fast (output exists, unknown kind or metric, missing model, budget too small)
+    # before a cluster starts: starting one costs seconds
+    check_request(model_dirs, out, kinds=kinds, metrics=metrics, n=n, blocking=blocking,
+                  memory_budget=memory_budget, overwrite=overwrite)
     with dask_client(cluster):
         manifest = run_neighbors(model_dirs, out, kinds=kinds, metrics=metrics, n=n,
                                  exclude_train=not include_train, blocking=blocking,
@@ -92,6 +89,15 @@ def neighbors(model_dirs, out, kinds, metrics, n, include_train, memory_budget, 
     total = sum(v for c in manifest["counts"].values() for k, v in c.items()
                 if k.startswith("rows_"))
     click.echo(f"wrote {out}: {total} rows in {manifest['timings_s']['total']:.1f} s")
+    short = [f"{key} {c['n_used']}" for key, c in manifest["counts"].items() if c["n_used"] < n]
+    if short:
+        click.echo(f"N used (fewer candidates than -N {n}): {', '.join(short)}")
+
+
+# library parameter -> flag of `bigcos similar`, for the library's one-line errors
+_SIMILAR_FLAGS = {"item": "--item", "item_id": "--item-id", "user_id": "--user-id",
+                  "items": "--items", "title_col": "--title-col", "n": "-N",
+                  "metrics": "--metric"}
 
 
 @click.command()
@@ -104,112 +110,43 @@ def neighbors(model_dirs, out, kinds, metrics, n, include_train, memory_budget, 
 @click.option("--metric", "metrics", multiple=True, default=("cos,dot",), callback=_split,
               show_default=True, help="cos and/or dot.")
 @click.option("--items", "items_path", type=click.Path(path_type=str), default=None,
-              help="Item metadata Parquet with item_id and title (default: the one recorded "
-                   "by `bigcos ingest --items` for the model's matrix).")
+              help="Item metadata Parquet with item_id and, optionally, titles (default: the "
+                   "one recorded by `bigcos ingest --items` for the model's matrix).")
+@click.option("--title-col", default=None,
+              help="Column of titles in the items table (default: title, else name; "
+                   "without one, items are shown by id).")
 @click.option("--include-train", is_flag=True,
               help="--user-id: keep the user's training items.")
-def similar(model_dir, title, item_id, user_id, n, metrics, items_path, include_train):
+def similar(model_dir, title, item_id, user_id, n, metrics, items_path, title_col,
+            include_train):
     """Show the N nearest items of one item (by title or id) or the top-N items of one user,
-    by cosine and by dot product, with titles.
+    by cosine and by dot product, with titles where the items table has them.
+
+    Runs in this process (no Dask). The same table from Python: bigcos.similar(MODEL_DIR, ...).
 
     Example:
 
         bigcos similar out/models/obj1-symmetric --item "Toy Story (1995)" -N 10
     """
-    from bigcos.models import load_model
-    from bigcos.neighbor_lists import check_metrics, operands, top_n
+    from bigcos.similar_items import similar as find_similar
 
     if sum(x is not None for x in (title, item_id, user_id)) != 1:
         raise UserError("similar: give exactly one of --item, --item-id, --user-id")
-    metrics = check_metrics(metrics)
-    model = load_model(model_dir)
-    items = _items_table(model, items_path, required=title is not None)
-    if user_id is not None:
-        ops = operands(model, "user-item", exclude_train=not include_train)
-        row = _find_id(model.user_ids, user_id, "--user-id")
-        heading = f"user {user_id}"
-    else:
-        ops = operands(model, "item-item")
-        row = (_find_title(items, title, items_path or "items table", model.item_ids)
-               if title is not None else _find_id(model.item_ids, item_id, "--item-id"))
-        heading = f"item {_label(model.item_ids[row].as_py(), items)}"
-    if ops.exclude_self:
-        exclude = _self_pair(row, len(ops.candidates))
-    else:
-        exclude = ops.exclude[row:row + 1] if ops.exclude is not None else None
-    lists = top_n(ops.queries[row:row + 1], ops.candidates, n, metrics, exclude=exclude)
-    click.echo(f"{model.name}: nearest to {heading}")
+    try:
+        table = find_similar(model_dir, item=title, item_id=item_id, user_id=user_id, n=n,
+                             metrics=metrics, items=items_path, title_col=title_col,
+                             include_train=include_train)
+    except UserError as exc:
+        parameter, _, rest = str(exc).partition(": ")
+        if parameter in _SIMILAR_FLAGS:
+            raise UserError(f"{_SIMILAR_FLAGS[parameter]}: {rest}") from None
+        raise
+    meta = table.schema.metadata
+    click.echo(f"{meta[b'model'].decode()}: nearest to {meta[b'query'].decode()}")
+    rows = table.to_pydict()
     for metric in metrics:
-        index, score = lists[metric]
         click.echo(f"\n{metric}")
-        for rank, (i, s) in enumerate(zip(index[0], score[0], strict=True), start=1):
-            if i < 0:
-                break
-            click.echo(f"{rank:>4}  {s:>9.4f}  {_label(ops.candidate_ids[int(i)].as_py(), items)}")
-
-
-def _self_pair(row: int, p: int):
-    import scipy.sparse as sp
-
-    return sp.csr_matrix((np.ones(1, np.float32), ([0], [row])), shape=(1, p))
-
-
-def _items_table(model, path: str | None, required: bool) -> dict | None:
-    """{item_id: title} from the items metadata table, or None when there is none."""
-    from bigcos import io
-
-    if path is None and model.matrix_dir is not None:
-        try:
-            path = io.read_manifest(model.matrix_dir).get("inputs", {}).get("items")
-        except UserError:
-            path = None
-    if path is None:
-        if required:
-            raise UserError("--item: no items table recorded for this model's matrix; "
-                            "pass --items PATH")
-        return None
-    table = io.read_table(path)
-    for column in ("item_id", "title"):
-        if column not in table.column_names:
-            raise UserError(f"{path}: column '{column}' not found")
-    ids = table.column("item_id").to_pylist()
-    titles = table.column("title").to_pylist()
-    return dict(zip(ids, titles, strict=True))
-
-
-def _find_title(items: dict, title: str, where: str, item_ids: pa.Array) -> int:
-    by_title: dict[str, list] = {}
-    for item, t in items.items():
-        if t is not None:
-            by_title.setdefault(str(t), []).append(item)
-    matches = by_title.get(title) or next(
-        (v for t, v in by_title.items() if t.casefold() == title.casefold()), None)
-    if not matches:
-        close = difflib.get_close_matches(title, list(by_title), n=5, cutoff=0.5)
-        close += [t for t in by_title if title.casefold() in t.casefold() and t not in close]
-        hint = f" (close: {'; '.join(close[:5])})" if close else ""
-        raise UserError(f"--item: no title '{title}' in {where}{hint}")
-    positions = {v: i for i, v in enumerate(item_ids.to_pylist())}
-    found = [positions[m] for m in matches if m in positions]
-    if not found:
-        raise UserError(f"--item: '{title}' (id {matches[0]}) is not an item of this model")
-    return min(found)
-
-
-def _find_id(ids: pa.Array, text: str, option: str) -> int:
-    value: object = text
-    if pa.types.is_integer(ids.type):
-        try:
-            value = int(text)
-        except ValueError:
-            raise UserError(f"{option}: '{text}' is not an integer id") from None
-    matches = np.flatnonzero(np.asarray(ids.to_pylist(), dtype=object) == value)
-    if not len(matches):
-        raise UserError(f"{option}: no id '{text}' in this model")
-    return int(matches[0])
-
-
-def _label(item, items: dict | None) -> str:
-    if items is None or items.get(item) is None:
-        return str(item)
-    return f"{items[item]}  [{item}]"
+        for m, rank, score, label in zip(rows["metric"], rows["rank"], rows["score"],
+                                         rows["title"], strict=True):
+            if m == metric:
+                click.echo(f"{rank:>4}  {score:>9.4f}  {label}")
