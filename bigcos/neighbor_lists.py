@@ -44,6 +44,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import threading
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -461,9 +462,16 @@ def neighbor_table(query_ids: pa.Array, keys: np.ndarray, candidate_ids: pa.Arra
     })
 
 
+# np.load parses a .npy header with ast.literal_eval, which CPython 3.11.7 cannot run in
+# several threads at once ("SystemError: AST constructor recursion depth mismatch"); with
+# mmap_mode the header is all a load reads, so one lock costs nothing.
+_NPY_HEADER_LOCK = threading.Lock()
+
+
 def _scratch_loader(job: _Job):
     def load(name: str) -> np.ndarray:
-        return np.load(job.scratch / name, mmap_mode="r")
+        with _NPY_HEADER_LOCK:
+            return np.load(job.scratch / name, mmap_mode="r")
     return load
 
 
