@@ -190,6 +190,7 @@ def test_string_ids_and_missing_value_column(tmp_path):
     assert counts["duplicate_rows"] == 1
 
 
+@pytest.mark.realdata
 def test_real_dataset_ml100k_round_trip(tmp_path):
     path = shared_dataset("ml-100k")
     data = bigcos.ingest(path / "interactions.parquet", tmp_path / "m",
