@@ -16,8 +16,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from bigcos import metrics
+from bigcos.blocked_topn import top_n
 from bigcos.errors import UserError
-from bigcos.neighbor_lists import top_n
 
 MEASURES = ("recall", "ndcg")
 

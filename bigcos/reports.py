@@ -69,8 +69,9 @@ import pyarrow.parquet as pq
 import scipy.sparse as sp
 
 from bigcos import io, metrics
+from bigcos.blocked_topn import top_n
 from bigcos.errors import UserError
-from bigcos.neighbor_lists import KINDS, METRICS, top_n
+from bigcos.neighbor_lists import KINDS, METRICS
 
 SCHEMA_VERSION = 1
 _F64 = pa.float64()

@@ -85,8 +85,8 @@ def similar(model_dir_or_model, *, item: str | None = None, item_id=None, user_i
     reading the model (its embeddings, (n_users + p) * k * 4 bytes) and two columns of the
     items table. ``user_id`` without ``include_train`` also reads the training matrix.
     """
+    from bigcos.blocked_topn import check_metrics
     from bigcos.models import Model, load_model
-    from bigcos.neighbor_lists import check_metrics
 
     if sum(x is not None for x in (item, item_id, user_id)) != 1:
         raise UserError("similar: give exactly one of item, item_id, user_id")

@@ -11,11 +11,11 @@ import scipy.sparse as sp
 import bigcos
 from bigcos import cosine_model as cm
 from bigcos import models, reports
+from bigcos.blocked_topn import top_n
 from bigcos.cosine_fit import CosineOptions, _ThreadTerms, fit_cosine
 from bigcos.errors import UserError
 from bigcos.evaluation import validation_split
 from bigcos.matrix import IngestOptions
-from bigcos.neighbor_lists import top_n
 
 
 def random_problem(n=40, p=15, k=4, seed=0):

@@ -13,8 +13,9 @@ import pytest
 import scipy.sparse as sp
 
 from bigcos import io
+from bigcos.blocked_topn import Blocking, top_n
 from bigcos.errors import UserError
-from bigcos.neighbor_lists import Blocking, neighbors, read_neighbors, top_n
+from bigcos.neighbor_lists import neighbors, read_neighbors
 from bigcos.topn import EMPTY, decode_keys, encode_keys, inverse_norms
 
 METRICS = ("cos", "dot")
@@ -369,7 +370,7 @@ def test_n_above_the_candidate_count_is_cut_with_one_warning(models, tmp_path, c
 def test_user_errors_name_the_culprit(models, tmp_path):
     with pytest.raises(UserError, match="--kind: unknown kind 'item-user'"):
         neighbors([models["a"]], tmp_path / "x", kinds=["item-user"])
-    with pytest.raises(UserError, match="--metric"):
+    with pytest.raises(UserError, match="metrics: unknown metric"):
         neighbors([models["a"]], tmp_path / "x", metrics=["cosine"])
     with pytest.raises(UserError, match="appears twice"):
         neighbors([models["a"], models["a"]], tmp_path / "x")
@@ -397,7 +398,8 @@ def test_tasks_sized_from_a_budget_stay_within_it(budget):
     """Measured, not the formula: the allocations of a group task (its query blocks against
     all candidates, then its output table) and of a pair task (two groups' lists resumed)
     with the blocks that from_budget picks stay below the budget."""
-    from bigcos.neighbor_lists import _group_keys, neighbor_table
+    from bigcos.blocked_topn import group_keys
+    from bigcos.neighbor_lists import neighbor_table
     from bigcos.topn import symmetric_topn
 
     n, metrics = 100, METRICS
@@ -409,7 +411,7 @@ def test_tasks_sized_from_a_budget_stay_within_it(budget):
     ids = pa.array(np.arange(2 * g))
 
     def group_task():
-        keys = _group_keys(x[:g], inv[:g], x, inv, n, metrics, blocking, 0, None)
+        keys = group_keys(x[:g], inv[:g], x, inv, n, metrics, blocking, 0, None)
         for m in metrics:
             neighbor_table(ids.slice(0, g), keys[m], ids)
 
@@ -429,7 +431,7 @@ def test_tasks_sized_from_a_budget_stay_within_it(budget):
 
 def test_blocking_from_budget_picks_blocks_and_refuses_tiny_budgets():
     assert Blocking.from_budget(2**30, 100, 2).query_block >= 256
-    with pytest.raises(UserError, match="--memory-budget"):
+    with pytest.raises(UserError, match="memory_budget: "):
         Blocking.from_budget(2**20, 100, 2)
     groups = Blocking(10, 10, 40).groups(1001)
     assert groups[0][0] == 0 and groups[-1][1] == 1001

@@ -219,7 +219,8 @@ def _scale_run(p: int, k: int, n: int, seed: int, tmp: Path, full_max: int, samp
         return m.row()
     from threadpoolctl import threadpool_limits
 
-    from bigcos.neighbor_lists import SYMMETRIC_GROUPS, Blocking
+    from bigcos.blocked_topn import Blocking
+    from bigcos.neighbor_lists import SYMMETRIC_GROUPS
     from bigcos.topn import inverse_norms, symmetric_topn
 
     inv = inverse_norms(x)

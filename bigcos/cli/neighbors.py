@@ -66,8 +66,9 @@ def neighbors(model_dirs, out, kinds, metrics, n, include_train, memory_budget, 
         bigcos neighbors out/models/obj1-symmetric out/models/obj2 \\
             --kind item-item,user-item --metric cos,dot -N 100 --out out/neighbors
     """
+    from bigcos.blocked_topn import Blocking
     from bigcos.cluster import dask_client
-    from bigcos.neighbor_lists import Blocking, check_request
+    from bigcos.neighbor_lists import check_request
     from bigcos.neighbor_lists import neighbors as run_neighbors
 
     blocking = None
