@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import duckdb
@@ -239,7 +240,7 @@ def test_pair_scores_and_zero_norm_cosine():
 def test_tables_read_back_with_documented_schema(report_dir):
     manifest = json.loads((report_dir / "manifest.json").read_text())
     assert manifest["schema"]["version"] == reports.SCHEMA_VERSION
-    for name in reports._FIELDS:
+    for name in reports.TABLES:
         path = report_dir / f"{name}.parquet"
         schema = pq.read_schema(path)
         expected = reports.table_schema(name, pa.int64())
@@ -328,6 +329,46 @@ def test_heldout_matches_a_python_loop(report_dir, inputs):
     # dot ranking is D-invariant: every objective 1 model gets the same held-out numbers
     dot = held[(held.metric == "dot") & held.model.str.startswith("obj1")]
     np.testing.assert_allclose(dot["ndcg_at_100"], dot["ndcg_at_100"].iloc[0], rtol=1e-6)
+
+
+def test_heldout_names_its_columns_after_ks(inputs):
+    from bigcos.matrix import load_matrix
+    from bigcos.models import load_model
+
+    data = load_matrix(inputs["matrix"])
+    model = load_model(inputs["models"][0])
+    rows = reports.heldout({model.name: model}, data, ks=(5, 7, 9))
+    assert list(rows[0]) == ["model", "metric", "protocol", "n_users", "recall_at_5",
+                             "recall_at_7", "ndcg_at_9"]
+    train, test = data.train.toarray() > 0, data.test.toarray() > 0
+    B, U = model.item_embeddings, model.user_embeddings
+    recalls = []
+    for u in np.flatnonzero(data.heldout_users & test.any(1)):
+        scores = np.where(train[u], -np.inf, U[u] @ B.T)
+        top = np.lexsort((np.arange(N_ITEMS), -scores))[:5]
+        recalls.append(test[u, top].sum() / min(5, test[u].sum()))
+    dot = next(r for r in rows if r["metric"] == "dot")
+    assert dot["recall_at_5"] == pytest.approx(np.mean(recalls))
+    schema = reports.table_schema("heldout", fields=reports.schema.heldout_fields((5, 7, 9)))
+    assert reports.schema.make_table("heldout", rows, schema).num_rows == 2
+
+
+def test_plots_leave_the_callers_matplotlib_backend_alone(tmp_path):
+    """Reports and Figure 1 draw on their own Agg canvas: no pyplot, no matplotlib.use."""
+    code = ("import sys, matplotlib, numpy as np\n"
+            "matplotlib.use('svg')\n"
+            "from bigcos.reports import plots\n"
+            "from bigcos import figures\n"
+            "fig = plots.similarity_panels({'a': np.eye(3), 'b': -np.eye(3)}, ncols=1)\n"
+            "assert plots.png_bytes(fig)[:4] == b'\\x89PNG'\n"
+            f"figures.plot(__import__('pathlib').Path(r'{tmp_path}') / 'f.png',"
+            " {'a': np.eye(4)}, {'a': 'A'}, np.array([0, 2, 4]))\n"
+            "print(matplotlib.get_backend(), 'matplotlib.pyplot' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["svg", "False"]
+    assert (tmp_path / "f.png").stat().st_size > 1000
 
 
 def test_popularity_table(report_dir, inputs):
