@@ -140,6 +140,10 @@ def _read_ranks(path: Path, max_rank: int | None) -> pa.Table:
         raise UserError(f"{path}: cannot be read as a neighbour file ({first})") from None
 
 
+LABEL_COLUMNS = ("cluster", "genres")  # default label columns, first present wins
+TITLE_COLUMNS = ("title", "name")      # default title columns, first present wins
+
+
 @dataclass(frozen=True)
 class ItemInfo:
     """Item metadata aligned with the matrix columns.
@@ -149,21 +153,45 @@ class ItemInfo:
     labels : scipy.sparse.csr_matrix or None
         Boolean (n_items, n_labels) label sets, or None without labels.
     label_source : str or None
-        The item column the labels came from.
+        The item column the labels came from (``cluster``, ``genres``, ``tags``, ...).
     titles : numpy.ndarray
-        (n_items,) object array of display names (the id when there is none).
+        (n_items,) object array of display names (the item id when there is none).
     single_label : bool
         At most one label per item (clusters, categories).
+    label_text : numpy.ndarray or None
+        (n_items,) object array: each item's labels as text ("" when unlabelled).
+    title_source : str or None
+        The item column the titles came from; None: titles are the item ids.
     """
 
     labels: sp.csr_matrix | None
     label_source: str | None
     titles: np.ndarray
     single_label: bool = False
+    label_text: np.ndarray | None = None
+    title_source: str | None = None
+
+    @property
+    def n_unlabelled(self) -> int:
+        """Items of the matrix without any label (all of them when there are no labels)."""
+        if self.labels is None:
+            return len(self.titles)
+        return int((np.diff(self.labels.indptr) == 0).sum())
 
 
-def read_item_info(path: str | Path | None, item_ids: pa.Array,
-                   label_column: str | None = None) -> ItemInfo:
+def _pick_column(table: pa.Table, path, chosen: str | None, defaults: tuple[str, ...],
+                 parameter: str) -> str | None:
+    """The column to use: ``chosen`` (must exist), else the first of ``defaults`` present."""
+    if chosen is None:
+        return next((c for c in defaults if c in table.column_names), None)
+    if chosen not in table.column_names:
+        raise UserError(f"{path}: {parameter} '{chosen}' is not a column "
+                        f"(columns: {', '.join(table.column_names)})")
+    return chosen
+
+
+def read_item_info(path: str | Path | None, item_ids: pa.Array, label_col: str | None = None,
+                   title_col: str | None = None) -> ItemInfo:
     """Labels and titles from an item table keyed by ``item_id``, aligned with ``item_ids``.
 
     Parameters
@@ -172,19 +200,23 @@ def read_item_info(path: str | Path | None, item_ids: pa.Array,
         Parquet item table with an ``item_id`` column; None: no labels, ids as titles.
     item_ids : pyarrow.Array
         The matrix's item vocabulary.
-    label_column : str, optional
-        Column of ground-truth labels (default ``cluster``, else ``genres``): an integer or
-        string column gives one label per item, a list column a set of labels.
+    label_col : str, optional
+        Column of ground-truth labels (default: the first of :data:`LABEL_COLUMNS` present):
+        an integer or string column gives one label per item, a list column a set of labels.
+    title_col : str, optional
+        Column of display names (default: the first of :data:`TITLE_COLUMNS` present).
 
     Returns
     -------
     ItemInfo
-        Titles from ``title`` or ``name``; items absent from the table are unlabelled.
+        Items absent from the table, or with a null title, are shown by id and unlabelled.
     """
     ids_text = np.array([str(v) for v in item_ids.to_pylist()], dtype=object)
     if path is None:
-        if label_column:
-            raise UserError(f"--labels {label_column}: no item table (pass --items)")
+        for parameter, chosen in (("label_col", label_col), ("title_col", title_col)):
+            if chosen:
+                raise UserError(f"{parameter} '{chosen}': no item table (give items, or "
+                                f"record one with `bigcos ingest --items`)")
         return ItemInfo(None, None, ids_text)
     table = io.read_table(path)
     if "item_id" not in table.column_names:
@@ -196,27 +228,22 @@ def read_item_info(path: str | Path | None, item_ids: pa.Array,
     present = index.is_valid().to_numpy(zero_copy_only=False)
     row = pc.fill_null(index, 0).to_numpy().astype(np.int64)
     titles = ids_text.copy()
-    for col in ("title", "name"):
-        if col in table.column_names:
-            values = np.array(table.column(col).to_pylist(), dtype=object)
-            titles = np.where(present, values[row], ids_text)
-            break
-    if label_column is None:
-        label_column = next((c for c in ("cluster", "genres") if c in table.column_names), None)
-        if label_column is None:
-            return ItemInfo(None, None, titles)
-    if label_column not in table.column_names:
-        raise UserError(f"{path}: label column '{label_column}' not found "
-                        f"(columns: {', '.join(table.column_names)})")
-    column = table.column(label_column).combine_chunks()
+    title_source = _pick_column(table, path, title_col, TITLE_COLUMNS, "title_col")
+    if title_source is not None:
+        values = np.array(table.column(title_source).to_pylist(), dtype=object)[row]
+        known = present & np.array([v is not None for v in values], dtype=bool)
+        titles = np.where(known, values.astype(str), ids_text)
+    label_source = _pick_column(table, path, label_col, LABEL_COLUMNS, "label_col")
+    if label_source is None:
+        return ItemInfo(None, None, titles, title_source=title_source)
+    column = table.column(label_source).combine_chunks()
     values = column.to_pylist()
     aligned = [values[r] if ok else None for r, ok in zip(row, present, strict=True)]
-    if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
-        return ItemInfo(metrics.label_sets(aligned), label_column, titles)
-    sets = metrics.label_sets([[v] if v is not None else [] for v in aligned])
-    titles = np.array([f"{t} [{label_column} {v}]" if v is not None else t
-                       for t, v in zip(titles, aligned, strict=True)], dtype=object)
-    return ItemInfo(sets, label_column, titles, single_label=True)
+    single = not (pa.types.is_list(column.type) or pa.types.is_large_list(column.type))
+    sets = [([v] if v is not None else []) if single else list(v or []) for v in aligned]
+    text = np.array(["|".join(str(x) for x in s) for s in sets], dtype=object)
+    return ItemInfo(metrics.label_sets(sets), label_source, titles, single_label=single,
+                    label_text=text, title_source=title_source)
 
 
 def single_labels(sets: sp.csr_matrix) -> np.ndarray:
@@ -230,3 +257,36 @@ def single_labels(sets: sp.csr_matrix) -> np.ndarray:
 def item_popularity(train: sp.csr_matrix) -> np.ndarray:
     """Number of distinct users per item in ``train``: (n_items,) int64."""
     return np.bincount(train.indices, minlength=train.shape[1]).astype(np.int64)
+
+
+def example_indices(examples: tuple[str, ...], item_ids: pa.Array, matrix: str) -> np.ndarray:
+    """Matrix column indices of the example item ids (compared as text): (len(examples),).
+
+    Raises a one-line UserError for an id that is not a column of the matrix (never in the
+    log, or dropped by the ingest filters such as ``min_item``).
+    """
+    where = {str(v): i for i, v in enumerate(item_ids.to_pylist())}
+    for e in examples:
+        if e not in where:
+            raise UserError(f"example item {e}: not in the matrix {matrix} ({len(where):,} "
+                            f"items; an item can be missing from the log or dropped by "
+                            f"ingest filters such as min_item)")
+    return np.array([where[e] for e in examples], dtype=np.int64)
+
+
+def check_model_matches(model, data, matrix: str, directory: str) -> None:
+    """UserError (one line) unless ``model`` was fit on this matrix (same user and item ids).
+
+    Parameters
+    ----------
+    model : bigcos.models.Model
+    data : bigcos.matrix.Interactions
+    matrix, directory : str
+        The matrix and model directories, for the message.
+    """
+    for side, mine, theirs in (("item", data.item_ids, model.item_ids),
+                               ("user", data.user_ids, model.user_ids)):
+        if len(mine) != len(theirs) or mine.type != theirs.type or not mine.equals(theirs):
+            raise UserError(f"{directory}: model '{model.name}' was fit on another matrix "
+                            f"({model.matrix_dir or 'unknown'}): its {len(theirs):,} {side} ids "
+                            f"differ from the {len(mine):,} of {matrix}")

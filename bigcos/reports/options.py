@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 from bigcos.errors import UserError
@@ -27,8 +28,18 @@ class Options:
         Item ids (as text) whose neighbour lists the page shows; default: the most popular.
     n_examples : int
         How many popular items to show when ``examples`` is empty.
+    label_col : str or None
+        Item column holding ground-truth labels; default ``cluster``, else ``genres``, else
+        ``tags``. An integer or string column gives one label per item, a list column a set.
+    title_col : str or None
+        Item column with display names; default ``title``, else ``name``, else the item id.
+    dataset : str or None
+        Name of the data set, written in every table's ``dataset`` column and on the page;
+        default: the name of the matrix directory's parent.
+    job : str or None
+        Name of the job that made the report (``bigcos run``), shown on the page.
     labels : str or None
-        Item column holding ground-truth labels; default ``cluster``, else ``genres``.
+        Deprecated alias of ``label_col`` (removed in the next version).
     """
 
     depth: int = 10
@@ -38,9 +49,22 @@ class Options:
     seed: int = 0
     examples: tuple[str, ...] = ()
     n_examples: int = 4
+    label_col: str | None = None
+    title_col: str | None = None
+    dataset: str | None = None
+    job: str | None = None
     labels: str | None = None
 
     def __post_init__(self):
+        if self.labels is not None:
+            if self.label_col is not None and self.label_col != self.labels:
+                raise UserError(f"report labels '{self.labels}' and label_col "
+                                f"'{self.label_col}' disagree (labels is the old name of "
+                                f"label_col)")
+            warnings.warn("report option 'labels' is deprecated: use 'label_col'",
+                          DeprecationWarning, stacklevel=3)
+            object.__setattr__(self, "label_col", self.labels)
+            object.__setattr__(self, "labels", None)
         for name in ("depth", "n_bins", "auc_pairs", "n_examples"):
             if getattr(self, name) < 1:
                 raise UserError(f"report {name}: must be at least 1, got {getattr(self, name)}")

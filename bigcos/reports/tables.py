@@ -13,6 +13,7 @@ import pyarrow as pa
 
 from bigcos import metrics
 from bigcos.reports.inputs import ItemInfo, NeighborLists
+from bigcos.reports.model_params import DFamily
 from bigcos.reports.options import Options
 from bigcos.reports.schema import table_schema
 from bigcos.topn import inverse_norms
@@ -49,8 +50,17 @@ def _constant(value: str, n: int) -> pa.DictionaryArray:
     return pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), pa.array([value]))
 
 
-def agreement(lists: list[NeighborLists], opts: Options, item_ids: pa.Array) -> Agreement:
-    """Jaccard@N and RBO for every unordered pair of configurations of the same kind.
+def _mirrored(row: dict[str, Any]) -> dict[str, Any]:
+    """The same agreement row with sides a and b swapped (both metrics are symmetric)."""
+    out = dict(row)
+    for col in ("model", "metric"):
+        out[f"{col}_a"], out[f"{col}_b"] = row[f"{col}_b"], row[f"{col}_a"]
+    return out
+
+
+def agreement(lists: list[NeighborLists], opts: Options, item_ids: pa.Array,
+              dataset: str = "") -> Agreement:
+    """Jaccard@N and RBO between every two configurations of the same kind.
 
     Parameters
     ----------
@@ -59,84 +69,72 @@ def agreement(lists: list[NeighborLists], opts: Options, item_ids: pa.Array) -> 
         ``depth`` (N) and ``rbo_p``.
     item_ids : pyarrow.Array
         Original ids of the matrix columns, for the per-item table's ``query_id``.
+    dataset : str
+        Value of the per-item table's ``dataset`` column.
 
     Returns
     -------
     Agreement
-        Per pair: Jaccard@N and RBO over the queries both configurations have.
-        Memory: one (m,) float64 array per pair and metric.
+        ``rows``: every pair in both orders (a, b) and (b, a), so filtering on ``model_a``
+        finds all partners. ``per_item`` (item-item only): each pair once, in the canonical
+        order (model_a, metric_a) < (model_b, metric_b). Jaccard@N and RBO are computed over
+        the queries both configurations have; memory one (m,) float64 array per pair and metric.
     """
     out = Agreement()
-    for a, b in itertools.combinations(lists, 2):
+    ordered = sorted(lists, key=lambda nl: (nl.kind, nl.model, nl.metric))
+    for a, b in itertools.combinations(ordered, 2):
         if a.kind != b.kind:
             continue
         common, na, nb = _aligned(a, b, opts.depth)
         jac = metrics.jaccard(na, nb)
         rbo = metrics.rbo(na, nb, opts.rbo_p)
-        out.rows.append({"kind": a.kind, "model_a": a.model, "metric_a": a.metric,
-                         "model_b": b.model, "metric_b": b.metric,
-                         "n_queries": int(common.size), "depth": int(na.shape[1]),
-                         "rbo_p": opts.rbo_p, **_summary(jac, "jaccard"),
-                         **_summary(rbo, "rbo")})
+        row = {"kind": a.kind, "model_a": a.model, "metric_a": a.metric, "model_b": b.model,
+               "metric_b": b.metric, "n_queries": int(common.size), "depth": int(na.shape[1]),
+               "rbo_p": opts.rbo_p, **_summary(jac, "jaccard"), **_summary(rbo, "rbo")}
+        out.rows += [row, _mirrored(row)]
         if a.kind == "item-item":
             n = common.size
             out.per_item.append(pa.table(
-                [item_ids.take(pa.array(common)), _constant(a.model, n), _constant(a.metric, n),
-                 _constant(b.model, n), _constant(b.metric, n), pa.array(jac), pa.array(rbo)],
+                [_constant(dataset, n), item_ids.take(pa.array(common)), _constant(a.model, n),
+                 _constant(a.metric, n), _constant(b.model, n), _constant(b.metric, n),
+                 pa.array(jac), pa.array(rbo)],
                 schema=table_schema("agreement_per_item", item_ids.type)))
     return out
 
 
-def d_family(manifest: dict[str, Any], name: str) -> str | None:
-    """The family of models that differ only in the rescaling D of objective 1, or None.
-
-    From a ``bigcos fit`` manifest: objective 1 with a ``scaling`` (not project-back); models
-    with the same lam, SVD rank k and column remedy form one family. Without fit
-    parameters the name decides: ``obj1-<scaling>[-suffix]`` models form one family "obj1".
-    """
-    params = manifest.get("parameters", {})
-    if "objective" not in params:
-        return "obj1" if name.startswith("obj1-") and "project-back" not in name else None
-    if params["objective"] != 1 or not params.get("scaling"):
-        return None
-    svd = params.get("svd", {})
-    pre = params.get("preprocessing", {})
-    remedy = "".join(f" {k}={v}" for k, v in sorted(pre.items()) if v != "none")
-    return f"obj1 lam={params.get('lam', 0):g} k={svd.get('k', '?')}{remedy}"
-
-
-def d_sensitivity(rows: list[dict[str, Any]], families: dict[str, str | None]
+def d_sensitivity(rows: list[dict[str, Any]], families: dict[str, DFamily | None]
                   ) -> list[dict[str, Any]]:
     """Agreement across the models of one D-family, same metric: how much D moves the lists.
 
     Parameters
     ----------
     rows : list of dict
-        Agreement rows (:func:`agreement`).
+        Agreement rows (:func:`agreement`; each pair is counted once whatever its order).
     families : dict
-        Model name -> family (None: in no family).
+        Model name -> :class:`DFamily` (None: in no family).
 
     Returns
     -------
     list of dict
-        One row per (kind, family, metric): mean and smallest over pairs of models of the
-        per-pair mean Jaccard@N and RBO.
+        One row per (kind, family, metric), the family's parameters as columns: mean and
+        smallest over pairs of models of the per-pair mean Jaccard@N and RBO.
     """
-    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in rows:
         fam = families.get(r["model_a"])
-        if fam is None or fam != families.get(r["model_b"]) or r["metric_a"] != r["metric_b"]:
+        if (fam is None or fam != families.get(r["model_b"]) or r["metric_a"] != r["metric_b"]
+                or r["model_a"] >= r["model_b"]):
             continue
         groups.setdefault((r["kind"], fam, r["metric_a"]), []).append(r)
     out = []
-    for (kind, fam, metric), pairs in sorted(groups.items()):
-        models = {p["model_a"] for p in pairs} | {p["model_b"] for p in pairs}
+    for (kind, fam, metric), pairs in sorted(groups.items(), key=lambda g: repr(g[0])):
+        models = sorted({p["model_a"] for p in pairs} | {p["model_b"] for p in pairs})
         jac = np.array([p["jaccard_mean"] for p in pairs])
         rbo = np.array([p["rbo_mean"] for p in pairs])
-        out.append({"kind": kind, "family": fam, "metric": metric, "n_models": len(models),
-                    "n_pairs": len(pairs), "jaccard_mean": float(jac.mean()),
-                    "jaccard_min": float(jac.min()), "rbo_mean": float(rbo.mean()),
-                    "rbo_min": float(rbo.min())})
+        out.append({"kind": kind, **fam._asdict(), "metric": metric, "models": models,
+                    "n_models": len(models), "n_pairs": len(pairs),
+                    "jaccard_mean": float(jac.mean()), "jaccard_min": float(jac.min()),
+                    "rbo_mean": float(rbo.mean()), "rbo_min": float(rbo.min())})
     return out
 
 
@@ -226,7 +224,8 @@ def ground_truth(lists: list[NeighborLists], models: dict[str, Any], info: ItemI
                if model is not None else float("nan"))
         p, b = float(np.nanmean(precision)), float(np.nanmean(baseline))
         rows.append({"model": nl.model, "metric": nl.metric, "label_source": info.label_source,
-                     "depth": int(nb.shape[1]), "n_queries": int((~np.isnan(precision)).sum()),
+                     "n_unlabelled_items": info.n_unlabelled, "depth": int(nb.shape[1]),
+                     "n_queries": int((~np.isnan(precision)).sum()),
                      "precision": p, "baseline_precision": b,
                      "lift": p / b if b > 0 else float("nan"), "auc": auc,
                      "n_auc_pairs": int(i.size)})
