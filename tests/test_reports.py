@@ -342,7 +342,9 @@ def test_agreement_pairs_and_identities(report_dir):
 def test_models_table_holds_parameters_and_folders(report_dir, inputs):
     models = pd.read_parquet(report_dir / "models.parquet").set_index("model")
     assert sorted(models.index) == sorted(d.name for d in inputs["models"])
-    assert all(Path(models.loc[d.name, "directory"]) == d.resolve() for d in inputs["models"])
+    assert all((report_dir / models.loc[d.name, "directory"]).resolve() == d.resolve()
+               for d in inputs["models"])
+    assert models.loc["obj2", "directory"] == "../models/obj2"
     assert models.loc["obj2", "objective"] == 2 and models.loc["obj2", "lam"] == LAM2
     assert models.loc["obj1-random100x-seed2", "scaling"] == "random100x-seed2"
     assert (models["k"] == K).all() and (models["remedy"] == "none").all()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import os
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -82,7 +83,7 @@ def build_report(data, models: dict[str, Any], lists: list[NeighborLists], info:
     timings : bigcos.io.Timings, optional
         Collects the time of each step.
     model_dirs : dict, optional
-        Model name -> directory, for the ``models`` table.
+        Model name -> directory (relative to the report directory), for the ``models`` table.
     context : dict, optional
         Header facts for the page (see :class:`Report`).
 
@@ -176,7 +177,8 @@ def write_report(out: str | Path, matrix_dir: str | Path, model_dirs: Iterable[s
             model = load_model(d)
             check_model_matches(model, data, str(matrix_dir), str(d))
             models[model.name] = model
-            dirs[model.name] = str(Path(d).resolve())
+            # relative to the report, so tables are byte-identical wherever a run is written
+            dirs[model.name] = os.path.relpath(Path(d).resolve(), Path(out).resolve())
         matrix_manifest = io.read_manifest(matrix_dir)
         items = items or matrix_manifest.get("inputs", {}).get("items")
         info = read_item_info(items, data.item_ids, opts.label_col, opts.title_col)
