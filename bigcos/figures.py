@@ -33,6 +33,8 @@ import pyarrow as pa
 
 from bigcos import io, metrics
 from bigcos.errors import UserError
+from bigcos.reports.plots import similarity_panels
+from bigcos.reports.tables import cosine_matrix
 
 GROUND_TRUTH = "ground-truth"
 POPULATION = "population"
@@ -68,13 +70,6 @@ def item_embeddings(X, options: Figure1Options) -> tuple[dict[str, np.ndarray], 
         kept[spec.name] = int(solution.kept.sum())
     info = {"sigma": spectrum.sigma, "dims_kept": kept, "svd": spectrum.info}
     return embeddings, info
-
-
-def cosine_matrix(E: np.ndarray) -> np.ndarray:
-    """(m, m) cosine similarities of the rows of E; rows of zero norm score 0 (never NaN)."""
-    norms = np.linalg.norm(E, axis=1)
-    U = E / np.where(norms > 0, norms, 1.0)[:, None]
-    return U @ U.T
 
 
 def population_cosine(cluster: np.ndarray, prefs: np.ndarray, mass: np.ndarray) -> np.ndarray:
@@ -123,26 +118,13 @@ def chance_precision(cluster: np.ndarray) -> float:
 
 def plot(path: Path, panels: dict[str, np.ndarray], titles: dict[str, str],
          boundaries: np.ndarray) -> None:
-    """Write the heatmaps side by side as a PNG (Agg backend), one shared colour scale."""
-    import matplotlib
+    """Write the heatmaps side by side as a PNG on one colour scale with a colour bar.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.6),
-                             constrained_layout=True)
-    image = None
-    for ax, (name, S) in zip(np.atleast_1d(axes), panels.items(), strict=True):
-        image = ax.imshow(S, cmap="viridis", vmin=-1.0, vmax=1.0, interpolation="nearest")
-        ax.set_title(titles[name], fontsize=10)
-        for b in boundaries[1:-1]:
-            ax.axhline(b - 0.5, color="white", lw=0.3, alpha=0.5)
-            ax.axvline(b - 0.5, color="white", lw=0.3, alpha=0.5)
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.colorbar(image, ax=axes, shrink=0.8, label="cosine similarity")
+    Drawn by :func:`bigcos.reports.plots.similarity_panels` (the report page's heatmap; object
+    API, the caller's matplotlib backend is left alone).
+    """
+    fig = similarity_panels(panels, titles, boundaries, panel_size=4.2)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def _titles(options: Figure1Options, info: dict) -> dict[str, str]:

@@ -277,20 +277,20 @@ def test_full_disk_mid_stage_leaves_no_partial_stage_and_resumes(local_run, tmp_
 
     job, _ = local_run
     job = dataclasses.replace(job, out=tmp_path / "disk")
-    import bigcos.reports
+    import bigcos.reports.schema
 
-    real = bigcos.reports.write_tables
+    real = bigcos.reports.schema.write_tables
 
     def full_disk(directory, tables_):
         (directory / "agreement.parquet").write_bytes(b"PAR1 half")
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(bigcos.reports, "write_tables", full_disk)
+    monkeypatch.setattr(bigcos.reports.schema, "write_tables", full_disk)
     with pytest.raises(OSError, match="No space left"):
         run_job(job, threaded(), progress=False, echo=lambda s: None)
     assert not (job.out / "sim" / "report").exists()  # nothing half-written is visible
     assert not list(job.out.rglob(".*.tmp-*"))
-    monkeypatch.setattr(bigcos.reports, "write_tables", real)
+    monkeypatch.setattr(bigcos.reports.schema, "write_tables", real)
     resumed = run_job(job, threaded(), progress=False, echo=lambda s: None)
     assert resumed.ran[0] == "sim/report" and "sim/neighbors" in resumed.skipped
 

@@ -7,8 +7,10 @@ dense numpy SVD and dense numpy top-N (an oracle independent of bigcos.reports).
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import duckdb
@@ -19,6 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
+import bigcos
 from bigcos import io, metrics, reports
 from bigcos.cli import main
 from bigcos.errors import UserError
@@ -27,6 +30,9 @@ from bigcos.matrix import IngestOptions, ingest
 N_USERS, N_ITEMS, N_CLUSTERS, K, DEPTH = 180, 60, 3, 8, 12
 LAM1, LAM2 = 20.0, 2.0
 CHROMIUM = Path("/usr/bin/chromium")
+DUCKDB_TYPES = {"string": "VARCHAR", "int64": "BIGINT", "int32": "INTEGER", "int8": "TINYINT",
+                "double": "DOUBLE", "bool": "BOOLEAN", "list<item: string>": "VARCHAR[]",
+                "dictionary<values=string, indices=int32, ordered=0>": "VARCHAR"}
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -60,12 +66,15 @@ def factor_models(fit: np.ndarray, train: np.ndarray) -> dict[str, tuple]:
     out = {}
     svd = {"k": K, "seed": 0}
     pre = {"kind": "none"}
-    for name, d in (("obj1-symmetric", np.ones(K)),
-                    ("obj1-random100x-seed1", 100 ** rng.uniform(-.5, .5, K)),
-                    ("obj1-random100x-seed2", 100 ** rng.uniform(-.5, .5, K))):
+    for name, d, scaling in (
+            ("obj1-symmetric", np.ones(K), {"kind": "symmetric"}),
+            ("obj1-random100x-seed1", 100 ** rng.uniform(-.5, .5, K),
+             {"kind": "random", "spread": 100.0, "seed": 1}),
+            ("obj1-random100x-seed2", 100 ** rng.uniform(-.5, .5, K),
+             {"kind": "random", "spread": 100.0, "seed": 2})):
         A = V * np.sqrt(g) * d
         B = V * np.sqrt(g) / d
-        params = {"objective": 1, "lam": LAM1, "scaling": {"kind": name}, "svd": svd,
+        params = {"objective": 1, "lam": LAM1, "scaling": scaling, "svd": svd,
                   "preprocessing": pre}
         out[name] = (B, train @ A, params)
     keep = np.clip(1 - LAM2 / s, 0, None)
@@ -183,10 +192,11 @@ def test_read_neighbor_lists_matches_written_oracle(inputs):
 def test_read_item_info_aligns_labels_and_titles(inputs):
     ids = pa.array([502, 999, 500], pa.int64())
     info = reports.read_item_info(inputs["items"], ids)
-    assert info.label_source == "cluster" and info.single_label
+    assert info.label_source == "cluster" and info.single_label and info.n_unlabelled == 1
     first, missing, last = reports.single_labels(info.labels)
     assert missing == -1 and first >= 0 and last >= 0 and first != last
-    assert list(info.titles) == ["Film 2 (c2) [cluster 2]", "999", "Film 0 (c0) [cluster 0]"]
+    assert list(info.titles) == ["Film 2 (c2)", "999", "Film 0 (c0)"]
+    assert list(info.label_text) == ["2", "", "0"] and info.title_source == "title"
 
 
 def test_read_item_info_label_columns(tmp_path):
@@ -195,16 +205,21 @@ def test_read_item_info_label_columns(tmp_path):
                    tmp_path / "items.parquet")
     ids = pa.array([3, 1, 2], pa.int64())
     cat = reports.read_item_info(tmp_path / "items.parquet", ids, "category")
-    assert cat.single_label and cat.label_source == "category"
+    assert cat.single_label and cat.label_source == "category" and cat.n_unlabelled == 0
     np.testing.assert_allclose(metrics.label_precision(cat.labels, np.array([0, 0]),
                                                        np.array([[1], [2]])), [1.0, 0.0])
     tags = reports.read_item_info(tmp_path / "items.parquet", ids, "tags")
     assert not tags.single_label and list(tags.titles) == ["C", "A", "B"]
+    assert tags.n_unlabelled == 1 and list(tags.label_text) == ["b", "a|b", ""]
+    by_id = reports.read_item_info(tmp_path / "items.parquet", ids, "tags", title_col="item_id")
+    assert list(by_id.titles) == ["3", "1", "2"] and by_id.title_source == "item_id"
     np.testing.assert_allclose(metrics.label_precision(tags.labels, np.array([0, 2]),
                                                        np.array([[1, 2], [0, 1]])),
                                [0.5, np.nan])
-    with pytest.raises(UserError, match="label column 'genres' not found"):
+    with pytest.raises(UserError, match="label_col 'genres' is not a column"):
         reports.read_item_info(tmp_path / "items.parquet", ids, "genres")
+    with pytest.raises(UserError, match="title_col 'title' is not a column"):
+        reports.read_item_info(tmp_path / "items.parquet", ids, title_col="title")
     assert reports.read_item_info(tmp_path / "items.parquet", ids).labels is None
 
 
@@ -212,11 +227,41 @@ def test_d_family_groups_objective1_rescalings_only():
     params = {"objective": 1, "lam": 10.0, "scaling": {"kind": "random"}, "svd": {"k": 8},
               "preprocessing": {"kind": "none"}}
     fam = reports.d_family({"parameters": params}, "x")
+    assert fam == reports.DFamily(1, 8, 10.0, "none", None)
+    assert fam.label == "objective 1, λ=10, k=8"
     assert fam == reports.d_family({"parameters": {**params, "scaling": {"kind": "sigma"}}}, "y")
     assert fam != reports.d_family({"parameters": {**params, "lam": 5.0}}, "x")
-    assert reports.d_family({"parameters": {**params, "scaling": None}}, "obj1-project-back") \
-        is None
+    std = {**params, "preprocessing": {"kind": "standardize"}}
+    assert reports.d_family({"parameters": std}, "x") == fam._replace(remedy="standardize")
+    back = {**params, "scaling": None, "project_back": True}
+    assert reports.d_family({"parameters": back}, "obj1-project-back") is None
     assert reports.d_family({"parameters": {**params, "objective": 2}}, "obj2") is None
+    # no fit parameters: the name decides
+    assert reports.d_family({}, "obj1-sigma-pop0.5") == \
+        reports.DFamily(1, None, None, "popularity", 0.5)
+    assert reports.d_family({}, "obj1-project-back") is None
+
+
+def test_model_params_describe_every_model_name():
+    from dataclasses import asdict
+
+    from bigcos.models import Scaling
+
+    closed = {"model": "closed-form", "objective": 1, "lam": 20.0, "project_back": False,
+              "svd": {"k": 8}, "preprocessing": {"kind": "popularity", "beta": 0.75},
+              "scaling": asdict(Scaling("random", spread=100.0, seed=3))}
+    p = reports.model_params("obj1-random100x-seed3-pop0.75", {"parameters": closed}, 8)
+    assert (p.objective, p.k, p.lam, p.scaling, p.remedy, p.remedy_beta) == \
+        (1, 8, 20.0, "random100x-seed3", "popularity", 0.75)
+    assert "λ=20" in p.description and "seed 3" in p.description
+    assert "popularity^-0.75" in p.description
+    als = reports.model_params("als", {"parameters": {"model": "als", "factors": 16,
+                                                       "regularization": 0.01, "alpha": 1.0,
+                                                       "iterations": 5}}, 16)
+    assert als.model_type == "als" and als.k == 16 and "ALS" in als.description
+    back = reports.model_params("obj2-project-back-std", {}, 4)
+    assert back.objective == 2 and back.project_back and back.remedy == "standardize"
+    assert "project-back" in back.description and "standardised" in back.description
 
 
 def test_options_are_checked():
@@ -225,6 +270,10 @@ def test_options_are_checked():
     with pytest.raises(UserError, match="depth"):
         reports.Options(depth=0)
     assert reports.Options(examples=(1, "2")).examples == ("1", "2")
+    with pytest.warns(DeprecationWarning, match="label_col"):
+        assert reports.Options(labels="genres").label_col == "genres"
+    with pytest.raises(UserError, match="disagree"):
+        reports.Options(labels="genres", label_col="tags")
 
 
 # --------------------------------------------------------------------------- kernels
@@ -239,28 +288,40 @@ def test_pair_scores_and_zero_norm_cosine():
 def test_tables_read_back_with_documented_schema(report_dir):
     manifest = json.loads((report_dir / "manifest.json").read_text())
     assert manifest["schema"]["version"] == reports.SCHEMA_VERSION
-    for name in reports._FIELDS:
+    for name in reports.TABLES:
         path = report_dir / f"{name}.parquet"
         schema = pq.read_schema(path)
         expected = reports.table_schema(name, pa.int64())
         assert schema.equals(expected, check_metadata=False), name
-        assert json.loads(schema.metadata[b"bigcos.schema"]) == {"table": name, "version": 1}
+        assert json.loads(schema.metadata[b"bigcos.schema"]) == {"table": name, "version": 2}
         frame = pd.read_parquet(path)
         assert list(frame.columns) == [f.name for f in expected]
-        assert manifest["counts"][name] == len(frame)
+        assert manifest["counts"][name] == len(frame) > 0
         con = duckdb.connect()
         assert con.execute(f"select count(*) from read_parquet('{path}')").fetchone()[0] == \
             len(frame)
         described = {r[0]: r[1] for r in con.execute(
             f"describe select * from read_parquet('{path}')").fetchall()}
-        assert list(described) == expected.names
+        assert described == {f.name: DUCKDB_TYPES[str(f.type)] for f in expected}, name
+        datasets = con.execute(f"select distinct dataset from read_parquet('{path}')").fetchall()
+        assert datasets == [("report-inputs0",)], name  # the matrix directory's parent
 
 
 def test_agreement_pairs_and_identities(report_dir):
     agree = pd.read_parquet(report_dir / "agreement.parquet")
     n_configs = 4 * 2
-    assert len(agree) == 3 * n_configs * (n_configs - 1) // 2
+    assert len(agree) == 3 * n_configs * (n_configs - 1)  # every pair in both orders
     assert (agree["depth"] == 10).all()
+    keys = ["kind", "model_a", "metric_a", "model_b", "metric_b"]
+    swapped = agree.rename(columns={"model_a": "model_b", "model_b": "model_a",
+                                    "metric_a": "metric_b", "metric_b": "metric_a"})
+    both = agree.merge(swapped, on=keys, suffixes=("", "_swapped"))
+    assert len(both) == len(agree)
+    np.testing.assert_array_equal(both["jaccard_mean"], both["jaccard_mean_swapped"])
+    per_item = pd.read_parquet(report_dir / "agreement_per_item.parquet")
+    pairs = per_item[["model_a", "metric_a", "model_b", "metric_b"]].astype(str).drop_duplicates()
+    assert len(pairs) == n_configs * (n_configs - 1) // 2
+    assert (pairs.model_a + "/" + pairs.metric_a < pairs.model_b + "/" + pairs.metric_b).all()
     # user-item dot is D-invariant (X A B^T does not depend on D): identical lists up to
     # float32 rounding of near-ties.
     d_sens = pd.read_parquet(report_dir / "d_sensitivity.parquet")
@@ -270,7 +331,24 @@ def test_agreement_pairs_and_identities(report_dir):
     assert ui.loc["cos", "jaccard_mean"] < ui.loc["dot", "jaccard_mean"]
     ii = d_sens[d_sens["kind"] == "item-item"].set_index("metric")
     assert ii.loc["cos", "jaccard_min"] < 0.95  # cosine of item embeddings moves with D
-    assert set(d_sens["family"]) == {f"obj1 lam={LAM1:g} k={K}"}
+    assert (d_sens[["objective", "k", "lam", "remedy"]].drop_duplicates().values.tolist()
+            == [[1, K, LAM1, "none"]])
+    assert d_sens["remedy_beta"].isna().all()
+    assert [list(m) for m in d_sens["models"]] == [["obj1-random100x-seed1",
+                                                    "obj1-random100x-seed2", "obj1-symmetric"]
+                                                   ] * len(d_sens)
+
+
+def test_models_table_holds_parameters_and_folders(report_dir, inputs):
+    models = pd.read_parquet(report_dir / "models.parquet").set_index("model")
+    assert sorted(models.index) == sorted(d.name for d in inputs["models"])
+    assert all((report_dir / models.loc[d.name, "directory"]).resolve() == d.resolve()
+               for d in inputs["models"])
+    assert models.loc["obj2", "directory"] == "../models/obj2"
+    assert models.loc["obj2", "objective"] == 2 and models.loc["obj2", "lam"] == LAM2
+    assert models.loc["obj1-random100x-seed2", "scaling"] == "random100x-seed2"
+    assert (models["k"] == K).all() and (models["remedy"] == "none").all()
+    assert models["description"].str.len().min() > 20
 
 
 def test_agreement_per_item_recomputes_from_the_neighbour_files(report_dir, inputs):
@@ -330,6 +408,46 @@ def test_heldout_matches_a_python_loop(report_dir, inputs):
     np.testing.assert_allclose(dot["ndcg_at_100"], dot["ndcg_at_100"].iloc[0], rtol=1e-6)
 
 
+def test_heldout_names_its_columns_after_ks(inputs):
+    from bigcos.matrix import load_matrix
+    from bigcos.models import load_model
+
+    data = load_matrix(inputs["matrix"])
+    model = load_model(inputs["models"][0])
+    rows = reports.heldout({model.name: model}, data, ks=(5, 7, 9))
+    assert list(rows[0]) == ["model", "metric", "protocol", "n_users", "recall_at_5",
+                             "recall_at_7", "ndcg_at_9"]
+    train, test = data.train.toarray() > 0, data.test.toarray() > 0
+    B, U = model.item_embeddings, model.user_embeddings
+    recalls = []
+    for u in np.flatnonzero(data.heldout_users & test.any(1)):
+        scores = np.where(train[u], -np.inf, U[u] @ B.T)
+        top = np.lexsort((np.arange(N_ITEMS), -scores))[:5]
+        recalls.append(test[u, top].sum() / min(5, test[u].sum()))
+    dot = next(r for r in rows if r["metric"] == "dot")
+    assert dot["recall_at_5"] == pytest.approx(np.mean(recalls))
+    schema = reports.table_schema("heldout", fields=reports.schema.heldout_fields((5, 7, 9)))
+    assert reports.schema.make_table("heldout", rows, schema).num_rows == 2
+
+
+def test_plots_leave_the_callers_matplotlib_backend_alone(tmp_path):
+    """Reports and Figure 1 draw on their own Agg canvas: no pyplot, no matplotlib.use."""
+    code = ("import sys, matplotlib, numpy as np\n"
+            "matplotlib.use('svg')\n"
+            "from bigcos.reports import plots\n"
+            "from bigcos import figures\n"
+            "fig = plots.similarity_panels({'a': np.eye(3), 'b': -np.eye(3)}, ncols=1)\n"
+            "assert plots.png_bytes(fig)[:4] == b'\\x89PNG'\n"
+            f"figures.plot(__import__('pathlib').Path(r'{tmp_path}') / 'f.png',"
+            " {'a': np.eye(4)}, {'a': 'A'}, np.array([0, 2, 4]))\n"
+            "print(matplotlib.get_backend(), 'matplotlib.pyplot' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["svg", "False"]
+    assert (tmp_path / "f.png").stat().st_size > 1000
+
+
 def test_popularity_table(report_dir, inputs):
     pop = pd.read_parquet(report_dir / "popularity.parquet")
     assert len(pop) == 8
@@ -356,13 +474,14 @@ def test_html_is_self_contained_with_examples(report_dir):
     page = (report_dir / "report.html").read_text()
     assert not re.search(r"(src|href)=[\"']?(https?:|//|file:)", page)
     assert page.count("data:image/png;base64,") >= 6
-    assert "nearest items to Film 0 (c0) [cluster 0]" in page
+    assert "Nearest items to Film 0 (c0)" in page and "✓ Film" in page
+    assert "<title>bigcos report: report-inputs0" in page
     assert "<h2>Findings</h2>" in page and "user-item neighbours across 3 rescalings D" in page
     assert page.count("Held-out Recall@20 across the D of") == 1  # obj2 is no D-family
 
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium not installed")
-def test_html_renders_its_images_in_headless_chromium(report_dir, tmp_path):
+def test_html_renders_its_images_in_headless_chromium(report_dir, inputs, tmp_path):
     probe = tmp_path / "probe.html"
     script = ("<script>window.addEventListener('load', () => {const imgs = [...document.images];"
               "const ok = imgs.filter(i => i.complete && i.naturalWidth > 0).length;"
@@ -380,10 +499,70 @@ def test_html_renders_its_images_in_headless_chromium(report_dir, tmp_path):
     match = re.search(r"images (\d+)/(\d+)", dom)
     assert match, dom[-500:]
     assert int(match[2]) >= 6 and match[1] == match[2]
-    shot = tmp_path / "page.png"
+    # the header names dataset, version and k; the legend explains every model
+    header = re.search(r"<header id=\"report-header\">(.*?)</header>", dom, re.S)[1]
+    assert re.search(r'id="meta-dataset">report-inputs0<', header)
+    assert re.search(rf'id="meta-bigcos">{re.escape(bigcos.__version__)}<', header)
+    assert f"objective 1: λ={LAM1:g}, k={K} (3 models)" in header
+    assert f"objective 2: λ={LAM2:g}, k={K} (1 model)" in header
+    assert "N = 10 neighbours compared (computed: 12)" in header
+    assert "users: 25% of users held out" in header
+    assert "column <code>cluster</code>" in header and "0 of 60 items have no label" in header
+    legend = re.search(r'<section id="legend">(.*?)</section>', dom, re.S)[1]
+    for d in inputs["models"]:
+        assert re.search(rf"<code>{d.name}</code></td><td>[^<]{{20,}}</td>", legend), d.name
+    assert "random100x-seed1" in legend and "-std / -pop" in legend
+    shot = Path(os.environ.get("BIGCOS_SCREENSHOT", tmp_path / "page.png"))
     subprocess.run([*flags, f"--screenshot={shot}", "--window-size=1200,3000",
                     (report_dir / "report.html").as_uri()], capture_output=True, timeout=120)
     assert shot.stat().st_size > 20_000
+
+
+def _report_args(inputs, out, *extra):
+    args = ["report", "--matrix", str(inputs["matrix"]), "--neighbors", str(inputs["neighbors"]),
+            "--out", str(out), "--auc-pairs", "500", *extra]
+    for d in inputs["models"]:
+        args += ["--model", str(d)]
+    return args
+
+
+def test_example_not_in_the_matrix_fails_at_once(inputs, tmp_path):
+    result = CliRunner().invoke(main, _report_args(inputs, tmp_path / "r", "--example", "4242"))
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        f"Error: example item 4242: not in the matrix {inputs['matrix']} (60 items; an item "
+        f"can be missing from the log or dropped by ingest filters such as min_item)"]
+    assert not (tmp_path / "r").exists()
+
+
+def test_models_of_another_matrix_fail_with_one_line(inputs, tmp_path):
+    other = ingest(inputs["tmp"] / "log.parquet", tmp_path / "filtered",
+                   IngestOptions(split="users", heldout_users=0.25, test_fraction=0.3, seed=1,
+                                 min_item=40))
+    assert other.shape[1] < N_ITEMS
+    args = _report_args(inputs, tmp_path / "r")
+    args[args.index("--matrix") + 1] = str(tmp_path / "filtered")
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1 and result.exception.__class__ is SystemExit
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "was fit on another matrix" in lines[0], result.output
+    assert f"differ from the {other.shape[1]:,} of {tmp_path / 'filtered'}" in lines[0]
+
+
+def test_cli_label_and_title_columns_and_deprecated_labels(inputs, tmp_path):
+    result = CliRunner().invoke(main, _report_args(
+        inputs, tmp_path / "r", "--labels", "cluster", "--title-col", "item_id",
+        "--dataset", "clustered", "--job", "nightly"))
+    assert result.exit_code == 0, result.output
+    assert "--labels is deprecated" in result.output
+    page = (tmp_path / "r" / "report.html").read_text()
+    assert "<title>bigcos report: clustered, job nightly (" in page
+    assert "Nearest items to 509 (id 509" in page  # titles from item_id, most popular item
+    truth = pd.read_parquet(tmp_path / "r" / "ground_truth.parquet")
+    assert set(truth["dataset"]) == {"clustered"} and set(truth["label_source"]) == {"cluster"}
+    result = CliRunner().invoke(main, _report_args(inputs, tmp_path / "r2", "--label-col",
+                                                   "nope"))
+    assert result.exit_code == 1 and "label_col 'nope' is not a column" in result.output
 
 
 # --------------------------------------------------------------------------- with the real modules
@@ -403,7 +582,8 @@ def test_report_on_models_and_neighbours_from_bigcos_itself(inputs, tmp_path):
     report = reports.write_report(tmp_path / "report", inputs["matrix"], dirs, tmp_path / "nb",
                                   options=reports.Options(auc_pairs=2000))
     d_sens = report.tables["d_sensitivity"].to_pandas().set_index(["kind", "metric"])
-    assert set(d_sens["family"]) == {f"obj1 lam={LAM1:g} k={K}"}
+    assert set(zip(d_sens["k"], d_sens["lam"], strict=True)) == {(K, LAM1)}
+    assert report.tables["models"].column("model").to_pylist() == [d.name for d in dirs]
     assert d_sens.loc[("user-item", "dot"), "n_models"] == 3
     assert d_sens.loc[("user-item", "dot"), "jaccard_mean"] > 0.98
     assert d_sens.loc[("item-item", "cos"), "jaccard_min"] < 0.95

@@ -15,11 +15,19 @@ from bigcos.cli.common import overwrite_option
 @click.option("--neighbors", "neighbors_dir", required=True, type=click.Path(path_type=str),
               help="Neighbour dataset (kind=/model=/metric= partitions).")
 @click.option("--items", "items_table", type=click.Path(path_type=str), default=None,
-              help="Item table with `cluster` (simulator) or `genres`, and `title`/`name` "
+              help="Item table keyed by item_id, with labels and titles "
                    "(default: the one recorded by `bigcos ingest --items`).")
-@click.option("--labels", "label_column", default=None,
+@click.option("--label-col", default=None,
               help="Item column with ground-truth labels: integer/string (one per item) or a "
                    "list (e.g. genres, tags). Default: cluster, else genres.")
+@click.option("--labels", "labels_deprecated", default=None,
+              help="Deprecated alias of --label-col (removed in the next version).")
+@click.option("--title-col", default=None,
+              help="Item column with display names. Default: title, else name, else the id.")
+@click.option("--dataset", default=None,
+              help="Data set name for the tables' `dataset` column and the page "
+                   "[default: the name of the matrix directory's parent].")
+@click.option("--job", default=None, help="Job name shown on the page.")
 @click.option("--out", required=True, type=click.Path(path_type=str),
               help="Report directory to write (created atomically).")
 @click.option("--depth", type=click.IntRange(min=1), default=10, show_default=True,
@@ -36,13 +44,14 @@ from bigcos.cli.common import overwrite_option
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of the random baseline and the AUC pairs.")
 @overwrite_option
-def report(matrix_dir, model_dirs, neighbors_dir, items_table, label_column, out, depth, rbo_p,
-           n_bins, auc_pairs, examples, seed, overwrite):
+def report(matrix_dir, model_dirs, neighbors_dir, items_table, label_col, labels_deprecated,
+           title_col, dataset, job, out, depth, rbo_p, n_bins, auc_pairs, examples, seed,
+           overwrite):
     """Compare neighbour lists and rankings of several models under cosine and dot.
 
-    Writes OUT/agreement.parquet, agreement_per_item.parquet, d_sensitivity.parquet,
-    ground_truth.parquet, heldout.parquet, popularity.parquet (schema in bigcos.reports),
-    report.html (self-contained) and manifest.json.
+    Writes OUT/models.parquet, agreement.parquet, agreement_per_item.parquet,
+    d_sensitivity.parquet, ground_truth.parquet, heldout.parquet, popularity.parquet (schema
+    in the README and bigcos.reports), report.html (self-contained) and manifest.json.
 
     Example:
 
@@ -51,8 +60,14 @@ def report(matrix_dir, model_dirs, neighbors_dir, items_table, label_column, out
     """
     from bigcos.reports import Options, write_report
 
+    if labels_deprecated is not None:
+        click.echo("warning: --labels is deprecated, use --label-col", err=True)
+        if label_col is not None and label_col != labels_deprecated:
+            raise click.UsageError("--labels and --label-col disagree; give --label-col only")
+        label_col = labels_deprecated
     options = Options(depth=depth, rbo_p=rbo_p, n_bins=n_bins, auc_pairs=auc_pairs, seed=seed,
-                      examples=tuple(examples), labels=label_column)
+                      examples=tuple(examples), label_col=label_col, title_col=title_col,
+                      dataset=dataset, job=job)
     result = write_report(out, matrix_dir, model_dirs, neighbors_dir, items_table, options,
                           overwrite=overwrite)
     counts = ", ".join(f"{name} {t.num_rows:,}" for name, t in result.tables.items())

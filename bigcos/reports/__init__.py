@@ -1,0 +1,77 @@
+"""Comparison reports: Parquet tables with a versioned schema, and a self-contained HTML page.
+
+A report answers "can I trust cosine similarity on my embeddings?" for one matrix, several
+models (model directories, ``bigcos.load_model``) and their neighbour lists (a neighbour dataset,
+``kind=/model=/metric=`` hive partitions). A *configuration* is one (model, metric) pair, metric
+in {cos, dot}. Lists are cut at ``depth`` N (default 10). Definitions of every metric are in
+:mod:`bigcos.metrics`; model names are the models' ``model_name`` (the neighbour partitions'
+``model=``), explained in the ``models`` table and the page's legend.
+
+Output directory (written atomically, with ``manifest.json``)::
+
+    models.parquet              one row per model: its parameters as columns, a description
+    agreement.parquet           one row per kind and ordered pair of configurations (both orders)
+    agreement_per_item.parquet  one row per item-item query and pair, canonical order a < b
+    d_sensitivity.parquet       one row per kind, D-family and metric
+    ground_truth.parquet        one row per item-item configuration (needs item labels)
+    heldout.parquet             one row per configuration (needs a test matrix)
+    popularity.parquet          one row per configuration with item-item lists
+    report.html                 the page: header, legend, plots (inline PNG), example lists
+
+Schema version 2 (:data:`SCHEMA_VERSION`; column names and Arrow types in
+:data:`bigcos.reports.schema.TABLES`, also stored in each file's Parquet metadata under
+``bigcos.schema`` and in the manifest; every column is described in the README). Every table
+starts with ``dataset``. Parameters are columns (``objective``, ``k``, ``lam``, ``scaling``,
+``remedy``, ``remedy_beta``), never packed into strings.
+
+Modules (imports go down the list)::
+
+    schema        table schemas, versioned; write_tables, read_report_table
+    options       Options
+    inputs        neighbour lists as index arrays, item labels and titles, popularity, checks
+    model_params  each model's parameters, D-family and legend sentence
+    tables        agreement, D-sensitivity, ground truth, popularity; pair scores
+    evaluation    held-out ranking by dot and cosine
+    plots         matplotlib object-API figures (never pyplot), the shared similarity heatmap
+    page          the HTML page
+    build         Report, build_report, write_report
+"""
+
+from bigcos.reports.build import Report, build_report, write_report
+from bigcos.reports.evaluation import heldout
+from bigcos.reports.inputs import (
+    ItemInfo,
+    NeighborLists,
+    item_popularity,
+    lists_from_table,
+    read_item_info,
+    read_neighbor_lists,
+    single_labels,
+)
+from bigcos.reports.model_params import DFamily, ModelParams, d_family, model_params
+from bigcos.reports.options import Options
+from bigcos.reports.page import render_html
+from bigcos.reports.schema import (
+    SCHEMA_VERSION,
+    TABLES,
+    read_report_table,
+    table_schema,
+    write_tables,
+)
+from bigcos.reports.tables import (
+    agreement,
+    cosine_matrix,
+    d_sensitivity,
+    ground_truth,
+    pair_scores,
+    popularity_rows,
+)
+
+__all__ = [
+    "SCHEMA_VERSION", "TABLES", "DFamily", "ItemInfo", "ModelParams", "NeighborLists",
+    "Options", "Report", "agreement", "build_report", "cosine_matrix", "d_family",
+    "d_sensitivity", "ground_truth", "heldout", "item_popularity", "lists_from_table",
+    "model_params", "pair_scores", "popularity_rows", "read_item_info", "read_neighbor_lists",
+    "read_report_table", "render_html", "single_labels", "table_schema", "write_report",
+    "write_tables",
+]

@@ -1,0 +1,204 @@
+"""A whole report: load the inputs, compute every table, write tables, page and manifest."""
+
+from __future__ import annotations
+
+import datetime
+import os
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from bigcos import io
+from bigcos.reports import schema
+from bigcos.reports.evaluation import heldout
+from bigcos.reports.inputs import (
+    ItemInfo,
+    NeighborLists,
+    check_model_matches,
+    example_indices,
+    item_popularity,
+    read_item_info,
+    read_neighbor_lists,
+)
+from bigcos.reports.model_params import ModelParams, model_params
+from bigcos.reports.options import Options
+from bigcos.reports.page import render_html
+from bigcos.reports.tables import agreement, d_sensitivity, ground_truth, popularity_rows
+
+
+@dataclass
+class Report:
+    """Everything a report holds in memory: its tables and what the page needs.
+
+    Attributes
+    ----------
+    tables : dict of str to pyarrow.Table
+        Keyed by table name (:data:`bigcos.reports.schema.TABLES`).
+    lists : list of NeighborLists
+    models : dict
+        Model name -> :class:`bigcos.models.Model`.
+    info : ItemInfo
+    popularity : numpy.ndarray
+        (n_items,) users per item in the fitted rows.
+    item_ids : pyarrow.Array
+    options : Options
+        With ``dataset`` filled in.
+    params : dict
+        Model name -> :class:`ModelParams` (every model with embeddings or neighbour lists).
+    context : dict
+        What the page header says besides the options: ``date``, ``version``, ``split``
+        (the matrix's ingest parameters), ``neighbors_n``, ``items`` (the item table).
+    """
+
+    tables: dict[str, pa.Table]
+    lists: list[NeighborLists]
+    models: dict[str, Any]
+    info: ItemInfo
+    popularity: np.ndarray
+    item_ids: pa.Array
+    options: Options
+    params: dict[str, ModelParams] = field(default_factory=dict)
+    context: dict[str, Any] = field(default_factory=dict)
+
+
+def build_report(data, models: dict[str, Any], lists: list[NeighborLists], info: ItemInfo,
+                 opts: Options, timings: io.Timings | None = None,
+                 model_dirs: dict[str, str] | None = None,
+                 context: dict[str, Any] | None = None) -> Report:
+    """Compute every table of a report.
+
+    Parameters
+    ----------
+    data : bigcos.matrix.Interactions
+    models : dict
+        Model name -> :class:`bigcos.models.Model`.
+    lists : list of NeighborLists
+    info : ItemInfo
+    opts : Options
+        ``dataset`` fills every table's ``dataset`` column ("" when None).
+    timings : bigcos.io.Timings, optional
+        Collects the time of each step.
+    model_dirs : dict, optional
+        Model name -> directory (relative to the report directory), for the ``models`` table.
+    context : dict, optional
+        Header facts for the page (see :class:`Report`).
+
+    Returns
+    -------
+    Report
+    """
+    timings = timings or io.Timings()
+    dataset = opts.dataset or ""
+    popularity = item_popularity(data.fit_matrix)
+    params = {name: model_params(name, m.manifest, m.item_embeddings.shape[1],
+                                 (model_dirs or {}).get(name)) for name, m in models.items()}
+    for nl in lists:
+        if nl.model not in params:
+            params[nl.model] = model_params(nl.model, {}, 0)
+    with timings("agreement"):
+        agree = agreement(lists, opts, data.item_ids, dataset)
+        per_item = (pa.concat_tables(agree.per_item) if agree.per_item
+                    else schema.table_schema("agreement_per_item", data.item_ids.type)
+                    .empty_table())
+        families = {name: p.family for name, p in params.items()}
+    with timings("ground_truth"):
+        truth = ground_truth(lists, models, info, popularity, opts)
+    with timings("heldout"):
+        held = heldout(models, data)
+    with timings("popularity"):
+        pop = popularity_rows(lists, models, popularity, opts)
+
+    def make(name: str, rows: list[dict[str, Any]]) -> pa.Table:
+        return schema.make_table(name, rows, dataset=dataset)
+
+    tables = {
+        "models": make("models", [asdict(params[n]) for n in sorted(params)]),
+        "agreement": make("agreement", agree.rows),
+        "agreement_per_item": per_item,
+        "d_sensitivity": make("d_sensitivity", d_sensitivity(agree.rows, families)),
+        "ground_truth": make("ground_truth", truth),
+        "heldout": make("heldout", held),
+        "popularity": make("popularity", pop),
+    }
+    return Report(tables, lists, models, info, popularity, data.item_ids, opts, params,
+                  context or {})
+
+
+def write_report(out: str | Path, matrix_dir: str | Path, model_dirs: Iterable[str | Path],
+                 neighbors_dir: str | Path, items: str | Path | None = None,
+                 options: Options | None = None, overwrite: bool = False) -> Report:
+    """Load the inputs, compute the report and write tables, page and manifest atomically.
+
+    Parameters
+    ----------
+    out : str or Path
+        Report directory to write (atomically; see :func:`bigcos.io.atomic_output_dir`).
+    matrix_dir : str or Path
+        Written by :func:`bigcos.ingest`; its test part feeds the heldout table.
+    model_dirs : iterable of str or Path
+        Model directories (:func:`bigcos.fit`, :func:`bigcos.fit_als`) fit on this matrix.
+    neighbors_dir : str or Path
+        Neighbour dataset (:func:`bigcos.neighbors`).
+    items : str or Path, optional
+        Item table (labels, titles); default: the one recorded by ``bigcos ingest --items``.
+    options : Options, optional
+        ``dataset`` defaults to the name of ``matrix_dir``'s parent directory.
+    overwrite : bool
+        Replace an existing ``out``.
+
+    Returns
+    -------
+    Report
+
+    Raises
+    ------
+    UserError
+        Before any computation, for an example item that is not in the matrix or a model fit
+        on another matrix.
+    """
+    from bigcos import __version__
+    from bigcos.matrix import load_matrix
+    from bigcos.models import load_model
+
+    opts = options or Options()
+    if opts.dataset is None:
+        opts = replace(opts, dataset=Path(matrix_dir).resolve().parent.name)
+    model_dirs = list(model_dirs)
+    timings = io.Timings()
+    with timings("load"):
+        data = load_matrix(matrix_dir)
+        example_indices(opts.examples, data.item_ids, str(matrix_dir))
+        models, dirs = {}, {}
+        for d in model_dirs:
+            model = load_model(d)
+            check_model_matches(model, data, str(matrix_dir), str(d))
+            models[model.name] = model
+            # relative to the report, so tables are byte-identical wherever a run is written
+            dirs[model.name] = os.path.relpath(Path(d).resolve(), Path(out).resolve())
+        matrix_manifest = io.read_manifest(matrix_dir)
+        items = items or matrix_manifest.get("inputs", {}).get("items")
+        info = read_item_info(items, data.item_ids, opts.label_col, opts.title_col)
+        lists = read_neighbor_lists(neighbors_dir, data.user_ids, data.item_ids, opts.depth)
+    context = {"date": datetime.date.today().isoformat(), "version": __version__,
+               "split": matrix_manifest.get("parameters", {}),
+               "neighbors_n": io.read_manifest(neighbors_dir).get("parameters", {}).get("n"),
+               "items": str(items) if items else None}
+    report = build_report(data, models, lists, info, opts, timings, dirs, context)
+    with io.atomic_output_dir(out, overwrite=overwrite) as tmp:
+        schema.write_tables(tmp, report.tables)
+        with timings("page"):
+            (tmp / "report.html").write_text(render_html(report))
+        io.write_manifest(
+            tmp, "report", parameters=opts.__dict__, timings=timings,
+            inputs={"matrix": str(Path(matrix_dir).resolve()),
+                    "models": [str(Path(d).resolve()) for d in model_dirs],
+                    "neighbors": str(Path(neighbors_dir).resolve()),
+                    "items": str(items) if items else None},
+            schema={"version": schema.SCHEMA_VERSION,
+                    "tables": {n: [f.name for f in t.schema] for n, t in report.tables.items()}},
+            counts={n: t.num_rows for n, t in report.tables.items()})
+    return report

@@ -1,0 +1,292 @@
+"""What a report reads: neighbour lists as index arrays, item labels and titles, popularity."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import scipy.sparse as sp
+
+from bigcos import io, metrics
+from bigcos.errors import UserError
+from bigcos.neighbor_lists import KINDS
+
+
+@dataclass(frozen=True)
+class NeighborLists:
+    """One configuration's neighbour lists as matrix indices.
+
+    Attributes
+    ----------
+    kind, model, metric : str
+        The configuration (``item-item``/``user-item``/``user-user``, model name, cos/dot).
+    queries : numpy.ndarray
+        (m,) int64 row/column indices of the queries, ascending.
+    neighbors : numpy.ndarray
+        (m, N) int64 indices of neighbours, rank 1 first, -1 where a list is shorter than N.
+    """
+
+    kind: str
+    model: str
+    metric: str
+    queries: np.ndarray
+    neighbors: np.ndarray
+
+    @property
+    def label(self) -> str:
+        """``model/metric``, the configuration's name on the page."""
+        return f"{self.model}/{self.metric}"
+
+
+def _indices_of(ids: pa.Array, vocabulary: pa.Array, what: str) -> np.ndarray:
+    """Positions of ``ids`` in ``vocabulary`` (int64); UserError if any id is unknown."""
+    if ids.type != vocabulary.type:
+        try:
+            ids = ids.cast(vocabulary.type)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            raise UserError(f"{what}: ids of type {ids.type} do not match the matrix's "
+                            f"{vocabulary.type}") from None
+    index = pc.index_in(ids, value_set=vocabulary)
+    if index.null_count:
+        bad = ids.filter(pc.is_null(index))[0]
+        raise UserError(f"{what}: id {bad} is not in the matrix ({index.null_count} unknown ids)")
+    return index.to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def lists_from_table(table: pa.Table, kind: str, model: str, metric: str,
+                     query_ids: pa.Array, neighbor_ids: pa.Array, what: str) -> NeighborLists:
+    """Turn rows (query_id, rank, neighbor_id) into the (m, N) index array of one configuration.
+
+    Parameters
+    ----------
+    table : pyarrow.Table
+        Columns ``query_id``, ``rank`` (1-based), ``neighbor_id``.
+    kind, model, metric : str
+        The configuration the rows belong to.
+    query_ids, neighbor_ids : pyarrow.Array
+        Vocabularies (matrix order) of the query side and the neighbour side.
+    what : str
+        Name of the source for error messages.
+
+    Returns
+    -------
+    NeighborLists
+        N = the largest rank present; shorter lists padded with -1.
+    """
+    q = _indices_of(table.column("query_id").combine_chunks(), query_ids, what)
+    nb = _indices_of(table.column("neighbor_id").combine_chunks(), neighbor_ids, what)
+    rank = table.column("rank").to_numpy().astype(np.int64)
+    if rank.size and rank.min() < 1:
+        raise UserError(f"{what}: column 'rank' must start at 1, found {rank.min()}")
+    queries, row = np.unique(q, return_inverse=True)
+    depth = int(rank.max()) if rank.size else 0
+    neighbors = np.full((queries.size, depth), metrics.PAD, dtype=np.int64)
+    neighbors[row, rank - 1] = nb
+    return NeighborLists(kind, model, metric, queries, neighbors)
+
+
+def read_neighbor_lists(directory: str | Path, user_ids: pa.Array, item_ids: pa.Array,
+                        max_rank: int | None = None) -> list[NeighborLists]:
+    """Every configuration of a neighbour dataset (``kind=*/model=*/metric=*/part-*.parquet``).
+
+    Parameters
+    ----------
+    directory : str or Path
+        Written by :func:`bigcos.neighbors`.
+    user_ids, item_ids : pyarrow.Array
+        The matrix's vocabularies (row and column order).
+    max_rank : int, optional
+        Keep ranks 1..max_rank only: memory then scales with the report depth, not with the N
+        the lists were computed at (8 bytes per query and rank).
+
+    Returns
+    -------
+    list of NeighborLists
+        Sorted by (kind, model, metric).
+    """
+    root = io.require_dir(directory, "neighbour dataset", io.DATASET_MANIFEST)
+    vocab = {"item": item_ids, "user": user_ids}
+    out = []
+    for leaf in sorted(root.glob("kind=*/model=*/metric=*")):
+        if not leaf.is_dir():
+            continue
+        kind, model, metric = (part.split("=", 1)[1] for part in leaf.parts[-3:])
+        if kind not in KINDS:
+            raise UserError(f"{leaf}: unknown kind '{kind}' (expected one of {', '.join(KINDS)})")
+        files = sorted(leaf.glob("*.parquet"))
+        if not files:
+            continue
+        table = pa.concat_tables(_read_ranks(f, max_rank) for f in files)
+        query_side, neighbor_side = kind.split("-")
+        out.append(lists_from_table(table, kind, model, metric, vocab[query_side],
+                                    vocab[neighbor_side], str(leaf)))
+    if not out:
+        raise UserError(f"{root}: no kind=*/model=*/metric=* partitions with Parquet files")
+    return out
+
+
+def _read_ranks(path: Path, max_rank: int | None) -> pa.Table:
+    """query_id, rank, neighbor_id of one neighbour file, ranks <= max_rank when given."""
+    columns = ["query_id", "rank", "neighbor_id"]
+    try:
+        return pq.read_table(path, columns=columns,
+                             filters=None if max_rank is None else [("rank", "<=", max_rank)])
+    except (pa.ArrowInvalid, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{path}: cannot be read as a neighbour file ({first})") from None
+
+
+LABEL_COLUMNS = ("cluster", "genres")  # default label columns, first present wins
+TITLE_COLUMNS = ("title", "name")      # default title columns, first present wins
+
+
+@dataclass(frozen=True)
+class ItemInfo:
+    """Item metadata aligned with the matrix columns.
+
+    Attributes
+    ----------
+    labels : scipy.sparse.csr_matrix or None
+        Boolean (n_items, n_labels) label sets, or None without labels.
+    label_source : str or None
+        The item column the labels came from (``cluster``, ``genres``, ``tags``, ...).
+    titles : numpy.ndarray
+        (n_items,) object array of display names (the item id when there is none).
+    single_label : bool
+        At most one label per item (clusters, categories).
+    label_text : numpy.ndarray or None
+        (n_items,) object array: each item's labels as text ("" when unlabelled).
+    title_source : str or None
+        The item column the titles came from; None: titles are the item ids.
+    """
+
+    labels: sp.csr_matrix | None
+    label_source: str | None
+    titles: np.ndarray
+    single_label: bool = False
+    label_text: np.ndarray | None = None
+    title_source: str | None = None
+
+    @property
+    def n_unlabelled(self) -> int:
+        """Items of the matrix without any label (all of them when there are no labels)."""
+        if self.labels is None:
+            return len(self.titles)
+        return int((np.diff(self.labels.indptr) == 0).sum())
+
+
+def _pick_column(table: pa.Table, path, chosen: str | None, defaults: tuple[str, ...],
+                 parameter: str) -> str | None:
+    """The column to use: ``chosen`` (must exist), else the first of ``defaults`` present."""
+    if chosen is None:
+        return next((c for c in defaults if c in table.column_names), None)
+    if chosen not in table.column_names:
+        raise UserError(f"{path}: {parameter} '{chosen}' is not a column "
+                        f"(columns: {', '.join(table.column_names)})")
+    return chosen
+
+
+def read_item_info(path: str | Path | None, item_ids: pa.Array, label_col: str | None = None,
+                   title_col: str | None = None) -> ItemInfo:
+    """Labels and titles from an item table keyed by ``item_id``, aligned with ``item_ids``.
+
+    Parameters
+    ----------
+    path : str or Path or None
+        Parquet item table with an ``item_id`` column; None: no labels, ids as titles.
+    item_ids : pyarrow.Array
+        The matrix's item vocabulary.
+    label_col : str, optional
+        Column of ground-truth labels (default: the first of :data:`LABEL_COLUMNS` present):
+        an integer or string column gives one label per item, a list column a set of labels.
+    title_col : str, optional
+        Column of display names (default: the first of :data:`TITLE_COLUMNS` present).
+
+    Returns
+    -------
+    ItemInfo
+        Items absent from the table, or with a null title, are shown by id and unlabelled.
+    """
+    ids_text = np.array([str(v) for v in item_ids.to_pylist()], dtype=object)
+    if path is None:
+        for parameter, chosen in (("label_col", label_col), ("title_col", title_col)):
+            if chosen:
+                raise UserError(f"{parameter} '{chosen}': no item table (give items, or "
+                                f"record one with `bigcos ingest --items`)")
+        return ItemInfo(None, None, ids_text)
+    table = io.read_table(path)
+    if "item_id" not in table.column_names:
+        raise UserError(f"{path}: column 'item_id' not found")
+    ids = table.column("item_id").combine_chunks()
+    if ids.type != item_ids.type:
+        ids = ids.cast(item_ids.type)
+    index = pc.index_in(item_ids, value_set=ids)
+    present = index.is_valid().to_numpy(zero_copy_only=False)
+    row = pc.fill_null(index, 0).to_numpy().astype(np.int64)
+    titles = ids_text.copy()
+    title_source = _pick_column(table, path, title_col, TITLE_COLUMNS, "title_col")
+    if title_source is not None:
+        values = np.array(table.column(title_source).to_pylist(), dtype=object)[row]
+        known = present & np.array([v is not None for v in values], dtype=bool)
+        titles = np.where(known, values.astype(str), ids_text)
+    label_source = _pick_column(table, path, label_col, LABEL_COLUMNS, "label_col")
+    if label_source is None:
+        return ItemInfo(None, None, titles, title_source=title_source)
+    column = table.column(label_source).combine_chunks()
+    values = column.to_pylist()
+    aligned = [values[r] if ok else None for r, ok in zip(row, present, strict=True)]
+    single = not (pa.types.is_list(column.type) or pa.types.is_large_list(column.type))
+    sets = [([v] if v is not None else []) if single else list(v or []) for v in aligned]
+    text = np.array(["|".join(str(x) for x in s) for s in sets], dtype=object)
+    return ItemInfo(metrics.label_sets(sets), label_source, titles, single_label=single,
+                    label_text=text, title_source=title_source)
+
+
+def single_labels(sets: sp.csr_matrix) -> np.ndarray:
+    """The first label of each row of a label-set matrix, -1 for none: (n_items,) int64."""
+    out = np.full(sets.shape[0], -1, dtype=np.int64)
+    has = np.diff(sets.indptr) > 0
+    out[has] = sets.indices[sets.indptr[:-1][has]]
+    return out
+
+
+def item_popularity(train: sp.csr_matrix) -> np.ndarray:
+    """Number of distinct users per item in ``train``: (n_items,) int64."""
+    return np.bincount(train.indices, minlength=train.shape[1]).astype(np.int64)
+
+
+def example_indices(examples: tuple[str, ...], item_ids: pa.Array, matrix: str) -> np.ndarray:
+    """Matrix column indices of the example item ids (compared as text): (len(examples),).
+
+    Raises a one-line UserError for an id that is not a column of the matrix (never in the
+    log, or dropped by the ingest filters such as ``min_item``).
+    """
+    where = {str(v): i for i, v in enumerate(item_ids.to_pylist())}
+    for e in examples:
+        if e not in where:
+            raise UserError(f"example item {e}: not in the matrix {matrix} ({len(where):,} "
+                            f"items; an item can be missing from the log or dropped by "
+                            f"ingest filters such as min_item)")
+    return np.array([where[e] for e in examples], dtype=np.int64)
+
+
+def check_model_matches(model, data, matrix: str, directory: str) -> None:
+    """UserError (one line) unless ``model`` was fit on this matrix (same user and item ids).
+
+    Parameters
+    ----------
+    model : bigcos.models.Model
+    data : bigcos.matrix.Interactions
+    matrix, directory : str
+        The matrix and model directories, for the message.
+    """
+    for side, mine, theirs in (("item", data.item_ids, model.item_ids),
+                               ("user", data.user_ids, model.user_ids)):
+        if len(mine) != len(theirs) or mine.type != theirs.type or not mine.equals(theirs):
+            raise UserError(f"{directory}: model '{model.name}' was fit on another matrix "
+                            f"({model.matrix_dir or 'unknown'}): its {len(theirs):,} {side} ids "
+                            f"differ from the {len(mine):,} of {matrix}")

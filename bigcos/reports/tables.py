@@ -1,0 +1,273 @@
+"""The report's tables from neighbour lists and embeddings: agreement between configurations,
+D-sensitivity, ground truth and popularity. Definitions of every metric: :mod:`bigcos.metrics`.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from bigcos import metrics
+from bigcos.reports.inputs import ItemInfo, NeighborLists
+from bigcos.reports.model_params import DFamily
+from bigcos.reports.options import Options
+from bigcos.reports.schema import table_schema
+from bigcos.topn import inverse_norms
+
+
+# --------------------------------------------------------------------------- agreement
+def _aligned(a: NeighborLists, b: NeighborLists, depth: int) -> tuple[np.ndarray, np.ndarray,
+                                                                       np.ndarray]:
+    """Common queries of two configurations and both lists cut to a common depth."""
+    common, ia, ib = np.intersect1d(a.queries, b.queries, return_indices=True)
+    n = min(depth, a.neighbors.shape[1], b.neighbors.shape[1])
+    return common, a.neighbors[ia, :n], b.neighbors[ib, :n]
+
+
+def _summary(values: np.ndarray, prefix: str) -> dict[str, float]:
+    v = values[~np.isnan(values)]
+    if v.size == 0:
+        return {f"{prefix}_{s}": float("nan") for s in ("mean", "p10", "median", "p90")}
+    p10, p50, p90 = np.quantile(v, [0.1, 0.5, 0.9])
+    return {f"{prefix}_mean": float(v.mean()), f"{prefix}_p10": float(p10),
+            f"{prefix}_median": float(p50), f"{prefix}_p90": float(p90)}
+
+
+@dataclass
+class Agreement:
+    """Summary rows (one per pair of configurations) and per-item tables (item-item pairs)."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    per_item: list[pa.Table] = field(default_factory=list)
+
+
+def _constant(value: str, n: int) -> pa.DictionaryArray:
+    """n copies of one string, dictionary-encoded (one dictionary entry, n int32 codes)."""
+    return pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), pa.array([value]))
+
+
+def _mirrored(row: dict[str, Any]) -> dict[str, Any]:
+    """The same agreement row with sides a and b swapped (both metrics are symmetric)."""
+    out = dict(row)
+    for col in ("model", "metric"):
+        out[f"{col}_a"], out[f"{col}_b"] = row[f"{col}_b"], row[f"{col}_a"]
+    return out
+
+
+def agreement(lists: list[NeighborLists], opts: Options, item_ids: pa.Array,
+              dataset: str = "") -> Agreement:
+    """Jaccard@N and RBO between every two configurations of the same kind.
+
+    Parameters
+    ----------
+    lists : list of NeighborLists
+    opts : Options
+        ``depth`` (N) and ``rbo_p``.
+    item_ids : pyarrow.Array
+        Original ids of the matrix columns, for the per-item table's ``query_id``.
+    dataset : str
+        Value of the per-item table's ``dataset`` column.
+
+    Returns
+    -------
+    Agreement
+        ``rows``: every pair in both orders (a, b) and (b, a), so filtering on ``model_a``
+        finds all partners. ``per_item`` (item-item only): each pair once, in the canonical
+        order (model_a, metric_a) < (model_b, metric_b). Jaccard@N and RBO are computed over
+        the queries both configurations have; memory one (m,) float64 array per pair and metric.
+    """
+    out = Agreement()
+    ordered = sorted(lists, key=lambda nl: (nl.kind, nl.model, nl.metric))
+    for a, b in itertools.combinations(ordered, 2):
+        if a.kind != b.kind:
+            continue
+        common, na, nb = _aligned(a, b, opts.depth)
+        jac = metrics.jaccard(na, nb)
+        rbo = metrics.rbo(na, nb, opts.rbo_p)
+        row = {"kind": a.kind, "model_a": a.model, "metric_a": a.metric, "model_b": b.model,
+               "metric_b": b.metric, "n_queries": int(common.size), "depth": int(na.shape[1]),
+               "rbo_p": opts.rbo_p, **_summary(jac, "jaccard"), **_summary(rbo, "rbo")}
+        out.rows += [row, _mirrored(row)]
+        if a.kind == "item-item":
+            n = common.size
+            out.per_item.append(pa.table(
+                [_constant(dataset, n), item_ids.take(pa.array(common)), _constant(a.model, n),
+                 _constant(a.metric, n), _constant(b.model, n), _constant(b.metric, n),
+                 pa.array(jac), pa.array(rbo)],
+                schema=table_schema("agreement_per_item", item_ids.type)))
+    return out
+
+
+def d_sensitivity(rows: list[dict[str, Any]], families: dict[str, DFamily | None]
+                  ) -> list[dict[str, Any]]:
+    """Agreement across the models of one D-family, same metric: how much D moves the lists.
+
+    Parameters
+    ----------
+    rows : list of dict
+        Agreement rows (:func:`agreement`; each pair is counted once whatever its order).
+    families : dict
+        Model name -> :class:`DFamily` (None: in no family).
+
+    Returns
+    -------
+    list of dict
+        One row per (kind, family, metric), the family's parameters as columns: mean and
+        smallest over pairs of models of the per-pair mean Jaccard@N and RBO.
+    """
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in rows:
+        fam = families.get(r["model_a"])
+        if (fam is None or fam != families.get(r["model_b"]) or r["metric_a"] != r["metric_b"]
+                or r["model_a"] >= r["model_b"]):
+            continue
+        groups.setdefault((r["kind"], fam, r["metric_a"]), []).append(r)
+    out = []
+    for (kind, fam, metric), pairs in sorted(groups.items(), key=lambda g: repr(g[0])):
+        models = sorted({p["model_a"] for p in pairs} | {p["model_b"] for p in pairs})
+        jac = np.array([p["jaccard_mean"] for p in pairs])
+        rbo = np.array([p["rbo_mean"] for p in pairs])
+        out.append({"kind": kind, **fam._asdict(), "metric": metric, "models": models,
+                    "n_models": len(models), "n_pairs": len(pairs),
+                    "jaccard_mean": float(jac.mean()), "jaccard_min": float(jac.min()),
+                    "rbo_mean": float(rbo.mean()), "rbo_min": float(rbo.min())})
+    return out
+
+
+# --------------------------------------------------------------------------- scores
+def pair_scores(emb: np.ndarray, i: np.ndarray, j: np.ndarray, metric: str) -> np.ndarray:
+    """Similarity of embedding rows ``i[t]`` and ``j[t]`` under ``metric``.
+
+    Parameters
+    ----------
+    emb : numpy.ndarray
+        (p, k) embeddings.
+    i, j : numpy.ndarray
+        (t,) row indices.
+    metric : {"cos", "dot"}
+        Cosine scores a zero-norm row 0 (:func:`bigcos.topn.inverse_norms`), never NaN.
+
+    Returns
+    -------
+    numpy.ndarray
+        (t,) float64.
+    """
+    dots = np.einsum("tk,tk->t", emb[i].astype(np.float64), emb[j].astype(np.float64))
+    if metric == "dot":
+        return dots
+    inv = inverse_norms(emb).astype(np.float64)
+    return dots * inv[i] * inv[j]
+
+
+def cosine_matrix(emb: np.ndarray) -> np.ndarray:
+    """(m, m) float64 cosine similarities of the rows of ``emb`` (m, k); zero rows score 0.
+
+    Memory: 8 m^2 bytes; meant for the few hundred or thousand items of a heatmap.
+    """
+    unit = emb.astype(np.float64) * inverse_norms(emb).astype(np.float64)[:, None]
+    return unit @ unit.T
+
+
+def random_pairs(n: int, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` random ordered pairs (i, j) of distinct indices below ``n``: two (count,)."""
+    rng = np.random.default_rng(seed)
+    i = rng.integers(0, n, size=count)
+    j = (i + rng.integers(1, n, size=count)) % n
+    return i, j
+
+
+# --------------------------------------------------------------------------- ground truth
+def ground_truth(lists: list[NeighborLists], models: dict[str, Any], info: ItemInfo,
+                 popularity: np.ndarray, opts: Options) -> list[dict[str, Any]]:
+    """Label precision@N against a popularity-matched baseline, and the within/between AUC.
+
+    Parameters
+    ----------
+    lists : list of NeighborLists
+        Item-item configurations are used, others skipped.
+    models : dict
+        Model name -> :class:`bigcos.models.Model` (for the AUC's pair scores).
+    info : ItemInfo
+        Labels; no rows without them.
+    popularity : numpy.ndarray
+        (n_items,) users per item, for the matched baseline.
+    opts : Options
+        ``depth``, ``n_bins``, ``auc_pairs``, ``seed``.
+
+    Returns
+    -------
+    list of dict
+        One row per item-item configuration.
+    """
+    if info.labels is None:
+        return []
+    bins = metrics.popularity_bins(popularity, opts.n_bins)
+    i, j = random_pairs(info.labels.shape[0], opts.auc_pairs, opts.seed)
+    labelled = np.diff(info.labels.indptr) > 0
+    keep = labelled[i] & labelled[j]
+    i, j = i[keep], j[keep]
+    same = metrics.shares_label(info.labels, i, j[:, None])[:, 0]
+    rows = []
+    for nl in lists:
+        if nl.kind != "item-item":
+            continue
+        nb = nl.neighbors[:, :opts.depth]
+        precision = metrics.label_precision(info.labels, nl.queries, nb)
+        random_nb = metrics.popularity_matched_neighbors(nb, bins, opts.seed)
+        baseline = metrics.label_precision(info.labels, nl.queries, random_nb)
+        model = models.get(nl.model)
+        auc = (metrics.auc(pair_scores(model.item_embeddings, i, j, nl.metric), same)
+               if model is not None else float("nan"))
+        p, b = float(np.nanmean(precision)), float(np.nanmean(baseline))
+        rows.append({"model": nl.model, "metric": nl.metric, "label_source": info.label_source,
+                     "n_unlabelled_items": info.n_unlabelled, "depth": int(nb.shape[1]),
+                     "n_queries": int((~np.isnan(precision)).sum()),
+                     "precision": p, "baseline_precision": b,
+                     "lift": p / b if b > 0 else float("nan"), "auc": auc,
+                     "n_auc_pairs": int(i.size)})
+    return rows
+
+
+# --------------------------------------------------------------------------- popularity
+def popularity_rows(lists: list[NeighborLists], models: dict[str, Any],
+                    popularity: np.ndarray, opts: Options) -> list[dict[str, Any]]:
+    """Norm-popularity Spearman per model and neighbour popularity relative to the query.
+
+    Parameters
+    ----------
+    lists : list of NeighborLists
+        Item-item configurations are used, others skipped.
+    models : dict
+        Model name -> :class:`bigcos.models.Model`.
+    popularity : numpy.ndarray
+        (n_items,) users per item.
+    opts : Options
+        ``depth``.
+
+    Returns
+    -------
+    list of dict
+        One row per item-item configuration.
+    """
+    rows = []
+    for nl in lists:
+        if nl.kind != "item-item":
+            continue
+        nb = nl.neighbors[:, :opts.depth]
+        ratio = metrics.log_popularity_ratio(popularity, nl.queries, nb)
+        valid = nb != metrics.PAD
+        more = (popularity[np.where(valid, nb, 0)] > popularity[nl.queries][:, None]) & valid
+        model = models.get(nl.model)
+        rho = (metrics.spearman(np.linalg.norm(model.item_embeddings, axis=1), popularity)
+               if model is not None else float("nan"))
+        finite = ratio[~np.isnan(ratio)]
+        rows.append({"model": nl.model, "metric": nl.metric, "norm_popularity_spearman": rho,
+                     "n_queries": int(finite.size),
+                     "log_ratio_mean": float(finite.mean()) if finite.size else float("nan"),
+                     "log_ratio_median": float(np.median(finite)) if finite.size else float("nan"),
+                     "frac_more_popular": float(more.sum() / max(valid.sum(), 1))})
+    return rows
