@@ -7,8 +7,9 @@ from typing import Any
 import numpy as np
 
 from bigcos import metrics
-from bigcos.neighbor_lists import METRICS, top_n
+from bigcos.blocked_topn import top_n
 from bigcos.reports.schema import HELDOUT_KS
+from bigcos.topn import METRICS
 
 
 def heldout(models: dict[str, Any], data, ks: tuple[int, int, int] = HELDOUT_KS
