@@ -196,9 +196,12 @@ def open_dataset(path: str | os.PathLike) -> pads.Dataset:
         raise UserError(f"{p}: no such file or directory")
     try:
         if p.is_dir():
-            return pads.dataset(p, format="parquet", partitioning="hive",
-                                exclude_invalid_files=False,
-                                ignore_prefixes=[".", "_"])
+            dataset = pads.dataset(p, format="parquet", partitioning="hive",
+                                   exclude_invalid_files=False,
+                                   ignore_prefixes=[".", "_"])
+            if not dataset.files:
+                raise UserError(f"{p}: the directory holds no Parquet file")
+            return dataset
         return pads.dataset(p, format="parquet")
     except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
         raise UserError(f"{p}: cannot be read as Parquet ({_first_line(exc)})") from None

@@ -77,6 +77,7 @@ GOOD = dict(user_id=[1, 2, 2], item_id=[10, 10, 11], value=np.float32([1, 2, 3])
     ("nan value", ["'value'", "non-finite", "nan"]),
     ("negative value", ["'value'", "negative value -1"]),
     ("empty log", ["empty.parquet", "no rows"]),
+    ("empty directory", ["logdir", "holds no Parquet file"]),
     ("bad value type", ["'value'", "must be numeric"]),
     ("time split without timestamps", ["timestamp"]),
 ])
@@ -101,6 +102,9 @@ def test_bad_input_is_one_line_and_leaves_nothing(tmp_path, case, needles):
         log = tmp_path / "empty.parquet"
         pq.write_table(pa.table({"user_id": pa.array([], pa.int64()),
                                  "item_id": pa.array([], pa.int64())}), log)
+    elif case == "empty directory":
+        log = tmp_path / "logdir"
+        log.mkdir()
     elif case == "bad value type":
         log = write(tmp_path / "l.parquet", user_id=[1], item_id=[1], value=["a"])
     else:
