@@ -149,3 +149,4 @@ def test_failure_while_writing_keeps_previous_output(tmp_path, monkeypatch):
 def test_load_matrix_on_a_wrong_directory(tmp_path):
     with pytest.raises(bigcos.UserError, match="not a matrix directory"):
         bigcos.load_matrix(tmp_path)
+

@@ -38,9 +38,9 @@ def figure1(out, simulation, seed, k, lam1, lam2, top_n, overwrite):
     OUT/figure1.parquet (per panel: cluster precision@N, within- vs between-cluster AUC, mean
     within/between cosine) and OUT/manifest.json. Runs in this process (threaded Dask).
 
+    \b
     Example:
-
-        bigcos figure1 --out out/figure1
+      bigcos figure1 --out out/figure1
     """
     import dask
 

@@ -48,10 +48,10 @@ def ingest(log, out, user_col, item_col, value_col, time_col, duplicates, thresh
     Writes OUT/train.npz (and test.npz with a split), users.parquet, items.parquet and
     manifest.json. Ids may be integers or strings; rows and columns follow their sorted order.
 
+    \b
     Example:
-
-        bigcos ingest data/ml-latest-small/interactions.parquet --out out/matrix \\
-            --threshold 4 --split users --items data/ml-latest-small/items.parquet
+      bigcos ingest data/ml-latest-small/interactions.parquet --out out/matrix \\
+          --threshold 4 --split users --items data/ml-latest-small/items.parquet
     """
     options = IngestOptions(user_col=user_col, item_col=item_col, value_col=value_col or None,
                             time_col=time_col or None, duplicates=duplicates,

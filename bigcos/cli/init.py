@@ -194,10 +194,11 @@ def init(directory, log_path, items_path, name, user_col, item_col, value_col, t
     load it. Without --log the log is a placeholder to fill in. Refuses to overwrite an
     existing job file unless --force.
 
+    \b
     Example:
-
-        bigcos init myjob --log events.parquet --user-col uid --item-col sku --value-col clicks
-        bigcos run myjob/job.toml
+      bigcos init myjob --log events.parquet --user-col uid --item-col sku \\
+          --value-col clicks
+      bigcos run myjob/job.toml
     """
     target = directory / JOB_FILE
     if target.exists() and not force:

@@ -61,10 +61,10 @@ def neighbors(model_dirs, out, kinds, metrics, n, include_train, memory_budget, 
     DuckDB (read_parquet('OUT/**/*.parquet', hive_partitioning=true)) or Polars
     (pl.read_parquet('OUT/**/*.parquet', hive_partitioning=True)).
 
+    \b
     Example:
-
-        bigcos neighbors out/models/obj1-symmetric out/models/obj2 \\
-            --kind item-item,user-item --metric cos,dot -N 100 --out out/neighbors
+      bigcos neighbors out/models/obj1-symmetric out/models/obj2 \\
+          --kind item-item,user-item --metric cos,dot -N 100 --out out/neighbors
     """
     from bigcos.blocked_topn import Blocking
     from bigcos.cluster import dask_client
@@ -125,9 +125,9 @@ def similar(model_dir, title, item_id, user_id, n, metrics, items_path, title_co
 
     Runs in this process (no Dask). The same table from Python: bigcos.similar(MODEL_DIR, ...).
 
+    \b
     Example:
-
-        bigcos similar out/models/obj1-symmetric --item "Toy Story (1995)" -N 10
+      bigcos similar out/models/obj1-symmetric --item "Toy Story (1995)" -N 10
     """
     from bigcos.similar_items import similar as find_similar
 

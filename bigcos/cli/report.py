@@ -53,10 +53,11 @@ def report(matrix_dir, model_dirs, neighbors_dir, items_table, label_col, labels
     d_sensitivity.parquet, ground_truth.parquet, heldout.parquet, popularity.parquet (schema
     in the README and bigcos.reports), report.html (self-contained) and manifest.json.
 
+    \b
     Example:
-
-        bigcos report --matrix out/matrix --model out/models/obj1-symmetric \\
-            --model out/models/obj2 --neighbors out/neighbors --out out/report --example 1
+      bigcos report --matrix out/matrix --model out/models/obj1-symmetric \\
+          --model out/models/obj2 --neighbors out/neighbors --out out/report \\
+          --example 1
     """
     from bigcos.reports import Options, write_report
 

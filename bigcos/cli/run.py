@@ -39,9 +39,9 @@ def run(job_file, out, force, show, no_progress, cluster):
     a re-run skips stages that are complete and redoes only what changed. Example jobs and
     scheduled-run templates (cron, Slurm, Kubernetes) are in jobs/.
 
+    \b
     Example:
-
-        bigcos run jobs/movielens-small.toml --workers 2
+      bigcos run jobs/movielens-small.toml --workers 2
     """
     from pathlib import Path
 

@@ -56,9 +56,10 @@ def simulate(out, n_users, n_items, n_clusters, beta_min, beta_max, beta_user, p
     parameter and the seed). Defaults are the paper's: 20,000 users, 1,000 items, 5 clusters.
     The output is identical for any number of workers.
 
+    \b
     Example:
-
-        bigcos simulate --out out/sim && bigcos ingest out/sim/interactions --out out/matrix
+      bigcos simulate --out out/sim
+      bigcos ingest out/sim/interactions --out out/matrix
     """
     params = SimulationParams(
         n_users=n_users, n_items=n_items, n_clusters=n_clusters, beta_min=beta_min,
