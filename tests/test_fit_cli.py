@@ -165,6 +165,43 @@ def test_heldout_users_are_folded_in_not_fitted(heldout_matrix_dir, tmp_path):
     assert model.manifest["counts"]["fit_users"] == 60
 
 
+@pytest.mark.parametrize(("objective", "lam", "d_of"), [
+    ("1", 0.3, lambda s, g: 1 / np.sqrt(s)),          # objective 1, D = sigma^-1/2
+    ("2", 0.2, None),                                 # objective 2
+])
+def test_row_remedy_fits_diag_r_x_and_scales_folded_in_rows_alike(heldout_matrix_dir, tmp_path,
+                                                                  objective, lam, d_of):
+    """--remedy rows --gamma 0.5: the spectrum is the SVD of diag(r) X over the fitted rows
+    (r_u = count_u^-0.5), every user's embedding (held-out fold-in rows included) is
+    r_u x_u A of the dense closed form of that scaled matrix, and the manifest records gamma."""
+    out = tmp_path / "m"
+    scaling = ["--scaling", "sigma"] if objective == "1" else []
+    run(heldout_matrix_dir, "--out", out, "-k", 5, "--exact", "--dtype", "float64",
+        "--objective", objective, "--lam", lam, *scaling, "--remedy", "rows", "--gamma", 0.5,
+        "--svd-cache", tmp_path / "cache")
+    data = load_matrix(heldout_matrix_dir)
+    held = data.heldout_users
+    X = data.train.toarray().astype(np.float64)
+    Xs = X * ((X != 0).sum(axis=1) ** -0.5)[:, None]  # every row is non-empty here
+    _, s, Vt = np.linalg.svd(Xs[~held], full_matrices=False)
+    model = bigcos.load_model(out)
+    np.testing.assert_allclose(model.dimensions.column("sigma").to_numpy(), s[:5], rtol=1e-8)
+    if objective == "1":
+        A, B = dense_reference(Xs[~held], 5, lam, d_of)
+    else:
+        s5, V = s[:5], Vt[:5].T
+        A, B = V * np.sqrt(1 / s5 - lam / s5**2), V * np.sqrt(s5 - lam)
+    items, users = (model.item_embeddings.astype(np.float64),
+                    model.user_embeddings.astype(np.float64))
+    assert rel_err(items @ items.T, B @ B.T) < RTOL
+    assert rel_err(users @ users.T, (Xs @ A) @ (Xs @ A).T) < RTOL  # held-out rows scaled alike
+    assert rel_err(users[held] @ items.T, Xs[held] @ A @ B.T) < RTOL
+    params = model.manifest["parameters"]
+    assert params["preprocessing"] == {"kind": "rows", "gamma": 0.5}
+    assert model.manifest["losses"]["squared_norm"] == pytest.approx(np.sum(Xs[~held] ** 2), rel=1e-9)
+    assert model.manifest["model_name"].endswith("-rows0.5")
+
+
 def test_als_model_is_written_in_the_same_format(matrix_dir, tmp_path):
     out = tmp_path / "als"
     run(matrix_dir, "--out", out, "--model", "als", "--factors", 4, "--als-iterations", 5)
@@ -184,6 +221,8 @@ def test_als_model_is_written_in_the_same_format(matrix_dir, tmp_path):
     (["--lam", "-3"], "--lam: must be finite and >= 0"),
     (["--lam", "3:1"], "objective must be 1 or 2"),
     (["--remedy", "standardize", "--remedy", "popularity"], "pick one"),
+    (["--remedy", "rows", "--remedy", "popularity"], "pick one"),
+    (["--gamma", "nan", "--remedy", "rows"], "--gamma: must be finite and >= 0"),
     (["--model", "als", "--scaling", "sigma"], "closed-form models only"),
     (["--factors", "3"], "--model als only"),
     (["-k", "99", "--exact"], "-k: 99 is larger than the number of items"),

@@ -11,7 +11,8 @@ from bigcos.errors import UserError
 
 # library parameters named at the start of a UserError -> the flags that set them
 _FLAGS = {"lam1": "--lam", "lam2": "--lam", "scaling": "--scaling", "scalings": "--scaling",
-          "k": "-k", "objective": "--objective", "beta": "--beta", "kind": "--remedy",
+          "k": "-k", "objective": "--objective", "beta": "--beta", "gamma": "--gamma",
+          "kind": "--remedy",
           "name": "--name"}
 
 
@@ -65,12 +66,15 @@ def _parse_lams(values: tuple[str, ...]) -> dict[int, float]:
               help="Every model of one SVD: objective 1 with each named D, objective 2, and "
                    "project-back of both, under OUT/<model name>/.")
 @click.option("--remedy", multiple=True,
-              type=click.Choice(["project-back", "standardize", "popularity"]),
+              type=click.Choice(["project-back", "standardize", "popularity", "rows"]),
               help="project-back: D-invariant embeddings of A B' and X A B'; standardize: "
-                   "columns to mean 0, variance 1; popularity: columns times count^-beta "
-                   "(both implicit, X is never densified).")
+                   "columns to mean 0, variance 1; popularity: columns times count^-beta; "
+                   "rows: each user's row times its count^-gamma, held-out users' fold-in "
+                   "rows too (X is never densified).")
 @click.option("--beta", type=float, default=0.75, show_default=True,
               help="Exponent of --remedy popularity.")
+@click.option("--gamma", type=float, default=0.5, show_default=True,
+              help="Exponent of --remedy rows.")
 @click.option("--name", default=None, help="Model name (single model; default from the config).")
 @click.option("--exact", is_flag=True, help="Dense eigendecomposition of X'X (small p; k <= p).")
 @click.option("--oversampling", type=click.IntRange(min=0), default=None,
@@ -122,7 +126,7 @@ def fit(**options):
         raise _flag_error(exc) from None
 
 
-def _fit(matrix_dir, out, model_kind, k, objective, lam, scaling, every, remedy, beta, name,
+def _fit(matrix_dir, out, model_kind, k, objective, lam, scaling, every, remedy, beta, gamma, name,
          exact, oversampling, svd_iterations, tol, seed, dtype, block_rows, svd_scheduler,
          svd_cache, no_svd_cache, factors, als_iterations, regularization, alpha, cluster,
          overwrite):
@@ -137,14 +141,14 @@ def _fit(matrix_dir, out, model_kind, k, objective, lam, scaling, every, remedy,
         path = models.fit_als(matrix_dir, out, als, name=name or "als", overwrite=overwrite)
         click.echo(f"wrote {path} (als, {als.factors} factors)")
         return
-    columns = [r for r in remedy if r != "project-back"]
-    if len(set(columns)) > 1:
-        raise UserError("--remedy: standardize and popularity are alternatives; pick one")
+    before_svd = [r for r in remedy if r != "project-back"]
+    if len(set(before_svd)) > 1:
+        raise UserError("--remedy: standardize, popularity and rows are alternatives; pick one")
     if factors is not None:
         raise UserError("--factors: applies to --model als only (closed form: use -k)")
     specs = models.model_specs(objective, _parse_lams(lam), scaling, every,
                                "project-back" in remedy)
-    pre = models.Preprocessing(columns[0] if columns else "none", beta=beta)
+    pre = models.Preprocessing(before_svd[0] if before_svd else "none", beta=beta, gamma=gamma)
     svd = models.SVDOptions(k=k, oversampling=oversampling, n_iter=svd_iterations, seed=seed,
                             dtype=dtype, exact=exact, tol=tol, block_rows=block_rows,
                             scheduler=svd_scheduler)
