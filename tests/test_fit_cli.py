@@ -198,7 +198,8 @@ def test_row_remedy_fits_diag_r_x_and_scales_folded_in_rows_alike(heldout_matrix
     assert rel_err(users[held] @ items.T, Xs[held] @ A @ B.T) < RTOL
     params = model.manifest["parameters"]
     assert params["preprocessing"] == {"kind": "rows", "gamma": 0.5}
-    assert model.manifest["losses"]["squared_norm"] == pytest.approx(np.sum(Xs[~held] ** 2), rel=1e-9)
+    assert model.manifest["losses"]["squared_norm"] == pytest.approx(np.sum(Xs[~held] ** 2),
+                                                                      rel=1e-9)
     assert model.manifest["model_name"].endswith("-rows0.5")
 
 
@@ -210,6 +211,66 @@ def test_als_model_is_written_in_the_same_format(matrix_dir, tmp_path):
     assert model.item_embeddings.shape == (16, 4) and model.user_embeddings.shape == (60, 4)
     assert model.manifest["parameters"]["iterations"] == 5
     assert model.item_ids.equals(load_matrix(matrix_dir).item_ids)
+
+
+@pytest.fixture(scope="module")
+def bundled_users_split(tmp_path_factory, bundled_log) -> Path:
+    """ml-latest-small, ratings >= 4 as 1, users and items with >= 5, 20 % of users held out."""
+    out = tmp_path_factory.mktemp("bundled") / "matrix"
+    result = CliRunner().invoke(main, ["-q", "ingest", str(bundled_log), "--out", str(out),
+                                       "--threshold", "4", "--min-user", "5", "--min-item", "5",
+                                       "--split", "users"])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_cosine_model_on_the_bundled_data_is_read_by_load_model(bundled_users_split, tmp_path):
+    """--model cosine -k 16 --iterations 5 writes a model directory: every user (held-out ones
+    folded in) and item embedding has norm tau^(1/2), and the manifest's loss equals
+    ||X - U I^T||^2 recomputed densely from the exported embeddings over the training rows."""
+    out = tmp_path / "cos"
+    result = run(bundled_users_split, "--out", out, "--model", "cosine", "-k", 16,
+                 "--iterations", 5, "--validation-fraction", 0, "--tol", 0, "--seed", 3)
+    assert "cosine, 16 dimensions" in result.output
+    model = bigcos.load_model(out)
+    data = load_matrix(bundled_users_split)
+    assert model.name == "cosine" and model.dimensions is None
+    assert model.item_ids.equals(data.item_ids) and model.user_ids.equals(data.user_ids)
+    assert model.item_embeddings.shape == (data.train.shape[1], 16)
+    assert model.user_embeddings.shape == (data.train.shape[0], 16)
+    m = model.manifest
+    params, run_info = m["parameters"], m["optimisation"]
+    assert params["model"] == "cosine" and params["k"] == 16 and params["iterations"] == 5
+    assert params["validation_fraction"] == 0 and params["tol"] == 0 and params["seed"] == 3
+    assert 1 <= run_info["iterations"] <= 5 and run_info["passes_over_x"] >= run_info["iterations"]
+    tau = run_info["tau"]
+    users = model.user_embeddings.astype(np.float64)
+    items = model.item_embeddings.astype(np.float64)
+    held = data.heldout_users
+    assert held.sum() > 0 and m["counts"]["train_rows"] == (~held).sum()
+    np.testing.assert_allclose(np.linalg.norm(users, axis=1), np.sqrt(tau), rtol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(items, axis=1), np.sqrt(tau), rtol=1e-5)
+    X = data.train[~held].toarray().astype(np.float64)
+    loss = np.sum((X - users[~held] @ items.T) ** 2)
+    np.testing.assert_allclose(run_info["loss"], loss, rtol=1e-4)
+    assert run_info["loss"] < run_info["sq_norm"] == pytest.approx(np.sum(X**2))
+    assert run_info["loss_curve"][-1] <= run_info["loss_curve"][0]
+
+
+def test_cosine_model_with_early_stopping_records_its_validation(bundled_users_split, tmp_path):
+    out = tmp_path / "cos"
+    run(bundled_users_split, "--out", out, "--model", "cosine", "-k", 16, "--iterations", 5,
+        "--validation-fraction", 0.1, "--validation-holdout", 0.3, "--patience", 2,
+        "--lam", 1.5, "--name", "cos16")
+    model = bigcos.load_model(out)
+    m = model.manifest
+    assert model.name == "cos16" and m["parameters"]["patience"] == 2
+    assert m["parameters"]["lam"] == 1.5 and m["parameters"]["validation_holdout"] == 0.3
+    fit_users = m["counts"]["fit_users"]
+    assert m["counts"]["validation_rows"] == round(0.1 * fit_users)
+    assert m["counts"]["train_rows"] == fit_users - m["counts"]["validation_rows"]
+    curve = m["optimisation"]["validation_recall_at_20_cos"]
+    assert len(curve) >= 1 and all(0 <= r <= 1 for r in curve)
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -228,6 +289,16 @@ def test_als_model_is_written_in_the_same_format(matrix_dir, tmp_path):
     (["-k", "99", "--exact"], "-k: 99 is larger than the number of items"),
     (["--objective", "2", "--lam", "1e9", "--exact"], "no dimension is kept"),
     (["--scaling", "1,2"], "2 values given"),
+    (["--model", "cosine", "--scaling", "sigma"], "--model cosine: "),
+    (["--model", "cosine", "--iterations", "0"], "--iterations: must be an integer >= 1"),
+    (["--model", "cosine", "--validation-fraction", "1.5"],
+     "--validation-fraction: must be in [0, 1)"),
+    (["--model", "cosine", "--validation-holdout", "0"], "--validation-holdout: must be in (0, 1)"),
+    (["--model", "cosine", "--patience", "0"], "--patience: must be an integer >= 1"),
+    (["--model", "cosine", "--tol", "nan"], "--tol: must be finite and >= 0"),
+    (["--model", "cosine", "--lam", "2:3"], "--lam: --model cosine takes LAM or 1:LAM"),
+    (["--model", "cosine", "-k", "99"], "-k: 99 is larger than min(training rows, items)"),
+    (["--patience", "3"], "--patience: applies to --model cosine only"),
 ])
 def test_bad_options_give_one_line_errors_and_exit_1(matrix_dir, tmp_path, args, message):
     result = run(matrix_dir, "--out", tmp_path / "m", "-k", 4, "--no-svd-cache", *args, ok=False)
