@@ -346,11 +346,30 @@ def test_bench_fit_runs_small_and_writes_json(tmp_path):
     out = tmp_path / "bench.json"
     result = CliRunner().invoke(main, ["bench", "fit", "--users", 3000, "--items", 300,
                                        "--nnz", 30000, "-k", 8, "--als-iterations", 2,
-                                       "--lam1", 10, "--lam2", 1, "--json", str(out)])
+                                       "--lam1", 10, "--lam2", 1, "--cosine-iterations", 3,
+                                       "--json", str(out)])
     assert result.exit_code == 0, result.output
     rows = json.loads(out.read_text())["rows"]
-    assert [r["models"] for r in rows] == [7, 1]
+    assert [r["models"] for r in rows] == [7, 1, 1]
     assert all(r["seconds"] > 0 for r in rows)
+    cosine = rows[2]
+    assert cosine["name"].startswith("cosine-trained")
+    assert 1 <= cosine["iterations"] <= 3 and cosine["passes_over_x"] >= cosine["iterations"]
+    assert 0 < cosine["relative_loss"] < 1 and cosine["final_loss"] > 0
+    table = result.output.splitlines()
+    header = next(line for line in table if line.startswith("name"))
+    assert "passes_over_x" in header and "final_loss" in header
+    assert any(line.startswith("cosine-trained") for line in table)
+
+
+def test_bench_fit_stays_cheap_to_import():
+    import subprocess
+    import sys
+
+    code = ("import sys, bigcos.bench.fit; print(sorted(m for m in ('implicit', 'distributed',"
+            " 'bigcos.cosine_fit', 'bigcos.models', 'scipy.optimize') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_fit_with_an_explicit_client_runs_there_and_matches_threads(matrix_dir, tmp_path):
