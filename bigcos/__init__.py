@@ -22,6 +22,7 @@ _API = {
     "Model": "bigcos.models",
     "fit": "bigcos.models",
     "fit_als": "bigcos.models",
+    "fit_cosine": "bigcos.cosine_fit", "CosineOptions": "bigcos.cosine_fit",
     "neighbors": "bigcos.neighbor_lists",
     "top_n": "bigcos.blocked_topn", "read_neighbors": "bigcos.neighbor_lists",
     "Blocking": "bigcos.blocked_topn",

@@ -32,13 +32,13 @@ numerically zero sigma) are dropped and counted.
 Project-back (paper Sec. 3): rows of A B^T and X~ A B^T have the inner products of V_k dMat(h)
 and P dMat(h), so a = b = h gives D-invariant k-dimensional embeddings of the original space.
 
-"Train with respect to cosine" (the paper's first remedy) is deliberately not a bigcos model:
-scoring by cos(x_u A, b_i) makes the loss non-convex in (A, B) with no closed form, so it would
-need an iterative trainer whose result depends on initialisation and schedule -- the opposite of
-the exact, reproducible spectrum-derived models here. bigcos offers the two remedies that stay
-closed-form (project-back, and normalising columns before the SVD); embeddings trained w.r.t.
-cosine elsewhere can be compared by writing them in the model-directory format
-(:mod:`bigcos.model_dir`).
+"Train with respect to cosine" (the paper's first remedy) has no closed form: scoring by
+cos(x_u A, b_i) makes the loss non-convex in (A, B), so it is not here but in
+:mod:`bigcos.cosine_model` (loss and gradient) and :mod:`bigcos.cosine_fit` (``bigcos fit
+--model cosine``: L-BFGS-B warm-started from this module's objective-1 solution, early stopping
+on validation users; its result depends on that start and schedule, unlike the exact,
+spectrum-derived models here). The remedies that stay closed-form are project-back and
+normalising columns or rows before the SVD (:mod:`bigcos.column_remedies`).
 
 Errors name the parameter (``objective``, ``lam1``/``lam2``, ``scaling``, ``scalings``).
 

@@ -40,7 +40,7 @@ from bigcos.closed_form import (
     parse_scaling,
     solve,
 )
-from bigcos.column_remedies import PREPROCESSINGS, Preprocessing, squared_norm
+from bigcos.column_remedies import PREPROCESSINGS, Preprocessing, scale_rows, squared_norm
 from bigcos.errors import UserError
 from bigcos.model_dir import (
     DIMENSIONS,
@@ -59,11 +59,11 @@ __all__ = [
     "PREPROCESSINGS", "Preprocessing", "RANK_RTOL", "SVDOptions", "Scaling", "Solution", "USERS",
     "als_factors", "cached_spectrum", "column_sq_norms", "fit", "fit_als", "load_model",
     "losses", "matrix_digest", "model_specs", "numerical_rank_mask", "parse_scaling",
-    "project_rows", "solve", "spectrum_key", "squared_norm",
+    "project_rows", "scale_rows", "solve", "spectrum_key", "squared_norm",
 ]
 
 log = logging.getLogger(__name__)
-NO_PREPROCESSING = Preprocessing()  # the default of fit: no column remedy
+NO_PREPROCESSING = Preprocessing()  # the default of fit: no remedy
 
 
 # --------------------------------------------------------------------------- SVD + its cache
@@ -250,7 +250,9 @@ def fit(matrix_dir: str | os.PathLike, out: str | os.PathLike, specs: Sequence[M
     specs : sequence of ModelSpec
     svd : SVDOptions
     preprocessing : Preprocessing
-        Column remedy applied implicitly before the SVD.
+        Remedy applied before the SVD: a column remedy implicitly inside the products, the
+        row remedy (``rows``) as diag(r) X on a scaled copy of the CSR data (every user's row,
+        held-out users' fold-in rows included, scaled by its own count^-gamma).
     cache_dir : str, path or None
         ``"default"``: ``matrix_dir/svd-cache``; None: no cache. Spectra are keyed by matrix
         content, SVD parameters and column remedy, so a later fit with another D or objective
@@ -265,8 +267,8 @@ def fit(matrix_dir: str | os.PathLike, out: str | os.PathLike, specs: Sequence[M
     Returns
     -------
     FitResult
-        Memory while fitting: the matrix, P (n, k) in ``svd.dtype`` and one (n, k_kept) user
-        embedding at a time.
+        Memory while fitting: the matrix (twice with the row remedy: the scaled copy of its
+        non-zeros), P (n, k) in ``svd.dtype`` and one (n, k_kept) user embedding at a time.
 
     References
     ----------
@@ -283,7 +285,10 @@ def fit(matrix_dir: str | os.PathLike, out: str | os.PathLike, specs: Sequence[M
     with timings("load_matrix"):
         data = load_matrix(matrix_dir)
         fit_rows = data.fit_rows
-        X_fit = data.fit_train
+        # the row remedy scales every row (fitted and folded in) by its own count^-gamma
+        train = scale_rows(data.train, preprocessing.rows(data.train),
+                           np.result_type(data.train.dtype, svd.dtype))
+        X_fit = train if len(fit_rows) == train.shape[0] else train[fit_rows]
         col_center, col_scale = preprocessing.columns(X_fit)
     if svd.k < 1:
         raise UserError(f"k: must be >= 1, not {svd.k}")
@@ -299,7 +304,7 @@ def fit(matrix_dir: str | os.PathLike, out: str | os.PathLike, specs: Sequence[M
         solutions = [solve(spectrum.sigma, s) for s in specs]
     with timings("user_projection"):
         V = np.asarray(spectrum.V, np.float64)
-        P = project_rows(data.train, V, col_center, col_scale, svd.block_rows,
+        P = project_rows(train, V, col_center, col_scale, svd.block_rows,
                          dtype=np.dtype(svd.dtype), client=client)
         p_sq = column_sq_norms(P, fit_rows)
         sq_norm = squared_norm(X_fit, col_center, col_scale)

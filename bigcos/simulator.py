@@ -24,6 +24,13 @@ Choices the paper leaves open, each a :class:`SimulationParams` field (the defau
   popularity-vs-rank curves (beta = 1 is Zipf's law). ``"power"`` is the other reading:
   p_i ~ numpy ``Generator.power(beta_c)`` (density beta x^(beta-1) on [0, 1]); for beta > 1 it
   favours values near 1 and so has no heavy tail, which is why it is not the default.
+- ``popularity_normalization = "none"``: the p_i above as drawn, so a cluster's mass S_c depends
+  on its exponent: at the defaults (20,000 x 1,000) the two flattest clusters (beta_c 0.36 and
+  0.40, S_c 43 and 32 against about 3 for the steep ones) hold 33 % of the items but draw 57 %
+  of the interactions. ``"cluster"`` rescales each cluster's p_i to sum to its size m_c (mean
+  baseline popularity 1 in every cluster, the within-cluster law unchanged), so P(c | u) is
+  proportional to p_uc m_c: a cluster's share of interactions follows its share of items
+  (m_c / p, about p_c) and the users' preferences, not beta_c.
 - ``activity_law = "zipf"``: P(k_u = k) proportional to k^(-beta_user) on
   [min_items, max_items]. ``"power"``: k_u = min_items + floor(x (max_items - min_items + 1)),
   x ~ ``Generator.power(beta_user)``. For beta_user = 0.5 the two coincide up to
@@ -72,6 +79,7 @@ from bigcos import io
 from bigcos.errors import UserError
 
 Law = Literal["zipf", "power"]
+Normalization = Literal["none", "cluster"]
 ITEMS_STREAM = 0
 USERS_STREAM = 1
 INTERACTIONS_SCHEMA = pa.schema([("user_id", pa.int64()), ("item_id", pa.int64()),
@@ -95,6 +103,7 @@ class SimulationParams:
     beta_max: float = 1.5
     beta_user: float = 0.5
     popularity_law: Law = "zipf"
+    popularity_normalization: Normalization = "none"
     activity_law: Law = "zipf"
     min_items: int = 1
     max_items: int = 1_000
@@ -117,6 +126,9 @@ class SimulationParams:
             (self.beta_user > 0, f"beta_user: must be > 0, got {self.beta_user}"),
             (self.popularity_law in ("zipf", "power"),
              f"popularity_law: must be zipf or power, got {self.popularity_law!r}"),
+            (self.popularity_normalization in ("none", "cluster"),
+             "popularity_normalization: must be none or cluster, got "
+             f"{self.popularity_normalization!r}"),
             (self.activity_law in ("zipf", "power"),
              f"activity_law: must be zipf or power, got {self.activity_law!r}"),
             (1 <= self.min_items <= self.max_items,
@@ -180,7 +192,11 @@ class ItemModel:
 
 
 def make_items(params: SimulationParams) -> ItemModel:
-    """Draw the items' clusters and baseline popularities from ``SeedSequence(seed, (0,))``."""
+    """Draw the items' clusters and baseline popularities from ``SeedSequence(seed, (0,))``.
+
+    ``popularity_normalization = "cluster"`` rescales each cluster's p_i to sum to its size m_c
+    after they are drawn (the same random numbers as ``"none"``, so clusters, ranks and exponents
+    are identical; only the masses S_c change)."""
     params.validate()
     rng = np.random.default_rng(np.random.SeedSequence(params.seed, spawn_key=(ITEMS_STREAM,)))
     p, n_c = params.n_items, params.n_clusters
@@ -202,6 +218,8 @@ def make_items(params: SimulationParams) -> ItemModel:
             popularity[members] = values
             by_value = np.lexsort((members, -values))
             rank[members[by_value]] = np.arange(1, m + 1)
+        if params.popularity_normalization == "cluster" and m:
+            popularity[members] *= m / popularity[members].sum()  # S_c = m_c; draws unchanged
     order = np.lexsort((rank, cluster)).astype(np.int64)
     starts = np.searchsorted(cluster[order], np.arange(n_c + 1)).astype(np.int64)
     sorted_popularity = popularity[order]

@@ -165,6 +165,44 @@ def test_heldout_users_are_folded_in_not_fitted(heldout_matrix_dir, tmp_path):
     assert model.manifest["counts"]["fit_users"] == 60
 
 
+@pytest.mark.parametrize(("objective", "lam", "d_of"), [
+    ("1", 0.3, lambda s, g: 1 / np.sqrt(s)),          # objective 1, D = sigma^-1/2
+    ("2", 0.2, None),                                 # objective 2
+])
+def test_row_remedy_fits_diag_r_x_and_scales_folded_in_rows_alike(heldout_matrix_dir, tmp_path,
+                                                                  objective, lam, d_of):
+    """--remedy rows --gamma 0.5: the spectrum is the SVD of diag(r) X over the fitted rows
+    (r_u = count_u^-0.5), every user's embedding (held-out fold-in rows included) is
+    r_u x_u A of the dense closed form of that scaled matrix, and the manifest records gamma."""
+    out = tmp_path / "m"
+    scaling = ["--scaling", "sigma"] if objective == "1" else []
+    run(heldout_matrix_dir, "--out", out, "-k", 5, "--exact", "--dtype", "float64",
+        "--objective", objective, "--lam", lam, *scaling, "--remedy", "rows", "--gamma", 0.5,
+        "--svd-cache", tmp_path / "cache")
+    data = load_matrix(heldout_matrix_dir)
+    held = data.heldout_users
+    X = data.train.toarray().astype(np.float64)
+    Xs = X * ((X != 0).sum(axis=1) ** -0.5)[:, None]  # every row is non-empty here
+    _, s, Vt = np.linalg.svd(Xs[~held], full_matrices=False)
+    model = bigcos.load_model(out)
+    np.testing.assert_allclose(model.dimensions.column("sigma").to_numpy(), s[:5], rtol=1e-8)
+    if objective == "1":
+        A, B = dense_reference(Xs[~held], 5, lam, d_of)
+    else:
+        s5, V = s[:5], Vt[:5].T
+        A, B = V * np.sqrt(1 / s5 - lam / s5**2), V * np.sqrt(s5 - lam)
+    items, users = (model.item_embeddings.astype(np.float64),
+                    model.user_embeddings.astype(np.float64))
+    assert rel_err(items @ items.T, B @ B.T) < RTOL
+    assert rel_err(users @ users.T, (Xs @ A) @ (Xs @ A).T) < RTOL  # held-out rows scaled alike
+    assert rel_err(users[held] @ items.T, Xs[held] @ A @ B.T) < RTOL
+    params = model.manifest["parameters"]
+    assert params["preprocessing"] == {"kind": "rows", "gamma": 0.5}
+    assert model.manifest["losses"]["squared_norm"] == pytest.approx(np.sum(Xs[~held] ** 2),
+                                                                      rel=1e-9)
+    assert model.manifest["model_name"].endswith("-rows0.5")
+
+
 def test_als_model_is_written_in_the_same_format(matrix_dir, tmp_path):
     out = tmp_path / "als"
     run(matrix_dir, "--out", out, "--model", "als", "--factors", 4, "--als-iterations", 5)
@@ -173,6 +211,66 @@ def test_als_model_is_written_in_the_same_format(matrix_dir, tmp_path):
     assert model.item_embeddings.shape == (16, 4) and model.user_embeddings.shape == (60, 4)
     assert model.manifest["parameters"]["iterations"] == 5
     assert model.item_ids.equals(load_matrix(matrix_dir).item_ids)
+
+
+@pytest.fixture(scope="module")
+def bundled_users_split(tmp_path_factory, bundled_log) -> Path:
+    """ml-latest-small, ratings >= 4 as 1, users and items with >= 5, 20 % of users held out."""
+    out = tmp_path_factory.mktemp("bundled") / "matrix"
+    result = CliRunner().invoke(main, ["-q", "ingest", str(bundled_log), "--out", str(out),
+                                       "--threshold", "4", "--min-user", "5", "--min-item", "5",
+                                       "--split", "users"])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_cosine_model_on_the_bundled_data_is_read_by_load_model(bundled_users_split, tmp_path):
+    """--model cosine -k 16 --iterations 5 writes a model directory: every user (held-out ones
+    folded in) and item embedding has norm tau^(1/2), and the manifest's loss equals
+    ||X - U I^T||^2 recomputed densely from the exported embeddings over the training rows."""
+    out = tmp_path / "cos"
+    result = run(bundled_users_split, "--out", out, "--model", "cosine", "-k", 16,
+                 "--iterations", 5, "--validation-fraction", 0, "--tol", 0, "--seed", 3)
+    assert "cosine, 16 dimensions" in result.output
+    model = bigcos.load_model(out)
+    data = load_matrix(bundled_users_split)
+    assert model.name == "cosine" and model.dimensions is None
+    assert model.item_ids.equals(data.item_ids) and model.user_ids.equals(data.user_ids)
+    assert model.item_embeddings.shape == (data.train.shape[1], 16)
+    assert model.user_embeddings.shape == (data.train.shape[0], 16)
+    m = model.manifest
+    params, run_info = m["parameters"], m["optimisation"]
+    assert params["model"] == "cosine" and params["k"] == 16 and params["iterations"] == 5
+    assert params["validation_fraction"] == 0 and params["tol"] == 0 and params["seed"] == 3
+    assert 1 <= run_info["iterations"] <= 5 and run_info["passes_over_x"] >= run_info["iterations"]
+    tau = run_info["tau"]
+    users = model.user_embeddings.astype(np.float64)
+    items = model.item_embeddings.astype(np.float64)
+    held = data.heldout_users
+    assert held.sum() > 0 and m["counts"]["train_rows"] == (~held).sum()
+    np.testing.assert_allclose(np.linalg.norm(users, axis=1), np.sqrt(tau), rtol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(items, axis=1), np.sqrt(tau), rtol=1e-5)
+    X = data.train[~held].toarray().astype(np.float64)
+    loss = np.sum((X - users[~held] @ items.T) ** 2)
+    np.testing.assert_allclose(run_info["loss"], loss, rtol=1e-4)
+    assert run_info["loss"] < run_info["sq_norm"] == pytest.approx(np.sum(X**2))
+    assert run_info["loss_curve"][-1] <= run_info["loss_curve"][0]
+
+
+def test_cosine_model_with_early_stopping_records_its_validation(bundled_users_split, tmp_path):
+    out = tmp_path / "cos"
+    run(bundled_users_split, "--out", out, "--model", "cosine", "-k", 16, "--iterations", 5,
+        "--validation-fraction", 0.1, "--validation-holdout", 0.3, "--patience", 2,
+        "--lam", 1.5, "--name", "cos16")
+    model = bigcos.load_model(out)
+    m = model.manifest
+    assert model.name == "cos16" and m["parameters"]["patience"] == 2
+    assert m["parameters"]["lam"] == 1.5 and m["parameters"]["validation_holdout"] == 0.3
+    fit_users = m["counts"]["fit_users"]
+    assert m["counts"]["validation_rows"] == round(0.1 * fit_users)
+    assert m["counts"]["train_rows"] == fit_users - m["counts"]["validation_rows"]
+    curve = m["optimisation"]["validation_recall_at_20_cos"]
+    assert len(curve) >= 1 and all(0 <= r <= 1 for r in curve)
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -184,11 +282,23 @@ def test_als_model_is_written_in_the_same_format(matrix_dir, tmp_path):
     (["--lam", "-3"], "--lam: must be finite and >= 0"),
     (["--lam", "3:1"], "objective must be 1 or 2"),
     (["--remedy", "standardize", "--remedy", "popularity"], "pick one"),
+    (["--remedy", "rows", "--remedy", "popularity"], "pick one"),
+    (["--gamma", "nan", "--remedy", "rows"], "--gamma: must be finite and >= 0"),
     (["--model", "als", "--scaling", "sigma"], "closed-form models only"),
     (["--factors", "3"], "--model als only"),
     (["-k", "99", "--exact"], "-k: 99 is larger than the number of items"),
     (["--objective", "2", "--lam", "1e9", "--exact"], "no dimension is kept"),
     (["--scaling", "1,2"], "2 values given"),
+    (["--model", "cosine", "--scaling", "sigma"], "--model cosine: "),
+    (["--model", "cosine", "--iterations", "0"], "--iterations: must be an integer >= 1"),
+    (["--model", "cosine", "--validation-fraction", "1.5"],
+     "--validation-fraction: must be in [0, 1)"),
+    (["--model", "cosine", "--validation-holdout", "0"], "--validation-holdout: must be in (0, 1)"),
+    (["--model", "cosine", "--patience", "0"], "--patience: must be an integer >= 1"),
+    (["--model", "cosine", "--tol", "nan"], "--tol: must be finite and >= 0"),
+    (["--model", "cosine", "--lam", "2:3"], "--lam: --model cosine takes LAM or 1:LAM"),
+    (["--model", "cosine", "-k", "99"], "-k: 99 is larger than min(training rows, items)"),
+    (["--patience", "3"], "--patience: applies to --model cosine only"),
 ])
 def test_bad_options_give_one_line_errors_and_exit_1(matrix_dir, tmp_path, args, message):
     result = run(matrix_dir, "--out", tmp_path / "m", "-k", 4, "--no-svd-cache", *args, ok=False)
@@ -236,11 +346,30 @@ def test_bench_fit_runs_small_and_writes_json(tmp_path):
     out = tmp_path / "bench.json"
     result = CliRunner().invoke(main, ["bench", "fit", "--users", 3000, "--items", 300,
                                        "--nnz", 30000, "-k", 8, "--als-iterations", 2,
-                                       "--lam1", 10, "--lam2", 1, "--json", str(out)])
+                                       "--lam1", 10, "--lam2", 1, "--cosine-iterations", 3,
+                                       "--json", str(out)])
     assert result.exit_code == 0, result.output
     rows = json.loads(out.read_text())["rows"]
-    assert [r["models"] for r in rows] == [7, 1]
+    assert [r["models"] for r in rows] == [7, 1, 1]
     assert all(r["seconds"] > 0 for r in rows)
+    cosine = rows[2]
+    assert cosine["name"].startswith("cosine-trained")
+    assert 1 <= cosine["iterations"] <= 3 and cosine["passes_over_x"] >= cosine["iterations"]
+    assert 0 < cosine["relative_loss"] < 1 and cosine["final_loss"] > 0
+    table = result.output.splitlines()
+    header = next(line for line in table if line.startswith("name"))
+    assert "passes_over_x" in header and "final_loss" in header
+    assert any(line.startswith("cosine-trained") for line in table)
+
+
+def test_bench_fit_stays_cheap_to_import():
+    import subprocess
+    import sys
+
+    code = ("import sys, bigcos.bench.fit; print(sorted(m for m in ('implicit', 'distributed',"
+            " 'bigcos.cosine_fit', 'bigcos.models', 'scipy.optimize') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_fit_with_an_explicit_client_runs_there_and_matches_threads(matrix_dir, tmp_path):

@@ -30,6 +30,7 @@ from bigcos.models import (
     model_specs,
     parse_scaling,
     project_rows,
+    scale_rows,
     solve,
     squared_norm,
 )
@@ -259,6 +260,45 @@ def test_column_remedies_are_implicit_and_match_the_dense_preprocessed_matrix(ki
         assert_same_products(users, items, Xt @ A, B)
 
 
+@pytest.mark.parametrize("gamma", [0.5, 1.0])
+def test_row_remedy_scales_each_row_by_its_count_and_matches_the_dense_scaled_matrix(gamma):
+    """diag(r) X with r_u = count_u^-gamma, from the CSR data alone: the randomised SVD's
+    spectrum is that of np.linalg.svd(diag(r) X) and both objectives' embeddings are the dense
+    closed form of the scaled matrix. An explicit stored zero does not count, an empty row
+    keeps r = 1."""
+    from bigcos.svd import truncated_svd
+
+    X = sparse_matrix(70, 18, 0.25, seed=13)
+    X = sp.vstack([X, sp.csr_matrix((1, 18), dtype=np.float32)]).tocsr()  # an empty row
+    X.data[X.indptr[3]] = 0.0  # a stored zero in row 3
+    dense = X.toarray().astype(np.float64)
+    counts = (dense != 0).sum(axis=1)
+    r_ref = np.where(counts > 0, np.maximum(counts, 1) ** -gamma, 1.0)
+    Xt = dense * r_ref[:, None]
+    pre = Preprocessing("rows", gamma=gamma)
+    assert pre.columns(X) == (None, None)
+    r = pre.rows(X)
+    np.testing.assert_allclose(r, r_ref, rtol=1e-15)
+    assert r[-1] == 1.0 and r[3] == pytest.approx((counts[3]) ** -gamma)
+    Xs = scale_rows(X, r)
+    assert Xs.data.dtype == np.float64
+    assert np.shares_memory(Xs.indices, X.indices) and np.shares_memory(Xs.indptr, X.indptr)
+    np.testing.assert_allclose(Xs.toarray(), Xt, rtol=1e-15)
+    assert np.array_equal(X.toarray(), dense.astype(np.float32))  # X itself untouched
+    assert scale_rows(X, None) is X and pre.key() == {"kind": "rows", "gamma": gamma}
+    assert squared_norm(Xs, None, None) == pytest.approx(np.sum(Xt**2), rel=1e-12)
+    spectrum = truncated_svd(Xs, 6, seed=0, dtype=np.float64, n_iter=30)
+    np.testing.assert_allclose(spectrum.sigma, np.linalg.svd(Xt, compute_uv=False)[:6],
+                               rtol=1e-8)
+    for spec in (ModelSpec(1, 0.5, Scaling("sigma")), ModelSpec(2, 0.2)):
+        sol, users, items, _, _ = ours(Xs, Xt, 6, spec)
+        A, B = reference_factors(Xt, 6, spec.objective, spec.lam,
+                                 "sigma" if spec.objective == 1 else None)
+        assert sol.kept.sum() == A.shape[1]
+        assert not users[-1].any()  # the empty row: a zero embedding, left out of the cosines
+        assert_same_products(users[:-1], items, Xt[:-1] @ A, B)
+
+
 def test_project_rows_is_the_same_for_any_block_size_and_on_a_local_cluster():
     from distributed import get_task_stream
 
@@ -318,6 +358,7 @@ def test_model_spec_rejects_meaningless_combinations():
      "scaling: 2 values given"),
     (lambda: Preprocessing("banana"), "kind: unknown column remedy"),
     (lambda: Preprocessing("popularity", beta=-1.0), "beta: must be finite"),
+    (lambda: Preprocessing("rows", gamma=float("inf")), "gamma: must be finite"),
     (lambda: ALSOptions(factors=0), "factors and iterations must be >= 1, not 0 and 15"),
     (lambda: ALSOptions(iterations=0), "factors and iterations must be >= 1"),
     (lambda: ALSOptions(alpha=0.0), "regularization must be >= 0 and alpha > 0"),

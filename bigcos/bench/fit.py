@@ -1,10 +1,14 @@
-"""``bigcos bench fit``: every closed-form model of one SVD beside implicit ALS, same matrix.
+"""``bigcos bench fit``: every closed-form model of one SVD beside implicit ALS and the model
+trained with respect to cosine, same matrix, same process.
 
 bigcos's run is ``bigcos.models.fit`` with every configuration of ``bigcos fit --all``: one
 truncated SVD, objective 1 under each named D, objective 2, project-back of both, user
 embeddings X~A for all users (one blocked product over row blocks) and the Parquet model
 directories. The peer is implicit's ``AlternatingLeastSquares`` (BLAS at one thread, as implicit
 recommends), fit and written as a model directory the same way (``bigcos fit --model als``).
+The cosine-trained model (``bigcos fit --model cosine``, :func:`bigcos.cosine_fit.fit_cosine`,
+threads in this process) is measured beside them: its time, and from its manifest its
+iterations, passes over X and final loss ||X - tau N(XA) N(B)^T||^2 over its training rows.
 The matrix is generated: power-law user activity (Pareto 1.5) and item popularity (Zipf 0.8),
 binary, no planted low-rank structure.
 """
@@ -61,6 +65,16 @@ def write_matrix_dir(directory: Path, X: sp.csr_matrix) -> None:
     io.write_manifest(directory, "bench-fit-matrix", {"users": n, "items": p, "nnz": X.nnz})
 
 
+def cosine_figures(manifest: dict) -> dict:
+    """The table's figures of a cosine-trained model, from its manifest (``bigcos fit --model
+    cosine``): optimisation seconds, iterations, passes over X, final loss and stop reason."""
+    run = manifest["optimisation"]
+    return {"optimise_s": manifest["timings_s"].get("optimise"), "iterations": run["iterations"],
+            "passes_over_x": run["passes_over_x"], "final_loss": run["loss"],
+            "relative_loss": run["loss"] / run["sq_norm"] if run["sq_norm"] else None,
+            "stop_reason": run["stop_reason"]}
+
+
 @click.command("fit")
 @click.option("--users", "n_users", type=click.IntRange(min=10), default=200_000,
               show_default=True)
@@ -77,11 +91,15 @@ def write_matrix_dir(directory: Path, X: sp.csr_matrix) -> None:
               help="Objective 1's lam.")
 @click.option("--lam2", type=float, default=100.0, show_default=True, help="Objective 2's lam.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--skip-als", is_flag=True, help="Only bigcos (e.g. when implicit is absent).")
+@click.option("--cosine-iterations", type=click.IntRange(min=1), default=15, show_default=True,
+              help="L-BFGS-B iterations at most of the cosine-trained model.")
+@click.option("--skip-als", is_flag=True, help="No ALS (e.g. when implicit is absent).")
+@click.option("--skip-cosine", is_flag=True, help="No cosine-trained model.")
 @json_option
 def fit(n_users, n_items, nnz, k, als_iterations, svd_iterations, oversampling, lam1, lam2,
-        seed, skip_als, json_path):
-    """The whole fit (SVD + both objectives + every named D + user embeddings) beside ALS.
+        seed, cosine_iterations, skip_als, skip_cosine, json_path):
+    """The whole fit (SVD + both objectives + every named D + user embeddings) beside ALS and
+    the model trained with respect to cosine (same k).
 
     Both sides read the same generated matrix directory and write model directories; bigcos
     runs on the threaded Dask scheduler in this process so that memory is measured alike.
@@ -91,9 +109,11 @@ def fit(n_users, n_items, nnz, k, als_iterations, svd_iterations, oversampling, 
       bigcos bench fit --users 20000 --items 5000 --nnz 1000000 -k 64
     """
     import dask.array  # noqa: F401  (imports outside the measured calls)
-    import implicit.cpu.als  # noqa: F401
 
-    from bigcos import models
+    from bigcos import cosine_fit, models
+
+    if not skip_als:
+        import implicit.cpu.als  # noqa: F401
 
     click.echo(f"generating a {n_users:,} x {n_items:,} power-law matrix with ~{nnz:,} "
                "non-zeros ...")
@@ -121,9 +141,17 @@ def fit(n_users, n_items, nnz, k, als_iterations, svd_iterations, oversampling, 
                               lambda: models.fit_als(matrix, Path(tmp) / "als", als))
             m.extra.update(models=1, als_s=io.read_manifest(path)["timings_s"].get("als"))
             rows.append(m.row())
+        if not skip_cosine:
+            options = cosine_fit.CosineOptions(k=k, iterations=cosine_iterations, seed=seed)
+            m, path = measure(f"cosine-trained (k={k}, <= {cosine_iterations} it.)",
+                              lambda: cosine_fit.fit_cosine(matrix, Path(tmp) / "cosine",
+                                                            options))
+            m.extra.update(models=1, **cosine_figures(io.read_manifest(path)))
+            rows.append(m.row())
     context = {"users": n_users, "items": n_items, "nnz": int(X.nnz), "k": k,
                "load_average_1_5_15": [round(v, 2) for v in os.getloadavg()],
                "lam1": lam1, "lam2": lam2, "models": [s.name for s in specs],
+               "cosine_iterations": None if skip_cosine else cosine_iterations,
                "versions": io.versions()}
     report(f"fit: {n_users:,} x {n_items:,}, {X.nnz:,} non-zeros, k = {k}", rows, json_path,
            context)

@@ -1,4 +1,5 @@
-"""``bigcos fit``: closed-form embeddings of both objectives (every D) or implicit ALS."""
+"""``bigcos fit``: closed-form embeddings of both objectives (every D), implicit ALS, or the model
+trained with respect to cosine."""
 
 from __future__ import annotations
 
@@ -11,8 +12,12 @@ from bigcos.errors import UserError
 
 # library parameters named at the start of a UserError -> the flags that set them
 _FLAGS = {"lam1": "--lam", "lam2": "--lam", "scaling": "--scaling", "scalings": "--scaling",
-          "k": "-k", "objective": "--objective", "beta": "--beta", "kind": "--remedy",
-          "name": "--name"}
+          "k": "-k", "objective": "--objective", "beta": "--beta", "gamma": "--gamma",
+          "kind": "--remedy",
+          "name": "--name", "iterations": "--iterations", "tol": "--tol", "seed": "--seed",
+          "lam": "--lam", "patience": "--patience", "block_rows": "--block-rows",
+          "validation_fraction": "--validation-fraction",
+          "validation_holdout": "--validation-holdout"}
 
 
 def _flag_error(exc: UserError) -> UserError:
@@ -46,11 +51,12 @@ def _parse_lams(values: tuple[str, ...]) -> dict[int, float]:
 @click.argument("matrix_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--out", required=True, type=click.Path(),
               help="Model directory (one model) or root directory (several: one per model).")
-@click.option("--model", "model_kind", type=click.Choice(["closed-form", "als"]),
+@click.option("--model", "model_kind", type=click.Choice(["closed-form", "als", "cosine"]),
               default="closed-form", show_default=True,
-              help="Closed-form embeddings from one truncated SVD, or implicit's ALS as a peer.")
+              help="Closed-form embeddings from one truncated SVD, implicit's ALS as a peer, or "
+                   "embeddings trained with respect to cosine (the paper's first remedy).")
 @click.option("-k", "k", type=click.IntRange(min=1), default=64, show_default=True,
-              help="SVD dimensions (closed form); default ALS factors.")
+              help="SVD dimensions (closed form), cosine model dimensions; default ALS factors.")
 @click.option("--objective", type=click.Choice(["1", "2"]), multiple=True, default=("1",),
               show_default=True, help="1: ||X-XAB'||^2 + lam ||AB'||^2 (any D); "
               "2: ... + lam (||XA||^2 + ||B||^2). Repeat for both.")
@@ -65,28 +71,35 @@ def _parse_lams(values: tuple[str, ...]) -> dict[int, float]:
               help="Every model of one SVD: objective 1 with each named D, objective 2, and "
                    "project-back of both, under OUT/<model name>/.")
 @click.option("--remedy", multiple=True,
-              type=click.Choice(["project-back", "standardize", "popularity"]),
+              type=click.Choice(["project-back", "standardize", "popularity", "rows"]),
               help="project-back: D-invariant embeddings of A B' and X A B'; standardize: "
-                   "columns to mean 0, variance 1; popularity: columns times count^-beta "
-                   "(both implicit, X is never densified).")
+                   "columns to mean 0, variance 1; popularity: columns times count^-beta; "
+                   "rows: each user's row times its count^-gamma, held-out users' fold-in "
+                   "rows too (X is never densified).")
 @click.option("--beta", type=float, default=0.75, show_default=True,
               help="Exponent of --remedy popularity.")
+@click.option("--gamma", type=float, default=0.5, show_default=True,
+              help="Exponent of --remedy rows.")
 @click.option("--name", default=None, help="Model name (single model; default from the config).")
 @click.option("--exact", is_flag=True, help="Dense eigendecomposition of X'X (small p; k <= p).")
 @click.option("--oversampling", type=click.IntRange(min=0), default=None,
               help="Extra SVD subspace columns (default: the SVD's).")
 @click.option("--svd-iterations", type=click.IntRange(min=1), default=None,
               help="SVD power iterations / passes (default: the SVD's).")
-@click.option("--tol", type=float, default=None, help="SVD residual tolerance for stopping.")
-@click.option("--seed", type=int, default=0, show_default=True, help="SVD / ALS seed.")
+@click.option("--tol", type=float, default=None,
+              help="SVD residual tolerance for stopping; --model cosine: stop when the loss "
+                   "falls by less than this (relative) in an iteration (default 1e-7).")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="SVD / ALS seed; --model cosine: validation split and SVD start.")
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32",
               show_default=True, help="SVD arithmetic on X.")
 @click.option("--block-rows", type=click.IntRange(min=1), default=None,
               help="Rows per Dask block (speed and memory only).")
 @click.option("--svd-scheduler", type=click.Choice(["auto", "threads", "distributed"]),
               default="auto", show_default=True,
-              help="Where the SVD's passes run: auto = on the workers of a remote scheduler, "
-                   "else in this process's threads (a LocalCluster only adds shipping).")
+              help="Where the SVD's (and --model cosine's) passes run: auto = on the workers "
+                   "of a remote scheduler, else in this process's threads (a LocalCluster only "
+                   "adds shipping).")
 @click.option("--svd-cache", type=click.Path(file_okay=False), default=None,
               help="Where spectra are kept for reuse (default: MATRIX_DIR/svd-cache).")
 @click.option("--no-svd-cache", is_flag=True, help="Neither read nor write the SVD cache.")
@@ -97,6 +110,16 @@ def _parse_lams(values: tuple[str, ...]) -> dict[int, float]:
               help="ALS L2 regularisation.")
 @click.option("--alpha", type=float, default=1.0, show_default=True,
               help="ALS confidence weight of observed entries.")
+@click.option("--iterations", type=int, default=None,
+              help="--model cosine: L-BFGS-B iterations at most (default 100).")
+@click.option("--validation-fraction", type=float, default=None,
+              help="--model cosine: share of the fit users held out for early stopping "
+                   "(default 0.1; 0: none).")
+@click.option("--validation-holdout", type=float, default=None,
+              help="--model cosine: share of a validation user's items to recall (default 0.2).")
+@click.option("--patience", type=int, default=None,
+              help="--model cosine: iterations without a better validation Recall@20 before "
+                   "stopping (default 10).")
 @dask_options
 @overwrite_option
 def fit(**options):
@@ -115,6 +138,7 @@ def fit(**options):
       bigcos fit out/matrix --out out/models -k 50 --all --lam 1:10000 --lam 2:100
       bigcos fit out/matrix --out out/obj1-sigma -k 50 --scaling sigma --lam 10000
       bigcos fit out/matrix --out out/als --model als --factors 128
+      bigcos fit out/matrix --out out/cosine --model cosine -k 50 --iterations 100
     """
     try:
         _fit(**options)
@@ -122,12 +146,26 @@ def fit(**options):
         raise _flag_error(exc) from None
 
 
-def _fit(matrix_dir, out, model_kind, k, objective, lam, scaling, every, remedy, beta, name,
+_COSINE_ONLY = ("iterations", "validation_fraction", "validation_holdout", "patience")
+
+
+def _fit(matrix_dir, out, model_kind, k, objective, lam, scaling, every, remedy, beta, gamma, name,
          exact, oversampling, svd_iterations, tol, seed, dtype, block_rows, svd_scheduler,
          svd_cache, no_svd_cache, factors, als_iterations, regularization, alpha, cluster,
-         overwrite):
+         overwrite, **cosine):
     from bigcos import models
 
+    if model_kind == "cosine":
+        if (every or scaling or remedy or objective != ("1",) or exact or factors is not None
+                or oversampling is not None or svd_iterations is not None):
+            raise UserError("--model cosine: --objective, --scaling, --all, --remedy, --exact, "
+                            "--factors, --oversampling and --svd-iterations do not apply")
+        _fit_cosine(matrix_dir, out, k, lam, tol, seed, block_rows, svd_scheduler, name,
+                    cluster, overwrite, cosine)
+        return
+    given = [key for key in _COSINE_ONLY if cosine[key] is not None]
+    if given:
+        raise UserError(f"{_FLAGS[given[0]]}: applies to --model cosine only")
     if model_kind == "als":
         if every or scaling or remedy or objective != ("1",) or lam or exact:
             raise UserError("--model als: --objective, --lam, --scaling, --all, --remedy and "
@@ -137,14 +175,14 @@ def _fit(matrix_dir, out, model_kind, k, objective, lam, scaling, every, remedy,
         path = models.fit_als(matrix_dir, out, als, name=name or "als", overwrite=overwrite)
         click.echo(f"wrote {path} (als, {als.factors} factors)")
         return
-    columns = [r for r in remedy if r != "project-back"]
-    if len(set(columns)) > 1:
-        raise UserError("--remedy: standardize and popularity are alternatives; pick one")
+    before_svd = [r for r in remedy if r != "project-back"]
+    if len(set(before_svd)) > 1:
+        raise UserError("--remedy: standardize, popularity and rows are alternatives; pick one")
     if factors is not None:
         raise UserError("--factors: applies to --model als only (closed form: use -k)")
     specs = models.model_specs(objective, _parse_lams(lam), scaling, every,
                                "project-back" in remedy)
-    pre = models.Preprocessing(columns[0] if columns else "none", beta=beta)
+    pre = models.Preprocessing(before_svd[0] if before_svd else "none", beta=beta, gamma=gamma)
     svd = models.SVDOptions(k=k, oversampling=oversampling, n_iter=svd_iterations, seed=seed,
                             dtype=dtype, exact=exact, tol=tol, block_rows=block_rows,
                             scheduler=svd_scheduler)
@@ -158,3 +196,34 @@ def _fit(matrix_dir, out, model_kind, k, objective, lam, scaling, every, remedy,
     for model_name, path in result.models.items():
         click.echo(f"wrote {path} ({model_name})")
     click.echo(f"{len(result.models)} model(s), {hit}")
+
+
+def _fit_cosine(matrix_dir, out, k, lam, tol, seed, block_rows, scheduler, name, cluster,
+                overwrite, given: dict) -> None:
+    """``--model cosine``: :func:`bigcos.cosine_fit.fit_cosine` with the options given.
+
+    Without ``--scheduler`` and with ``--svd-scheduler auto`` or ``threads``, the passes run in
+    this process's threads and no cluster is started (a LocalCluster would only add shipping).
+    """
+    from bigcos.cluster import dask_client
+    from bigcos.cosine_fit import CosineOptions, fit_cosine
+    from bigcos.gram import pass_client
+    from bigcos.io import read_manifest
+
+    if any(text.startswith("2:") for text in lam):
+        raise UserError("--lam: --model cosine takes LAM or 1:LAM (the warm start's "
+                        "objective-1 shrinkage)")
+    chosen = {key: value for key, value in given.items() if value is not None}
+    if tol is not None:
+        chosen["tol"] = tol
+    options = CosineOptions(k=k, seed=seed, lam=_parse_lams(lam)[1], block_rows=block_rows,
+                            **chosen)
+    if cluster.scheduler is None and scheduler != "distributed":
+        path = fit_cosine(matrix_dir, out, options, name=name or "cosine", overwrite=overwrite)
+    else:
+        with dask_client(cluster) as client:
+            path = fit_cosine(matrix_dir, out, options, client=pass_client(client, scheduler),
+                              name=name or "cosine", overwrite=overwrite)
+    run = read_manifest(path)["optimisation"]
+    click.echo(f"wrote {path} (cosine, {options.k} dimensions, {run['iterations']} iterations, "
+               f"{run['stop_reason']})")

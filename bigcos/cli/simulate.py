@@ -28,6 +28,11 @@ _D = SimulationParams()
               default=_D.popularity_law, show_default=True,
               help="zipf: p_i = rank^-beta_c within the cluster; power: p_i ~ numpy "
                    "Generator.power(beta_c).")
+@click.option("--popularity-normalization", type=click.Choice(["none", "cluster"]),
+              default=_D.popularity_normalization, show_default=True,
+              help="cluster: rescale each cluster's p_i to sum to its size, so its share of "
+                   "interactions follows its share of items and the users' preferences, not "
+                   "beta_c; none: p_i as drawn (flat clusters draw more).")
 @click.option("--activity-law", type=click.Choice(["zipf", "power"]), default=_D.activity_law,
               show_default=True, help="zipf: P(k) ~ k^-beta_user on [min, max]; power: "
                                       "min + floor(Generator.power(beta_user) * range).")
@@ -46,8 +51,8 @@ _D = SimulationParams()
 @overwrite_option
 @dask_options
 def simulate(out, n_users, n_items, n_clusters, beta_min, beta_max, beta_user, popularity_law,
-             activity_law, min_items, max_items, cluster_concentration, preference_concentration,
-             block_users, seed, overwrite, cluster):
+             popularity_normalization, activity_law, min_items, max_items, cluster_concentration,
+             preference_concentration, block_users, seed, overwrite, cluster):
     """Simulate users interacting with clustered items (Steck et al. 2024, §4).
 
     Writes OUT/interactions/part-*.parquet (user_id, item_id, value, timestamp = draw order;
@@ -64,8 +69,8 @@ def simulate(out, n_users, n_items, n_clusters, beta_min, beta_max, beta_user, p
     params = SimulationParams(
         n_users=n_users, n_items=n_items, n_clusters=n_clusters, beta_min=beta_min,
         beta_max=beta_max, beta_user=beta_user, popularity_law=popularity_law,
-        activity_law=activity_law, min_items=min_items, max_items=max_items,
-        cluster_concentration=cluster_concentration,
+        popularity_normalization=popularity_normalization, activity_law=activity_law,
+        min_items=min_items, max_items=max_items, cluster_concentration=cluster_concentration,
         preference_concentration=preference_concentration, block_users=block_users, seed=seed)
     params.validate()
     with dask_client(cluster):
