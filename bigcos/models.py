@@ -14,6 +14,7 @@ client is ever looked up here.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -42,6 +43,7 @@ from bigcos.closed_form import (
 )
 from bigcos.column_remedies import PREPROCESSINGS, Preprocessing, scale_rows, squared_norm
 from bigcos.errors import UserError
+from bigcos.evaluation import HeldOut, validation_split
 from bigcos.model_dir import (
     DIMENSIONS,
     ITEMS,
@@ -53,6 +55,7 @@ from bigcos.model_dir import (
     write_model,
 )
 from bigcos.projection import column_sq_norms, project_rows
+from bigcos.validation import Selection, select
 
 __all__ = [
     "ALSOptions", "DIMENSIONS", "FitResult", "ITEMS", "Model", "ModelSpec", "NAMED_SCALINGS",
@@ -114,7 +117,8 @@ def matrix_digest(matrix_dir: Path) -> str:
     return h.hexdigest()
 
 
-def spectrum_key(matrix_sha256: str, svd: SVDOptions, pre: Preprocessing) -> tuple[str, dict]:
+def spectrum_key(matrix_sha256: str, svd: SVDOptions, pre: Preprocessing,
+                 rows: dict | None = None) -> tuple[str, dict]:
     """The cache key of one SVD of one matrix.
 
     Parameters
@@ -123,6 +127,8 @@ def spectrum_key(matrix_sha256: str, svd: SVDOptions, pre: Preprocessing) -> tup
         :func:`matrix_digest` of the matrix directory.
     svd : SVDOptions
     pre : Preprocessing
+    rows : dict, optional
+        What decides the fitted rows beyond the matrix (e.g. the validation split).
 
     Returns
     -------
@@ -136,6 +142,8 @@ def spectrum_key(matrix_sha256: str, svd: SVDOptions, pre: Preprocessing) -> tup
 
     parts = {"matrix_sha256": matrix_sha256, "svd": svd.key(), "preprocessing": pre.key(),
              "bigcos": __version__, "svd_version": SVD_VERSION}
+    if rows is not None:
+        parts["rows"] = rows
     text = json.dumps(parts, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16], parts
 
@@ -192,6 +200,48 @@ def cached_spectrum(X: sp.csr_matrix, svd: SVDOptions, col_center: np.ndarray | 
     return spectrum, False
 
 
+# --------------------------------------------------------------------------- λ on validation
+LAMBDA_PATH = "lambda_path.parquet"
+LAMCOS_SUFFIX = "-lamcos"
+
+
+def _validated_specs(specs: list[ModelSpec], sigma: np.ndarray, V: np.ndarray, P_val, val,
+                     selection: Selection, col_center, col_scale, several: bool
+                     ) -> tuple[list[ModelSpec], list[dict], list[dict]]:
+    """Specs with validated λ (plus ``-lamcos`` variants), their manifest fields, the path."""
+    rows, fold_in, held_out = val
+    heldout = HeldOut(rows, fold_in, held_out)
+    todo = [s for s in specs if s.lam is None]
+    path_rows, picks = select(sigma, V, P_val, heldout, todo, selection, solve,
+                              col_center, col_scale) if todo else ([], [])
+    chosen = {s.name: pick for s, pick in zip(todo, picks, strict=True)}
+    out_specs, sources = [], []
+    for spec in specs:
+        if spec.lam is not None:
+            out_specs.append(spec)
+            sources.append({"lam_source": "fixed"})
+            continue
+        pick = chosen[spec.name]
+        same = pick["dot"] == pick["cos"]
+        base = {"lam_source": "validated", "family": spec.name, "lam_validated": pick,
+                "validation_measure": f"{selection.measure}@{selection.at}"}
+        out_specs.append(dataclasses.replace(spec, lam=pick["dot"]))
+        sources.append({**base, "lam_selected_for": ["dot", "cos"] if same else ["dot"]})
+        is_random = spec.scaling is not None and spec.scaling.kind == "random"
+        if several and not same and not is_random:
+            out_specs.append(dataclasses.replace(spec, lam=pick["cos"]))
+            sources.append({**base, "lam_selected_for": ["cos"]})
+    return out_specs, sources, path_rows
+
+
+def write_lambda_path(path: Path, rows: list[dict]) -> None:
+    """The validation path as Parquet: model, objective, lam, metric, recall, ndcg,
+    dims_kept, n_users, chosen."""
+    import pyarrow as pa
+
+    io.write_table(path, pa.Table.from_pylist(rows))
+
+
 # --------------------------------------------------------------------------- the fit driver
 @dataclass
 class FitResult:
@@ -207,6 +257,11 @@ def _model_names(specs: list[ModelSpec], preprocessing: Preprocessing,
     if not specs:
         raise UserError("specs: no model to fit")
     names = [s.name + preprocessing.suffix for s in specs]
+    seen: set[str] = set()
+    for i, n in enumerate(names):  # a validated -lamcos variant follows its base model
+        if n in seen:
+            names[i] = n + LAMCOS_SUFFIX
+        seen.add(names[i])
     if name is not None:
         if len(specs) > 1:
             raise UserError("name: only for a single model (several are named by their "
@@ -233,8 +288,18 @@ def _svd_section(spectrum, key: str, cache_dir: Path | None, hit: bool) -> dict:
 def fit(matrix_dir: str | os.PathLike, out: str | os.PathLike, specs: Sequence[ModelSpec],
         svd: SVDOptions = SVDOptions(), preprocessing: Preprocessing = NO_PREPROCESSING,
         *, cache_dir: str | os.PathLike | None = "default", name: str | None = None,
-        overwrite: bool = False, client=None) -> FitResult:
+        overwrite: bool = False, client=None, selection: Selection | None = None
+        ) -> FitResult:
     """Fit the closed-form models ``specs`` of one matrix from ONE truncated SVD.
+
+    A spec whose ``lam`` is None gets λ chosen on validation users (``selection``, default
+    :class:`bigcos.validation.Selection`): they are drawn from the fit rows, left out of the
+    SVD, and λ maximises their held-out measure along a grid relative to the spectrum,
+    separately for dot and for cosine ranking. The model keeps the λ chosen for dot (shared
+    by every D of objective 1, so they stay dot-equivalent); when several models are fit and
+    cosine prefers another λ, a second model ``<name>-lamcos`` at that λ is written too
+    (random D excepted: they serve sensitivity studies at the shared λ). The whole path is
+    written as ``lambda_path.parquet``.
 
     One spec: ``out`` is the model directory. Several: ``out`` is a root holding one model
     directory per spec (``out/<model name>``) and a ``manifest.json`` listing them; the whole
@@ -263,6 +328,9 @@ def fit(matrix_dir: str | os.PathLike, out: str | os.PathLike, specs: Sequence[M
         Replace an existing ``out``.
     client : distributed.Client, optional
         Where the SVD passes and the row projection run (None: threads in this process).
+    selection : bigcos.validation.Selection, optional
+        How validated λ are chosen (with fixed λ only, it still holds the same validation
+        users out of the SVD).
 
     Returns
     -------
@@ -281,13 +349,19 @@ def fit(matrix_dir: str | os.PathLike, out: str | os.PathLike, specs: Sequence[M
     matrix_dir = Path(matrix_dir).resolve()
     check_out(out, overwrite)
     specs = list(specs)
-    names = _model_names(specs, preprocessing, name)
+    _model_names(specs, preprocessing, name)  # fail fast on clashing names
+    if selection is None and any(s.lam is None for s in specs):
+        selection = Selection()
     with timings("load_matrix"):
         data = load_matrix(matrix_dir)
-        fit_rows = data.fit_rows
+        fit_rows, val = data.fit_rows, None
+        dtype = np.result_type(data.train.dtype, svd.dtype)
+        if selection is not None:  # validation users: drawn from the fit rows, not fit on
+            val = validation_split(data.train, fit_rows, selection.fraction, selection.holdout,
+                                   selection.seed, max_rows=selection.max_users)
+            fit_rows = np.setdiff1d(fit_rows, val[0])
         # the row remedy scales every row (fitted and folded in) by its own count^-gamma
-        train = scale_rows(data.train, preprocessing.rows(data.train),
-                           np.result_type(data.train.dtype, svd.dtype))
+        train = scale_rows(data.train, preprocessing.rows(data.train), dtype)
         X_fit = train if len(fit_rows) == train.shape[0] else train[fit_rows]
         col_center, col_scale = preprocessing.columns(X_fit)
     if svd.k < 1:
@@ -297,24 +371,39 @@ def fit(matrix_dir: str | os.PathLike, out: str | os.PathLike, specs: Sequence[M
     cache_dir = Path(cache_dir) if cache_dir is not None else None
     with timings("svd"):
         digest = matrix_digest(matrix_dir) if cache_dir is not None else "not-hashed"
-        key, key_parts = spectrum_key(digest, svd, preprocessing)
+        rows_key = None if selection is None else {
+            "validation": {"fraction": selection.fraction, "holdout": selection.holdout,
+                           "seed": selection.seed, "max_users": selection.max_users}}
+        key, key_parts = spectrum_key(digest, svd, preprocessing, rows_key)
         spectrum, hit = cached_spectrum(X_fit, svd, col_center, col_scale, cache_dir, key,
                                         key_parts, client=client)
+    V = np.asarray(spectrum.V, np.float64)
+    path_rows: list[dict] = []
+    if selection is not None:
+        with timings("lambda_selection"):
+            fold_in = scale_rows(val[1], preprocessing.rows(val[1]), dtype)
+            P_val = project_rows(fold_in, V, col_center, col_scale)
+            specs, sources, path_rows = _validated_specs(specs, spectrum.sigma, V, P_val, val,
+                                                         selection, col_center, col_scale,
+                                                         several=len(specs) > 1)
+    else:
+        sources = [{"lam_source": "fixed"} for _ in specs]
+    names = _model_names(specs, preprocessing, name if len(specs) == 1 else None)
     with timings("solve"):
         solutions = [solve(spectrum.sigma, s) for s in specs]
     with timings("user_projection"):
-        V = np.asarray(spectrum.V, np.float64)
         P = project_rows(train, V, col_center, col_scale, svd.block_rows,
                          dtype=np.dtype(svd.dtype), client=client)
         p_sq = column_sq_norms(P, fit_rows)
         sq_norm = squared_norm(X_fit, col_center, col_scale)
     svd_section = _svd_section(spectrum, key, cache_dir, hit)
     common = {"svd": svd.key() | {"block_rows": svd.block_rows},
-              "preprocessing": preprocessing.key()}
+              "preprocessing": preprocessing.key(),
+              "validation": None if selection is None else asdict(selection)}
     single = len(specs) == 1
     written: dict[str, Path] = {}
     with io.atomic_output_dir(out, overwrite=overwrite) as root:
-        for model_name, spec, sol in zip(names, specs, solutions, strict=True):
+        for model_name, spec, sol, source in zip(names, specs, solutions, sources, strict=True):
             mt = io.Timings()
             target = root if single else root / model_name
             target.mkdir(exist_ok=True)
@@ -324,18 +413,31 @@ def fit(matrix_dir: str | os.PathLike, out: str | os.PathLike, specs: Sequence[M
                 users *= sol.a[sol.kept].astype(users.dtype)
                 write_model(target, data.item_ids, items, data.user_ids, users,
                             dimensions_table(sol, spectrum.residuals))
+                if "family" in source:
+                    write_lambda_path(target / LAMBDA_PATH,
+                                      [r for r in path_rows if r["model"] == source.get("family")])
             params = {"model": "closed-form", "objective": spec.objective, "lam": spec.lam,
                       "scaling": asdict(spec.scaling) if spec.scaling else None,
-                      "project_back": spec.project_back, **common}
+                      "project_back": spec.project_back, **source, **common}
             counts = {"users": data.train.shape[0], "items": data.train.shape[1],
-                      "fit_users": len(fit_rows), "train_nnz": int(data.train.nnz),
+                      "fit_users": len(fit_rows),
+                      "validation_users": 0 if val is None else len(val[0]),
+                      "train_nnz": int(data.train.nnz),
                       "dims_svd": len(sol.sigma), "dims_kept": int(sol.kept.sum()),
                       "dims_dropped": int((~sol.kept).sum())}
+            warnings = ([f"objective 2 keeps only {int(sol.kept.sum())} dimension(s) at "
+                         f"lam2 = {spec.lam:g}: its cosines are nearly all +-1"]
+                        if spec.objective == 2 and sol.kept.sum() < 3 else [])
+            for warning in warnings:
+                log.warning("%s: %s", model_name, warning)
             io.write_manifest(target, "fit", params, timings=mt, model_name=model_name,
                               matrix_dir=str(matrix_dir), counts=counts, svd=svd_section,
-                              losses=losses(sol, sq_norm, p_sq), run_timings_s=timings.as_dict())
+                              losses=losses(sol, sq_norm, p_sq), warnings=warnings,
+                              run_timings_s=timings.as_dict())
             written[model_name] = Path(out) if single else Path(out) / model_name
         if not single:
+            if path_rows:
+                write_lambda_path(root / LAMBDA_PATH, path_rows)
             io.write_manifest(root, "fit", {"models": names, **common}, timings=timings,
                               matrix_dir=str(matrix_dir), models=names, svd=svd_section)
     return FitResult(written, hit, spectrum.info)
