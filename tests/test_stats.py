@@ -1,0 +1,62 @@
+"""Bootstrap intervals: coverage on synthetic data with a known per-user effect, and verdicts."""
+
+import numpy as np
+import pytest
+
+from bigcos.stats import bootstrap_mean, paired_bootstrap
+
+
+def _paired_users(rng, n_users, effect):
+    """Per-user metric of two configurations on the same users: b = base, a = base + effect
+    + noise. The population mean of a - b is exactly ``effect``."""
+    base = rng.beta(2, 5, n_users)  # per-user difficulty, shared by a and b (the pairing)
+    noise = rng.normal(0.0, 0.1, n_users)
+    return base + effect + noise, base
+
+
+def test_paired_interval_covers_the_planted_effect_about_95_percent():
+    reps, effect = 200, 0.02
+    covered = 0
+    for rep in range(reps):
+        a, b = _paired_users(np.random.default_rng(1000 + rep), 300, effect)
+        c = paired_bootstrap(a, b, n_resamples=1000, level=0.95, seed=rep)
+        covered += c.lo <= effect <= c.hi
+    # Binomial(200, 0.95): mean 190, sd 3.1; the percentile interval under-covers slightly at
+    # n = 300, so accept 181..198 (about -3 sd .. +2.6 sd). Observed with these seeds: 190.
+    assert 181 <= covered <= 198, covered
+
+
+def test_verdict_finds_a_planted_effect_and_no_difference_without_one():
+    rng = np.random.default_rng(7)
+    a, b = _paired_users(rng, 500, 0.05)
+    assert paired_bootstrap(a, b).verdict == "a better"
+    assert paired_bootstrap(b, a).verdict == "b better"
+    a0, b0 = _paired_users(rng, 500, 0.0)
+    null = paired_bootstrap(a0, b0)
+    assert null.verdict == "no difference"
+    assert null.lo < 0 < null.hi
+
+
+def test_pairing_matters_and_intervals_are_seeded():
+    rng = np.random.default_rng(3)
+    a, b = _paired_users(rng, 200, 0.01)
+    # unpaired intervals of a and b overlap heavily (the shared base dominates) ...
+    ia, ib = bootstrap_mean(a), bootstrap_mean(b)
+    assert ia.lo < ib.hi
+    # ... while the paired interval only carries the noise (sd 0.1, vs 0.19 for a alone)
+    c = paired_bootstrap(a, b)
+    assert c.hi - c.lo < 0.7 * (ia.hi - ia.lo)
+    assert paired_bootstrap(a, b, seed=5) == paired_bootstrap(a, b, seed=5)
+    assert c.estimate == pytest.approx(np.mean(a - b))
+
+
+def test_nan_units_are_dropped_and_bad_arguments_named():
+    a = np.array([1.0, np.nan, 3.0, 2.0])
+    b = np.array([0.0, 1.0, np.nan, 1.0])
+    c = paired_bootstrap(a, b, n_resamples=50)
+    assert c.n == 2 and c.estimate == pytest.approx(1.0)
+    assert bootstrap_mean(np.array([np.nan])).n == 0
+    with pytest.raises(ValueError, match="level"):
+        bootstrap_mean(a, level=1.5)
+    with pytest.raises(ValueError, match="n_resamples"):
+        bootstrap_mean(a, n_resamples=0)
