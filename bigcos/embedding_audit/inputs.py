@@ -199,7 +199,7 @@ def _positions(ids: pa.Array, vocabulary: pa.Array) -> np.ndarray:
     """Row of each vocabulary id in ``ids`` (-1 when absent)."""
     try:
         found = pc.index_in(vocabulary, value_set=ids)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
         raise UserError(f"embedding ids of type {ids.type} cannot be matched to matrix ids of "
                         f"type {vocabulary.type}") from None
     return found.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
