@@ -138,13 +138,20 @@ def test_bpr_with_bias_columns(saved, tmp_path):
     assert result.tables["dimensions"].num_rows == 13
 
 
+@pytest.fixture(scope="module")
+def closed_form(saved):
+    """Objective 1 under two rescalings, from one SVD (bigcos.fit)."""
+    root, _ = saved
+    bigcos.fit(root / "matrix", root / "obj1", [ModelSpec(1, 50.0, Scaling("item-orthonormal")),
+                                                ModelSpec(1, 50.0, Scaling("sigma"))],
+               SVDOptions(k=16, exact=True), cache_dir=None)
+    return root / "obj1"
+
+
 @pytest.mark.parametrize("scaling, member", [("item-orthonormal", "item-orthonormal"),
                                              ("sigma", "balanced")])
-def test_closed_form_export_is_recognised_as_its_member(saved, tmp_path, scaling, member):
-    root, _ = saved
-    model = tmp_path / "model"
-    bigcos.fit(root / "matrix", model, [ModelSpec(1, 50.0, Scaling(scaling))],
-               SVDOptions(k=16, exact=True), cache_dir=None)
+def test_closed_form_export_is_recognised_as_its_member(closed_form, tmp_path, scaling, member):
+    model = closed_form / f"obj1-{scaling}"
     bare = tmp_path / "bare"  # just the two Parquet files, no manifest
     bare.mkdir()
     for name in ("items.parquet", "users.parquet"):
@@ -199,8 +206,12 @@ def test_bad_inputs_are_one_line_errors_or_counted_warnings(tmp_path, saved):
     assert "1 item rows are all zero (no cosine: scored 0)" in result.warnings
     with pytest.raises(UserError, match="users5.parquet: user embeddings have 5 dimensions"):
         audit(tmp_path / "items.parquet", tmp_path / "r2", users=tmp_path / "users5.parquet")
+    with pytest.raises(UserError, match="ids of type string cannot be matched to matrix ids"):
+        bio.write_embeddings(tmp_path / "s.parquet", pa.array(["a", "b"]), np.eye(2), "item_id")
+        audit(tmp_path / "s.parquet", tmp_path / "r3", matrix=root / "matrix")
     with pytest.raises(UserError, match="no item id of the embeddings is in the matrix"):
-        _strings_ids(tmp_path, root)
+        bio.write_embeddings(tmp_path / "x.parquet", 10**12 + np.arange(2), np.eye(2), "item_id")
+        audit(tmp_path / "x.parquet", tmp_path / "r3", matrix=root / "matrix")
     np.save(tmp_path / "short.npy", items[:10])
     runner = CliRunner()
     res = runner.invoke(main, ["audit", str(tmp_path / "short.npy"), "--matrix",
@@ -209,12 +220,6 @@ def test_bad_inputs_are_one_line_errors_or_counted_warnings(tmp_path, saved):
     assert res.output.strip().count("\n") == 0
     assert "10 item rows but the matrix has" in res.output
     assert not (tmp_path / "r4").exists()
-
-
-def _strings_ids(tmp_path, root):
-    ids = pa.array([f"x{i}" for i in range(4)])
-    bio.write_embeddings(tmp_path / "other.parquet", ids, np.eye(4), "item_id")
-    audit(tmp_path / "other.parquet", tmp_path / "r3", matrix=root / "matrix")
 
 
 def test_cli_audits_an_implicit_model(saved, tmp_path):

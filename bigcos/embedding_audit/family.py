@@ -16,6 +16,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from bigcos import canonical
+from bigcos.embedding_audit.inputs import TINY_NORM
 from bigcos.neighbor_lists import top_n
 
 OWN = "own"
@@ -66,6 +67,8 @@ def _apply(x: np.ndarray, linear_map: np.ndarray, block_rows: int) -> np.ndarray
     for start in range(0, len(x), block_rows):
         out[start:start + block_rows] = np.asarray(x[start:start + block_rows],
                                                    np.float64) @ linear_map
+    norms = np.linalg.norm(out, axis=1)
+    out[norms < TINY_NORM * norms.max(initial=0.0)] = 0.0  # as inputs does for the model's own
     return out
 
 

@@ -32,6 +32,7 @@ import scipy.sparse as sp
 from bigcos import io, metrics
 from bigcos.errors import UserError
 
+TINY_NORM = 1e-12  # rows with a smaller norm (relative to the largest) count as zero
 # implicit 0.7.x: keys that tell its saved models apart (besides the two factor arrays)
 _IMPLICIT_KINDS = (("alpha", "implicit-als"), ("neg_prop", "implicit-lmf"),
                    ("verify_negative_samples", "implicit-bpr"))
@@ -169,11 +170,17 @@ def _clean(array: np.ndarray, ids: pa.Array, path, role: str, warnings: list[str
         raise UserError(f"{path}: {role} embeddings must be numbers, got dtype {array.dtype}")
     if pc.count_distinct(ids).as_py() != len(ids):
         raise UserError(f"{path}: {role} ids are not unique")
-    array = np.asarray(array, np.float32)
+    array = np.array(array, np.float32)  # a copy: tiny rows are zeroed in place
     finite = np.isfinite(array).all(axis=1)
     if not finite.all():
         warnings.append(f"{(~finite).sum():,} {role} rows with NaN or inf dropped")
         array, ids = array[finite], ids.filter(pa.array(finite))
+    norms = np.linalg.norm(array.astype(np.float64), axis=1)
+    tiny = (norms > 0) & (norms < TINY_NORM * norms.max(initial=0.0))
+    if tiny.any():  # e.g. denormal rows of items a model never saw: 1 / norm overflows
+        warnings.append(f"{tiny.sum():,} {role} rows with norm below {TINY_NORM:g} of the "
+                        "largest set to zero")
+        array[tiny] = 0.0
     zero = int((~array.any(axis=1)).sum())
     if zero:
         warnings.append(f"{zero:,} {role} rows are all zero (no cosine: scored 0)")
