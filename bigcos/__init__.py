@@ -32,6 +32,7 @@ _API = {
     "figure1": "bigcos.figures",
     "write_report": "bigcos.reports", "read_report_table": "bigcos.reports",
     "load_job": "bigcos.pipeline", "run_job": "bigcos.pipeline",
+    "audit": "bigcos.embedding_audit",
 }
 # No public name may equal a submodule's name: importing ``bigcos.<name>`` would rebind the
 # package attribute to the module (the reason the simulator and Figure 1 modules are named

@@ -47,11 +47,13 @@ def inverse_norms(x: np.ndarray) -> np.ndarray:
     Returns
     -------
     numpy.ndarray, shape (m,), float32
-        ``1 / ||x_i||`` with the norm accumulated in float64, and 0 where the norm is 0.
+        ``1 / ||x_i||`` with the norm accumulated in float64, and 0 where the norm is 0 or
+        below float32's smallest normal number (denormal rows, e.g. items a fit never saw:
+        their inverse would overflow float32, so they are treated as zero-norm).
     """
     norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))
     inv = np.zeros(len(x), dtype=np.float64)
-    np.divide(1.0, norms, out=inv, where=norms > 0)
+    np.divide(1.0, norms, out=inv, where=norms >= np.finfo(np.float32).tiny)
     return inv.astype(np.float32)
 
 

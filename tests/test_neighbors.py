@@ -442,3 +442,16 @@ def test_blocking_from_budget_picks_blocks_and_refuses_tiny_budgets():
 def test_inverse_norms_zero_rows():
     x = np.array([[3, 4], [0, 0]], np.float32)
     assert inverse_norms(x).tolist() == [pytest.approx(0.2), 0.0]
+
+
+def test_denormal_rows_count_as_zero_norm_and_never_overflow():
+    from bigcos.topn import inverse_norms
+
+    x = np.array([[3.0, 4.0], [1e-44, 0.0], [0.0, 0.0]], np.float32)
+    assert x[1, 0] > 0  # a denormal float32
+    inv = inverse_norms(x)
+    np.testing.assert_array_equal(inv, np.float32([0.2, 0.0, 0.0]))
+    lists = top_n(x, x, 2, ("cos",), exclude_self=True)
+    index, scores = lists["cos"]
+    assert np.isfinite(scores).all()
+    np.testing.assert_array_equal(scores[1], [0.0, 0.0])  # zero-norm: every cosine is 0

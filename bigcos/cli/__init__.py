@@ -25,6 +25,7 @@ COMMANDS = [
     ("simulate", "simulate"),
     ("figure1", "figure1"),
     ("report", "report"),
+    ("audit", "audit"),
     ("init", "init"),
     ("run", "run"),
     ("bench", "bench"),
