@@ -16,8 +16,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from bigcos import canonical
+from bigcos.blocked_topn import top_n
 from bigcos.embedding_audit.inputs import TINY_NORM
-from bigcos.neighbor_lists import top_n
 
 OWN = "own"
 

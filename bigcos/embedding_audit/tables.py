@@ -6,8 +6,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from bigcos import metrics, stats
+from bigcos.blocked_topn import top_n
 from bigcos.embedding_audit.family import OWN, Family, Lists, Member, dot_deviation
-from bigcos.neighbor_lists import top_n
 
 METRICS = ("cos", "dot")
 
