@@ -43,11 +43,13 @@ from bigcos.closed_form import (
 from bigcos.column_remedies import PREPROCESSINGS, Preprocessing, squared_norm
 from bigcos.errors import UserError
 from bigcos.model_dir import (
+    COLUMNS,
     DIMENSIONS,
     ITEMS,
     USERS,
     Model,
     check_out,
+    columns_table,
     dimensions_table,
     load_model,
     write_model,
@@ -319,6 +321,9 @@ def fit(matrix_dir: str | os.PathLike, out: str | os.PathLike, specs: Sequence[M
                 users *= sol.a[sol.kept].astype(users.dtype)
                 write_model(target, data.item_ids, items, data.user_ids, users,
                             dimensions_table(sol, spectrum.residuals))
+                if col_center is not None or col_scale is not None:  # the column remedy's mu, s
+                    io.write_table(target / COLUMNS,
+                                   columns_table(data.item_ids, col_center, col_scale))
             params = {"model": "closed-form", "objective": spec.objective, "lam": spec.lam,
                       "scaling": asdict(spec.scaling) if spec.scaling else None,
                       "project_back": spec.project_back, **common}
