@@ -109,6 +109,38 @@ def write_neighbors(root: Path, kind: str, model: str, metric: str, query_ids, n
     pq.write_table(table, leaf / "part-00000.parquet")
 
 
+def write_validation_paths(fit: np.ndarray, model_dirs: list[Path]) -> None:
+    """What `bigcos fit` writes when λ is validated: lambda_path.parquet (a real path from
+    bigcos.validation.select on validation rows of ``fit``) and manifest fields, plus an
+    objective-2 warning, into the obj1-symmetric and obj2 directories."""
+    import scipy.sparse as sp
+
+    from bigcos.closed_form import ModelSpec, Scaling, solve
+    from bigcos.evaluation import HeldOut, validation_split
+    from bigcos.validation import Selection, select
+
+    X = sp.csr_matrix(fit)
+    _, s, vt = np.linalg.svd(fit, full_matrices=False)
+    rows, fold, held = validation_split(X, np.arange(X.shape[0]), 0.3, 0.3, seed=0)
+    V = vt[:K].T
+    specs = [ModelSpec(1, None, Scaling("symmetric")), ModelSpec(2, None)]
+    path, chosen = select(s[:K], V, fold @ V, HeldOut(rows, fold, held), specs,
+                          Selection(points=6, at=10), solve)
+    for d in model_dirs:
+        if d.name not in ("obj1-symmetric", "obj2"):
+            continue
+        family = specs[d.name == "obj2"].name
+        mine = [r for r in path if r["model"] == family]
+        pq.write_table(pa.Table.from_pylist(mine), d / "lambda_path.parquet")
+        manifest = json.loads((d / "manifest.json").read_text())
+        manifest["parameters"] |= {"lam_source": "validated", "family": family,
+                                   "lam_validated": chosen[d.name == "obj2"],
+                                   "validation_measure": "recall"}
+        if d.name == "obj2":
+            manifest["warnings"] = ["objective 2 keeps 2 of 8 dimensions (fewer than 3)"]
+        (d / "manifest.json").write_text(json.dumps(manifest))
+
+
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> dict[str, Path]:
     tmp = tmp_path_factory.mktemp("report-inputs")
@@ -140,6 +172,7 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
             top, sc = dense_topn(U32, U32, metric, DEPTH, np.eye(len(user_ids), dtype=bool))
             write_neighbors(nb_root, "user-user", name, metric, user_ids, user_ids, top, sc)
     io.write_manifest(nb_root, "neighbors", {"n": DEPTH}, filename=io.DATASET_MANIFEST)
+    write_validation_paths(fit, model_dirs)
     return {"tmp": tmp, "matrix": tmp / "matrix", "models": model_dirs, "neighbors": nb_root,
             "items": tmp / "items.parquet"}
 
@@ -293,7 +326,7 @@ def test_tables_read_back_with_documented_schema(report_dir):
         schema = pq.read_schema(path)
         expected = reports.table_schema(name, pa.int64())
         assert schema.equals(expected, check_metadata=False), name
-        assert json.loads(schema.metadata[b"bigcos.schema"]) == {"table": name, "version": 2}
+        assert json.loads(schema.metadata[b"bigcos.schema"]) == {"table": name, "version": 3}
         frame = pd.read_parquet(path)
         assert list(frame.columns) == [f.name for f in expected]
         assert manifest["counts"][name] == len(frame) > 0
@@ -416,7 +449,9 @@ def test_heldout_names_its_columns_after_ks(inputs):
     model = load_model(inputs["models"][0])
     rows = reports.heldout({model.name: model}, data, ks=(5, 7, 9))
     assert list(rows[0]) == ["model", "metric", "protocol", "n_users", "recall_at_5",
-                             "recall_at_7", "ndcg_at_9"]
+                             "recall_at_5_lo", "recall_at_5_hi", "recall_at_7", "recall_at_7_lo",
+                             "recall_at_7_hi", "ndcg_at_9", "ndcg_at_9_lo", "ndcg_at_9_hi",
+                             "level", "lam", "lam_source", "scoring"]
     train, test = data.train.toarray() > 0, data.test.toarray() > 0
     B, U = model.item_embeddings, model.user_embeddings
     recalls = []
