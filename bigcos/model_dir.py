@@ -3,6 +3,8 @@
     items.parquet     item_id (original type), embedding (fixed_size_list<float32>[k])
     users.parquet     user_id (original type), embedding (fixed_size_list<float32>[k])
     spectrum.parquet  closed form only: dim, sigma, g, d, a, b, kept, residual per SVD dimension
+    columns.parquet   column remedy only: item_id, col_center (mu), col_scale (s) per item, so
+                      X~ = (X - 1 mu^T) diag(s) can be mapped back to X's own scale
     manifest.json     parameters, counts, losses, SVD section, timings, versions
 
 Rows follow the matrix's order (row j of items.parquet is column j of the matrix). Embeddings with
@@ -23,6 +25,7 @@ from bigcos.closed_form import Solution
 from bigcos.errors import UserError
 
 ITEMS, USERS, DIMENSIONS = "items.parquet", "users.parquet", "spectrum.parquet"
+COLUMNS = "columns.parquet"
 
 
 @dataclass
@@ -31,7 +34,8 @@ class Model:
 
     ``item_embeddings`` (p, k) float32, row j = ``item_ids[j]`` (matrix column order);
     ``user_embeddings`` (n, k) float32, row i = ``user_ids[i]`` (matrix row order);
-    ``dimensions``: the spectrum table (sigma, g, d, a, b, kept per SVD dimension) or None (ALS).
+    ``dimensions``: the spectrum table (sigma, g, d, a, b, kept per SVD dimension) or None (ALS);
+    ``columns``: the column remedy's table (:func:`columns_table`) or None (no column remedy).
     """
 
     name: str
@@ -42,6 +46,7 @@ class Model:
     manifest: dict
     matrix_dir: Path | None
     dimensions: pa.Table | None = field(default=None, repr=False)
+    columns: pa.Table | None = field(default=None, repr=False)
 
 
 def load_model(directory: str | os.PathLike) -> Model:
@@ -72,9 +77,10 @@ def load_model(directory: str | os.PathLike) -> Model:
         raise UserError(f"{d}: item embeddings have {items.shape[1]} dimensions, "
                         f"user embeddings {users.shape[1]}")
     dims = io.read_table(d / DIMENSIONS) if (d / DIMENSIONS).exists() else None
+    columns = io.read_table(d / COLUMNS) if (d / COLUMNS).exists() else None
     matrix_dir = manifest.get("matrix_dir")
     return Model(manifest["model_name"], item_ids, items, user_ids, users, manifest,
-                 Path(matrix_dir) if matrix_dir else None, dims)
+                 Path(matrix_dir) if matrix_dir else None, dims, columns)
 
 
 def dimensions_table(solution: Solution, residuals: np.ndarray | None = None) -> pa.Table:
@@ -98,6 +104,28 @@ def dimensions_table(solution: Solution, residuals: np.ndarray | None = None) ->
     if residuals is not None:
         cols["residual"] = np.asarray(residuals, np.float64)
     return pa.table(cols)
+
+
+def columns_table(item_ids: pa.Array, col_center: np.ndarray | None,
+                  col_scale: np.ndarray | None) -> pa.Table:
+    """One row per item of a column remedy X~ = (X - 1 mu^T) diag(s): item_id, mu, s.
+
+    Parameters
+    ----------
+    item_ids : pyarrow.Array, shape (p,)
+    col_center : ndarray, shape (p,), or None
+        mu (None: 0, e.g. the popularity remedy).
+    col_scale : ndarray, shape (p,), or None
+        s (None: 1).
+
+    Returns
+    -------
+    pyarrow.Table with p rows: item_id, col_center, col_scale (float64)
+    """
+    p = len(item_ids)
+    center = np.zeros(p) if col_center is None else np.asarray(col_center, np.float64)
+    scale = np.ones(p) if col_scale is None else np.asarray(col_scale, np.float64)
+    return pa.table({"item_id": item_ids, "col_center": center, "col_scale": scale})
 
 
 def write_model(directory: Path, item_ids: pa.Array, items: np.ndarray, user_ids: pa.Array,

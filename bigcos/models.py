@@ -45,11 +45,13 @@ from bigcos.column_remedies import PREPROCESSINGS, Preprocessing, scale_rows, sq
 from bigcos.errors import UserError
 from bigcos.evaluation import HeldOut, validation_split
 from bigcos.model_dir import (
+    COLUMNS,
     DIMENSIONS,
     ITEMS,
     USERS,
     Model,
     check_out,
+    columns_table,
     dimensions_table,
     load_model,
     write_model,
@@ -415,7 +417,10 @@ def fit(matrix_dir: str | os.PathLike, out: str | os.PathLike, specs: Sequence[M
                             dimensions_table(sol, spectrum.residuals))
                 if "family" in source:
                     write_lambda_path(target / LAMBDA_PATH,
-                                      [r for r in path_rows if r["model"] == source.get("family")])
+                                      [r for r in path_rows if r["model"] == source["family"]])
+                if col_center is not None or col_scale is not None:  # the column remedy's mu, s
+                    io.write_table(target / COLUMNS,
+                                   columns_table(data.item_ids, col_center, col_scale))
             params = {"model": "closed-form", "objective": spec.objective, "lam": spec.lam,
                       "scaling": asdict(spec.scaling) if spec.scaling else None,
                       "project_back": spec.project_back, **source, **common}

@@ -8,7 +8,10 @@ report tables that `bigcos run` wrote, so every number there comes from a commit
 Each argument is one dataset's output directory (holding matrix/ and report/). Columns: the
 objective-1 models under every rescaling D ("obj1-<D>", not the remedies) compared with each
 other (d_sensitivity: mean Jaccard of the lists at the report depth), their held-out
-Recall@20 (heldout) and their same-label AUC (ground_truth).
+Recall@20 (heldout) and their same-label AUC (ground_truth); then, with intervals, obj1-symmetric's
+Recall@20 by dot and by cosine (cosine at obj1-symmetric-lamcos when λ was chosen for it), the
+paired dot-vs-cosine verdict from comparisons.parquet (raw / Holm), the item-item cosine
+D-sensitivity J@N with its interval over queries, and λ for dot / cosine.
 """
 
 from __future__ import annotations
@@ -36,6 +39,31 @@ def _objective1(table: pd.DataFrame) -> pd.DataFrame:
     return table[keep]
 
 
+def _interval(r, col: str) -> str:
+    """``0.123 [0.101, 0.145]`` from ``col``, ``col_lo``, ``col_hi`` (jaccard: its mean)."""
+    est = r[col + "_mean"] if col == "jaccard" else r[col]
+    return f"{est:.3f} [{r[col + '_lo']:.3f}, {r[col + '_hi']:.3f}]"
+
+
+def _with_intervals(report: Path, sens: pd.DataFrame, model: str = "obj1-symmetric") -> list:
+    """Recall@20 dot [lo, hi], cosine [lo, hi], verdict dot vs cosine, J@N [lo, hi], λ dot/cos."""
+    held = pd.read_parquet(report / "heldout.parquet").set_index(["model", "metric"])
+    comp = pd.read_parquet(report / "comparisons.parquet")
+    comp = comp[(comp.comparison == "dot vs cosine") & (comp.model_a == model)
+                & (comp.measure == "recall_at_20")]
+    if (model, "dot") not in held.index or comp.empty:
+        return ["–"] * 5
+    c = comp.iloc[0]
+    dot, cos = held.loc[(model, "dot")], held.loc[(c.model_b, "cos")]
+    words = {"a better": "dot better", "b better": "cosine better",
+             "no difference": "no difference"}
+    item = sens[(sens.kind == "item-item") & (sens.metric == "cos")]
+    jac = _interval(item.iloc[0], "jaccard") if len(item) else "–"
+    return [_interval(dot, "recall_at_20"), _interval(cos, "recall_at_20"),
+            f"{words[c.verdict]} ({c.estimate:+.3f} [{c.lo:+.3f}, {c.hi:+.3f}]; Holm: "
+            f"{words[c.verdict_holm]})", jac, f"{dot.lam:g} / {cos.lam:g}"]
+
+
 def row(out: Path) -> tuple[str, dict]:
     """One markdown row of the table, and the figures the bullets quote."""
     report, counts = out / "report", json.loads((out / "matrix" / "manifest.json").read_text())
@@ -60,6 +88,7 @@ def row(out: Path) -> tuple[str, dict]:
              jaccard("item-item", "cos"),
              _span(held[held.metric == "dot"].recall_at_20),
              _span(held[held.metric == "cos"].recall_at_20), auc]
+    cells += _with_intervals(report, sens)
     quoted = {"frac_more_popular": {m: _span(_objective1(pop)[_objective1(pop).metric == m]
                                              .frac_more_popular) for m in ("dot", "cos")},
               "norm_popularity_spearman": _span(_objective1(pop).norm_popularity_spearman),
@@ -70,8 +99,9 @@ def row(out: Path) -> tuple[str, dict]:
 def main(paths: list[str]) -> None:
     print("| dataset | users × items (train nnz) | user-item J@10 across D: dot | … cosine "
           "| item-item J@10 across D: cosine | Recall@20 over D: dot | … cosine "
-          "| same-label AUC over D: cosine |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| same-label AUC over D: cosine | Recall@20 dot [95% CI] | … cosine [95% CI] "
+          "| dot vs cosine (paired) | item-item J@10 across D: cosine [95% CI] | λ dot / cos |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     quoted = {}
     for path in paths:
         line, quoted[Path(path).name] = row(Path(path))

@@ -109,6 +109,38 @@ def write_neighbors(root: Path, kind: str, model: str, metric: str, query_ids, n
     pq.write_table(table, leaf / "part-00000.parquet")
 
 
+def write_validation_paths(fit: np.ndarray, model_dirs: list[Path]) -> None:
+    """What `bigcos fit` writes when λ is validated: lambda_path.parquet (a real path from
+    bigcos.validation.select on validation rows of ``fit``) and manifest fields, plus an
+    objective-2 warning, into the obj1-symmetric and obj2 directories."""
+    import scipy.sparse as sp
+
+    from bigcos.closed_form import ModelSpec, Scaling, solve
+    from bigcos.evaluation import HeldOut, validation_split
+    from bigcos.validation import Selection, select
+
+    X = sp.csr_matrix(fit)
+    _, s, vt = np.linalg.svd(fit, full_matrices=False)
+    rows, fold, held = validation_split(X, np.arange(X.shape[0]), 0.3, 0.3, seed=0)
+    V = vt[:K].T
+    specs = [ModelSpec(1, None, Scaling("symmetric")), ModelSpec(2, None)]
+    path, chosen = select(s[:K], V, fold @ V, HeldOut(rows, fold, held), specs,
+                          Selection(points=6, at=10), solve)
+    for d in model_dirs:
+        if d.name not in ("obj1-symmetric", "obj2"):
+            continue
+        family = specs[d.name == "obj2"].name
+        mine = [r for r in path if r["model"] == family]
+        pq.write_table(pa.Table.from_pylist(mine), d / "lambda_path.parquet")
+        manifest = json.loads((d / "manifest.json").read_text())
+        manifest["parameters"] |= {"lam_source": "validated", "family": family,
+                                   "lam_validated": chosen[d.name == "obj2"],
+                                   "validation_measure": "recall"}
+        if d.name == "obj2":
+            manifest["warnings"] = ["objective 2 keeps 2 of 8 dimensions (fewer than 3)"]
+        (d / "manifest.json").write_text(json.dumps(manifest))
+
+
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> dict[str, Path]:
     tmp = tmp_path_factory.mktemp("report-inputs")
@@ -140,6 +172,7 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
             top, sc = dense_topn(U32, U32, metric, DEPTH, np.eye(len(user_ids), dtype=bool))
             write_neighbors(nb_root, "user-user", name, metric, user_ids, user_ids, top, sc)
     io.write_manifest(nb_root, "neighbors", {"n": DEPTH}, filename=io.DATASET_MANIFEST)
+    write_validation_paths(fit, model_dirs)
     return {"tmp": tmp, "matrix": tmp / "matrix", "models": model_dirs, "neighbors": nb_root,
             "items": tmp / "items.parquet"}
 
@@ -293,7 +326,7 @@ def test_tables_read_back_with_documented_schema(report_dir):
         schema = pq.read_schema(path)
         expected = reports.table_schema(name, pa.int64())
         assert schema.equals(expected, check_metadata=False), name
-        assert json.loads(schema.metadata[b"bigcos.schema"]) == {"table": name, "version": 2}
+        assert json.loads(schema.metadata[b"bigcos.schema"]) == {"table": name, "version": 3}
         frame = pd.read_parquet(path)
         assert list(frame.columns) == [f.name for f in expected]
         assert manifest["counts"][name] == len(frame) > 0
@@ -416,7 +449,9 @@ def test_heldout_names_its_columns_after_ks(inputs):
     model = load_model(inputs["models"][0])
     rows = reports.heldout({model.name: model}, data, ks=(5, 7, 9))
     assert list(rows[0]) == ["model", "metric", "protocol", "n_users", "recall_at_5",
-                             "recall_at_7", "ndcg_at_9"]
+                             "recall_at_5_lo", "recall_at_5_hi", "recall_at_7", "recall_at_7_lo",
+                             "recall_at_7_hi", "ndcg_at_9", "ndcg_at_9_lo", "ndcg_at_9_hi",
+                             "level", "lam", "lam_source", "scoring"]
     train, test = data.train.toarray() > 0, data.test.toarray() > 0
     B, U = model.item_embeddings, model.user_embeddings
     recalls = []
@@ -512,6 +547,11 @@ def test_html_renders_its_images_in_headless_chromium(report_dir, inputs, tmp_pa
     for d in inputs["models"]:
         assert re.search(rf"<code>{d.name}</code></td><td>[^<]{{20,}}</td>", legend), d.name
     assert "random100x-seed1" in legend and "-std / -pop" in legend
+    # findings generated from the comparisons' verdicts, and the validation curves
+    findings = re.search(r'<ul id="findings">(.*?)</ul>', dom, re.S)[1]
+    assert "paired comparisons of held-out Recall@20" in findings and "Holm-adjusted" in findings
+    validation = re.search(r'<section id="validation">(.*?)</section>', dom, re.S)[1]
+    assert "Validation curves: choosing λ" in validation and "<img" in validation
     shot = Path(os.environ.get("BIGCOS_SCREENSHOT", tmp_path / "page.png"))
     subprocess.run([*flags, f"--screenshot={shot}", "--window-size=1200,3000",
                     (report_dir / "report.html").as_uri()], capture_output=True, timeout=120)
@@ -591,3 +631,152 @@ def test_report_on_models_and_neighbours_from_bigcos_itself(inputs, tmp_path):
     dot = held[(held.metric == "dot") & held.model.str.startswith("obj1")]
     np.testing.assert_allclose(dot["recall_at_20"], dot["recall_at_20"].iloc[0], rtol=1e-6)
     assert (tmp_path / "report" / "report.html").stat().st_size > 10_000
+
+
+# --------------------------------------------------------------------------- issue 11: statistics
+@pytest.fixture(scope="module")
+def remedy_models(inputs) -> dict:
+    """obj1 symmetric, user-orthonormal and project-back fit by bigcos.fit, plain, -std and -pop."""
+    from bigcos.closed_form import ModelSpec, Scaling
+    from bigcos.models import Preprocessing, SVDOptions, fit, load_model
+
+    specs = [ModelSpec(1, LAM1, Scaling("symmetric")), ModelSpec(1, LAM1, project_back=True)]
+    models = {}
+    for pre in (Preprocessing(), Preprocessing("standardize"), Preprocessing("popularity")):
+        out = inputs["tmp"] / f"fit-{pre.kind}"
+        if not out.exists():
+            fit(inputs["matrix"], out, specs, SVDOptions(k=K, exact=True), pre, cache_dir=None)
+        for d in sorted(p for p in out.iterdir() if p.is_dir()):
+            models[d.name] = load_model(d)
+    return models
+
+
+def test_heldout_dot_is_the_models_prediction_of_x(inputs, remedy_models):
+    """Project-back and column remedies: the held-out dot equals a dense X-scale prediction."""
+    from bigcos.column_remedies import Preprocessing
+    from bigcos.matrix import load_matrix
+
+    data = load_matrix(inputs["matrix"])
+    scores = reports.heldout_scores(remedy_models, data)
+    users = scores.users
+    X = data.train.toarray().astype(np.float64)
+    X_fit = data.fit_train.toarray().astype(np.float64)
+    train, test = X[users] > 0, data.test.toarray()[users] > 0
+    for name, model in remedy_models.items():
+        if "project-back" not in name and name == "obj1-symmetric":
+            continue
+        kind = ("standardize" if name.endswith("-std") else
+                "popularity" if "-pop" in name else "none")
+        mu = X_fit.mean(0) if kind == "standardize" else np.zeros(N_ITEMS)
+        if kind == "standardize":
+            s = 1 / X_fit.std(0)
+        elif kind == "popularity":
+            s = (X_fit > 0).sum(0) ** -Preprocessing("popularity").beta
+        else:
+            s = np.ones(N_ITEMS)
+        _, sigma, vt = np.linalg.svd((X_fit - mu) * s, full_matrices=False)
+        V, g = vt[:K].T, sigma[:K] ** 2 / (sigma[:K] ** 2 + LAM1)
+        W = V @ np.diag(g) @ V.T  # every objective-1 model of this λ predicts X~ W
+        predicted = ((X[users] - mu) * s) @ W / s + mu
+        u, i = reports.dot_factors(model, users)
+        got = u.astype(np.float64) @ i.T.astype(np.float64)
+        np.testing.assert_allclose(got, predicted, rtol=2e-3, atol=2e-4 * np.abs(predicted).max(),
+                                   err_msg=name)
+        if "project-back" in name:  # the exported factors' dot is X~ V G^2 V^T instead
+            exported = model.user_embeddings[users] @ model.item_embeddings.T
+            assert not np.allclose(exported, predicted, rtol=1e-2)
+        recalls = []
+        for row in range(len(users)):
+            order = np.lexsort((np.arange(N_ITEMS), -np.where(train[row], -np.inf,
+                                                               predicted[row])))[:20]
+            recalls.append(test[row, order].sum() / min(20, test[row].sum()))
+        np.testing.assert_allclose(scores.values[name, "dot"]["recall_at_20"], recalls)
+    assert scores.dot_scoring["obj1-project-back"] == "project-back"
+    assert scores.dot_scoring["obj1-symmetric-std"] == "column-remedy"
+    assert scores.dot_scoring["obj1-project-back-pop0.75"] == "project-back+column-remedy"
+    # the remedy comparisons name the model each remedy repairs
+    params = {n: reports.model_params(n, m.manifest, 0) for n, m in remedy_models.items()}
+    stated = reports.stated_comparisons(params, set(remedy_models))
+    pairs = {(s.model_a, s.model_b, s.metric_a): s.identical_by_construction
+             for s in stated if s.comparison == "remedy vs repaired"}
+    assert pairs[("obj1-project-back", "obj1-symmetric", "dot")] is True
+    assert pairs[("obj1-symmetric-std", "obj1-symmetric", "cos")] is False
+    assert ("obj1-project-back-std", "obj1-symmetric", "dot") in pairs
+
+
+def test_intervals_contain_the_estimate_and_shrink_with_more_users(inputs, remedy_models):
+    from bigcos.matrix import load_matrix
+
+    scores = reports.heldout_scores(remedy_models, load_matrix(inputs["matrix"]))
+    opts = reports.Options(n_resamples=400, seed=3)
+    lams = {n: (LAM1, "fixed") for n in remedy_models}
+    rows = reports.heldout_rows(scores, lams, opts)
+    for r in rows:
+        for m in scores.measures:
+            assert r[f"{m}_lo"] <= r[m] <= r[f"{m}_hi"], (r["model"], m)
+        assert r["level"] == 0.95 and r["lam"] == LAM1 and r["lam_source"] == "fixed"
+    # a bigger sample of users from the same population: narrower intervals
+    rng = np.random.default_rng(0)
+    many = dataclasses_replace(scores, rng.integers(0, len(scores.users), 20 * len(scores.users)))
+    wide = {(r["model"], r["metric"]): r["recall_at_20_hi"] - r["recall_at_20_lo"] for r in rows}
+    for r in reports.heldout_rows(many, lams, opts):
+        assert r["recall_at_20_hi"] - r["recall_at_20_lo"] < 0.5 * wide[r["model"], r["metric"]]
+
+
+def dataclasses_replace(scores, rows: np.ndarray):
+    """HeldOutScores of the users at positions ``rows`` (repeats allowed)."""
+    import dataclasses
+
+    return dataclasses.replace(scores, users=scores.users[rows], values={
+        key: {m: v[rows] for m, v in per.items()} for key, per in scores.values.items()})
+
+
+def test_a_planted_per_user_effect_gives_a_verdict():
+    rng = np.random.default_rng(11)
+    base = rng.beta(2, 5, 400)
+    noise = lambda: rng.normal(0, 0.05, base.size)  # noqa: E731
+    values = {("obj1-symmetric", "dot"): {"recall_at_20": base + 0.03 + noise()},
+              ("obj1-symmetric", "cos"): {"recall_at_20": base + noise()},
+              ("obj2", "dot"): {"recall_at_20": base + noise()},
+              ("obj2", "cos"): {"recall_at_20": base + 0.03 + noise()},
+              ("als", "dot"): {"recall_at_20": base + noise()},
+              ("als", "cos"): {"recall_at_20": base + noise()}}
+    scores = reports.HeldOutScores(np.arange(base.size), "strong", ["recall_at_20"], values,
+                                   dict.fromkeys(("obj1-symmetric", "obj2", "als"), "exported"))
+    params = {n: reports.model_params(n, {}, 0) for n in ("obj1-symmetric", "obj2", "als")}
+    rows = reports.comparisons(scores, params, reports.Options(n_resamples=500))
+    by = {(r["comparison"], r["model_a"], r["metric_a"]): r for r in rows}
+    assert by["dot vs cosine", "obj1-symmetric", "dot"]["verdict"] == "a better"
+    assert by["dot vs cosine", "obj2", "dot"]["verdict"] == "b better"
+    assert by["dot vs cosine", "als", "dot"]["verdict"] == "no difference"
+    assert by["vs ALS", "obj1-symmetric", "dot"]["verdict"] == "a better"
+    assert by["vs ALS", "obj2", "cos"]["verdict"] == "a better"
+    assert {r["n_comparisons"] for r in rows} == {len(rows)}
+    # Holm only ever turns a verdict into "no difference"
+    assert all(r["verdict_holm"] in (r["verdict"], "no difference") for r in rows)
+    assert by["dot vs cosine", "obj1-symmetric", "dot"]["verdict_holm"] == "a better"
+
+
+def test_findings_follow_the_comparisons_table(report_dir):
+    page = (report_dir / "report.html").read_text()
+    findings = re.search(r"<ul id=findings>(.*?)</ul>", page, re.S)[1]
+    comp = pd.read_parquet(report_dir / "comparisons.parquet")
+    first = comp[comp.measure == "recall_at_20"]
+    assert f"{len(first)} paired comparisons of held-out Recall@20" in findings
+    words = {"a better": "dot better", "b better": "cosine better",
+             "no difference": "no difference"}
+    for r in first[first.comparison == "dot vs cosine"].itertuples():
+        sentence = re.search(rf"{re.escape(r.model_a)}: Recall@20 by dot [^<]*", findings)[0]
+        assert f": {words[r.verdict]} (dot − cosine {r.estimate:+.3f}" in sentence
+        assert f"Holm-adjusted: {words[r.verdict_holm]}" in sentence
+    assert "id=validation" in page and "Validation curves: choosing λ" in page
+    assert re.search(r'<section id=validation>.*?<img alt="validation curves"', page, re.S)
+    assert "obj2: objective 2 keeps 2 of 8 dimensions" in page  # the manifest warning
+    path = pd.read_parquet(report_dir / "lambda_path.parquet")
+    assert set(path.model) == {"obj1-symmetric", "obj2"} and path.chosen.sum() == 4
+    held = pd.read_parquet(report_dir / "heldout.parquet").set_index(["model", "metric"])
+    assert held.loc[("obj1-symmetric", "dot"), "lam_source"] == "validated"
+    assert held.loc[("obj2", "cos"), "lam"] == LAM2
+    agree = pd.read_parquet(report_dir / "agreement.parquet")
+    assert ((agree.jaccard_lo <= agree.jaccard_mean + 1e-12)
+            & (agree.jaccard_mean <= agree.jaccard_hi + 1e-12)).all()

@@ -14,7 +14,8 @@ import pyarrow as pa
 
 from bigcos import io
 from bigcos.reports import schema
-from bigcos.reports.evaluation import heldout
+from bigcos.reports.comparisons import comparisons
+from bigcos.reports.evaluation import heldout_rows, heldout_scores
 from bigcos.reports.inputs import (
     ItemInfo,
     NeighborLists,
@@ -27,6 +28,7 @@ from bigcos.reports.inputs import (
 from bigcos.reports.model_params import ModelParams, model_params
 from bigcos.reports.options import Options
 from bigcos.reports.page import render_html
+from bigcos.reports.scoring import SCORING
 from bigcos.reports.tables import agreement, d_sensitivity, ground_truth, popularity_rows
 
 
@@ -51,7 +53,10 @@ class Report:
         Model name -> :class:`ModelParams` (every model with embeddings or neighbour lists).
     context : dict
         What the page header says besides the options: ``date``, ``version``, ``split``
-        (the matrix's ingest parameters), ``neighbors_n``, ``items`` (the item table).
+        (the matrix's ingest parameters), ``neighbors_n``, ``items`` (the item table);
+        filled in by :func:`build_report`: ``scoring`` (model -> what its held-out dot ranks
+        by, a key of :data:`bigcos.reports.scoring.SCORING`) and ``warnings`` (model -> its
+        manifest's warnings).
     """
 
     tables: dict[str, pa.Table]
@@ -68,7 +73,8 @@ class Report:
 def build_report(data, models: dict[str, Any], lists: list[NeighborLists], info: ItemInfo,
                  opts: Options, timings: io.Timings | None = None,
                  model_dirs: dict[str, str] | None = None,
-                 context: dict[str, Any] | None = None) -> Report:
+                 context: dict[str, Any] | None = None,
+                 lambda_path: list[dict[str, Any]] | None = None) -> Report:
     """Compute every table of a report.
 
     Parameters
@@ -86,6 +92,8 @@ def build_report(data, models: dict[str, Any], lists: list[NeighborLists], info:
         Model name -> directory (relative to the report directory), for the ``models`` table.
     context : dict, optional
         Header facts for the page (see :class:`Report`).
+    lambda_path : list of dict, optional
+        The models' validation paths (:func:`read_lambda_paths`), for the lambda_path table.
 
     Returns
     -------
@@ -99,16 +107,21 @@ def build_report(data, models: dict[str, Any], lists: list[NeighborLists], info:
     for nl in lists:
         if nl.model not in params:
             params[nl.model] = model_params(nl.model, {}, 0)
+    families = {name: p.family for name, p in params.items()}
     with timings("agreement"):
-        agree = agreement(lists, opts, data.item_ids, dataset)
+        agree = agreement(lists, opts, data.item_ids, dataset, families)
         per_item = (pa.concat_tables(agree.per_item) if agree.per_item
                     else schema.table_schema("agreement_per_item", data.item_ids.type)
                     .empty_table())
-        families = {name: p.family for name, p in params.items()}
+        sensitivity = d_sensitivity(agree.rows, families, agree.per_query, opts)
     with timings("ground_truth"):
         truth = ground_truth(lists, models, info, popularity, opts)
     with timings("heldout"):
-        held = heldout(models, data)
+        scores = heldout_scores(models, data)
+        held = heldout_rows(scores, {n: (p.lam, p.lam_source) for n, p in params.items()},
+                            opts)
+    with timings("comparisons"):
+        compared = comparisons(scores, params, opts)
     with timings("popularity"):
         pop = popularity_rows(lists, models, popularity, opts)
 
@@ -119,13 +132,50 @@ def build_report(data, models: dict[str, Any], lists: list[NeighborLists], info:
         "models": make("models", [asdict(params[n]) for n in sorted(params)]),
         "agreement": make("agreement", agree.rows),
         "agreement_per_item": per_item,
-        "d_sensitivity": make("d_sensitivity", d_sensitivity(agree.rows, families)),
+        "d_sensitivity": make("d_sensitivity", sensitivity),
         "ground_truth": make("ground_truth", truth),
         "heldout": make("heldout", held),
+        "comparisons": make("comparisons", compared),
+        "lambda_path": make("lambda_path", lambda_path or []),
         "popularity": make("popularity", pop),
     }
+    context = dict(context or {})
+    context["scoring"] = scores.dot_scoring if scores is not None else {}
+    context["warnings"] = {name: list(m.manifest.get("warnings", [])) for name, m in
+                           models.items() if m.manifest.get("warnings")}
     return Report(tables, lists, models, info, popularity, data.item_ids, opts, params,
-                  context or {})
+                  context)
+
+
+def read_lambda_paths(model_dirs: Iterable[str | Path],
+                      manifests: dict[str, dict] | None = None) -> list[dict[str, Any]]:
+    """The validation paths (``lambda_path.parquet``, written by :func:`bigcos.fit` when λ is
+    chosen on validation users) of the given model directories, each (model, λ, metric) once.
+
+    Parameters
+    ----------
+    model_dirs : iterable of str or Path
+    manifests : dict, optional
+        Directory -> manifest; its ``parameters.validation_measure`` fills ``measure``
+        (default ``recall``).
+
+    Returns
+    -------
+    list of dict
+        Rows of the ``lambda_path`` table, sorted by model, metric and λ.
+    """
+    rows: dict[tuple, dict[str, Any]] = {}
+    for d in model_dirs:
+        f = Path(d) / "lambda_path.parquet"
+        if not f.exists():
+            continue
+        params = ((manifests or {}).get(str(d)) or io.read_manifest(d)).get("parameters", {})
+        measure = params.get("validation_measure", "recall")
+        for r in io.read_table(f).to_pylist():
+            row = {c: r.get(c) for c in ("model", "objective", "metric", "lam", "recall",
+                                         "ndcg", "dims_kept", "n_users", "chosen")}
+            rows[(row["model"], row["metric"], row["lam"])] = row | {"measure": measure}
+    return [rows[k] for k in sorted(rows, key=lambda k: (k[0], k[1], k[2]))]
 
 
 def write_report(out: str | Path, matrix_dir: str | Path, model_dirs: Iterable[str | Path],
@@ -187,7 +237,8 @@ def write_report(out: str | Path, matrix_dir: str | Path, model_dirs: Iterable[s
                "split": matrix_manifest.get("parameters", {}),
                "neighbors_n": io.read_manifest(neighbors_dir).get("parameters", {}).get("n"),
                "items": str(items) if items else None}
-    report = build_report(data, models, lists, info, opts, timings, dirs, context)
+    report = build_report(data, models, lists, info, opts, timings, dirs, context,
+                          read_lambda_paths(model_dirs))
     with io.atomic_output_dir(out, overwrite=overwrite) as tmp:
         schema.write_tables(tmp, report.tables)
         with timings("page"):
@@ -198,6 +249,9 @@ def write_report(out: str | Path, matrix_dir: str | Path, model_dirs: Iterable[s
                     "models": [str(Path(d).resolve()) for d in model_dirs],
                     "neighbors": str(Path(neighbors_dir).resolve()),
                     "items": str(items) if items else None},
+            warnings=report.context.get("warnings", {}),
+            scoring={name: SCORING[key] for name, key in
+                     report.context.get("scoring", {}).items()},
             schema={"version": schema.SCHEMA_VERSION,
                     "tables": {n: [f.name for f in t.schema] for n, t in report.tables.items()}},
             counts={n: t.num_rows for n, t in report.tables.items()})

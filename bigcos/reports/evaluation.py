@@ -1,20 +1,54 @@
-"""Held-out evaluation: ranking every unseen item of each test user by dot and by cosine."""
+"""Held-out evaluation: every unseen item of each test user ranked by dot and by cosine, each
+user's Recall@K and NDCG@K kept, and a percentile bootstrap interval over users per figure."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from bigcos import metrics
 from bigcos.blocked_topn import top_n
-from bigcos.reports.schema import HELDOUT_KS
+from bigcos.reports.options import Options
+from bigcos.reports.schema import HELDOUT_KS, heldout_measures
+from bigcos.reports.scoring import EXPORTED, dot_factors, dot_scoring
+from bigcos.stats import bootstrap_mean
 from bigcos.topn import METRICS
 
 
-def heldout(models: dict[str, Any], data, ks: tuple[int, int, int] = HELDOUT_KS
-            ) -> list[dict[str, Any]]:
-    """Recall@K1, Recall@K2 and NDCG@K3 of ranking all non-training items by dot and cosine.
+@dataclass
+class HeldOutScores:
+    """Per-user held-out measures of every configuration, on the same users.
+
+    Attributes
+    ----------
+    users : (m,) int64 matrix rows scored (users with at least one test item; only the
+        held-out users under the strong-generalisation split).
+    protocol : "strong" or "weak"
+    measures : names of the measures, e.g. ``recall_at_20``.
+    values : dict (model, metric) -> measure -> (m,) float64, aligned with ``users``.
+    dot_scoring : dict model -> key of :data:`bigcos.reports.scoring.SCORING`.
+    """
+
+    users: np.ndarray
+    protocol: str
+    measures: list[str]
+    values: dict[tuple[str, str], dict[str, np.ndarray]]
+    dot_scoring: dict[str, str]
+
+
+def _per_user(hits: np.ndarray, rel: np.ndarray, ks: tuple[int, int, int]
+              ) -> dict[str, np.ndarray]:
+    names = heldout_measures(ks)
+    return {names[0]: metrics.recall_at_k(hits, rel, ks[0]),
+            names[1]: metrics.recall_at_k(hits, rel, ks[1]),
+            names[2]: metrics.ndcg_at_k(hits, rel, ks[2])}
+
+
+def heldout_scores(models: dict[str, Any], data, ks: tuple[int, int, int] = HELDOUT_KS
+                   ) -> HeldOutScores | None:
+    """Recall@K1, Recall@K2 and NDCG@K3 of every test user, for every model by dot and cosine.
 
     Parameters
     ----------
@@ -22,21 +56,20 @@ def heldout(models: dict[str, Any], data, ks: tuple[int, int, int] = HELDOUT_KS
         Model name -> :class:`bigcos.models.Model`; each model's user embeddings must be the
         matrix's rows in order (held-out users: embeddings of their fold-in rows).
     data : bigcos.matrix.Interactions
-        ``train`` (excluded items) and ``test`` (relevant items); no rows without ``test``.
-    ks : tuple of int
-        (K1, K2, K3); the columns are named ``recall_at_<K1>``, ``recall_at_<K2>``,
-        ``ndcg_at_<K3>`` (:func:`bigcos.reports.schema.heldout_fields`).
+        ``train`` (excluded items) and ``test`` (relevant items).
+    ks : (K1, K2, K3)
 
     Returns
     -------
-    list of dict
-        One row per (model, metric). Users with at least one test item are scored (under the
-        strong-generalisation split only the held-out users). Top-K lists come from the exact
-        kernel :func:`bigcos.neighbor_lists.top_n` (ties: smaller item index); memory about
-        24 * users * max(ks) bytes per model beside the kernel's blocks.
+    HeldOutScores, or None without a test matrix.
+        Dot ranks by the model's prediction of X in X's own scale
+        (:func:`bigcos.reports.scoring.dot_factors`), cosine by the exported embeddings. Each
+        ranking is one exact top-max(ks) list per user (:func:`bigcos.blocked_topn.top_n`;
+        ties: smaller item index), the measures of :func:`bigcos.evaluation.per_user` read off
+        it at each K. Memory: the kernel's blocks plus 8 users max(ks) bytes per metric.
     """
     if data.test is None:
-        return []
+        return None
     n_relevant = np.diff(data.test.indptr)
     users = np.flatnonzero(n_relevant > 0)
     protocol = "strong" if data.heldout_users is not None and data.heldout_users.any() else "weak"
@@ -44,16 +77,62 @@ def heldout(models: dict[str, Any], data, ks: tuple[int, int, int] = HELDOUT_KS
         users = users[data.heldout_users[users]]
     exclude = data.train[users]
     rel = n_relevant[users]
-    rows = []
+    values, scoring = {}, {}
     for name, model in models.items():
-        ranked = top_n(model.user_embeddings[users], model.item_embeddings, max(ks), METRICS,
-                       exclude=exclude)
+        scoring[name] = dot_scoring(model)
+        exported = model.user_embeddings[users], model.item_embeddings
+        if scoring[name] in (EXPORTED, "x-tilde"):
+            ranked = top_n(*exported, max(ks), METRICS, exclude=exclude)
+        else:
+            ranked = top_n(*dot_factors(model, users), max(ks), ("dot",), exclude=exclude)
+            ranked.update(top_n(*exported, max(ks), ("cos",), exclude=exclude))
         for metric in METRICS:
             hits = metrics.relevance_hits(ranked[metric][0], users, data.test)
-            rows.append({
-                "model": name, "metric": metric, "protocol": protocol,
-                "n_users": int(users.size),
-                f"recall_at_{ks[0]}": float(np.nanmean(metrics.recall_at_k(hits, rel, ks[0]))),
-                f"recall_at_{ks[1]}": float(np.nanmean(metrics.recall_at_k(hits, rel, ks[1]))),
-                f"ndcg_at_{ks[2]}": float(np.nanmean(metrics.ndcg_at_k(hits, rel, ks[2])))})
+            values[name, metric] = _per_user(hits, rel, ks)
+    return HeldOutScores(users, protocol, heldout_measures(ks), values, scoring)
+
+
+def heldout_rows(scores: HeldOutScores | None, lams: dict[str, tuple[float | None, str | None]],
+                 opts: Options) -> list[dict[str, Any]]:
+    """One heldout-table row per configuration: each measure with its bootstrap interval.
+
+    Parameters
+    ----------
+    scores : HeldOutScores or None
+    lams : dict
+        Model name -> (lam, lam_source) (:attr:`bigcos.reports.ModelParams.lam`).
+    opts : Options
+        ``n_resamples``, ``level``, ``seed`` of the percentile bootstrap over users.
+
+    Returns
+    -------
+    list of dict
+        Columns of :func:`bigcos.reports.schema.heldout_fields`; cost O(n_resamples x users)
+        per figure.
+    """
+    if scores is None:
+        return []
+    rows = []
+    for (name, metric), per in scores.values.items():
+        row = {"model": name, "metric": metric, "protocol": scores.protocol,
+               "n_users": int(scores.users.size)}
+        for measure in scores.measures:
+            iv = bootstrap_mean(per[measure], opts.n_resamples, opts.level, opts.seed)
+            row |= {measure: iv.estimate, f"{measure}_lo": iv.lo, f"{measure}_hi": iv.hi}
+        lam, source = lams.get(name, (None, None))
+        rows.append(row | {"level": opts.level, "lam": lam, "lam_source": source,
+                           "scoring": scores.dot_scoring[name] if metric == "dot"
+                           else "cosine"})
     return rows
+
+
+def heldout(models: dict[str, Any], data, ks: tuple[int, int, int] = HELDOUT_KS,
+            opts: Options | None = None) -> list[dict[str, Any]]:
+    """The heldout table's rows (:func:`heldout_scores` then :func:`heldout_rows`)."""
+    from bigcos.reports.model_params import model_params
+
+    lams = {}
+    for name, m in models.items():
+        p = model_params(name, m.manifest, m.item_embeddings.shape[1])
+        lams[name] = (p.lam, p.lam_source)
+    return heldout_rows(heldout_scores(models, data, ks), lams, opts or Options())

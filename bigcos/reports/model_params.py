@@ -18,8 +18,9 @@ _SCALINGS = {
     "user-orthonormal": "D = g^-½: A = V_k, user embeddings X V_k (paper §2.2)",
     "sigma": "D = Σ^-½: singular values split as objective 2 does",
 }
-_REMEDIES = {"standardize": "-std", "popularity": "-pop"}
-_NAME = re.compile(r"^obj(?P<objective>[12])(?:-(?P<rest>.*?))?(?P<suffix>-std|-pop[0-9.]+)?$")
+_NAME = re.compile(r"^obj(?P<objective>[12])(?:-(?P<rest>.*?))?"
+                   r"(?P<suffix>-std|-pop[0-9.]+|-rows[0-9.]+)?(?P<lamcos>-lamcos)?$")
+NAMED_D = ("symmetric", "item-orthonormal", "user-orthonormal", "sigma")
 
 
 class DFamily(NamedTuple):
@@ -51,15 +52,16 @@ class ModelParams:
 
     model: str
     directory: str | None
-    model_type: str           # closed-form, als or external
+    model_type: str           # closed-form, als, cosine-trained or external
     objective: int | None
     k: int | None             # SVD rank (closed form) or factors (ALS)
     dims: int                 # embedding dimensions kept
     lam: float | None
     scaling: str | None       # D of objective 1 (Scaling.label), None otherwise
     project_back: bool
-    remedy: str               # none, standardize or popularity
-    remedy_beta: float | None
+    remedy: str               # none, standardize, popularity or rows
+    remedy_beta: float | None  # beta of popularity, gamma of rows
+    lam_source: str | None    # validated, fixed, or None (unknown)
     description: str
 
     @property
@@ -95,11 +97,13 @@ def describe_scaling(label: str) -> str:
 
 
 def _describe(p: dict[str, Any]) -> str:
-    if p["model_type"] == "als":
+    if p["model_type"] in ("als", "cosine-trained"):
         return p["description"]
     if p["model_type"] == "external" and p["objective"] is None:
         return "embeddings written by other software (no fit parameters)"
     lam = f", λ={p['lam']:g}" if p["lam"] is not None else ""
+    if p.get("lam_source") == "validated":
+        lam += " (chosen on validation users)"
     k = f", SVD rank k={p['k']}" if p["k"] is not None else ""
     eq = {1: "Eq. 1", 2: "Eq. 2"}[p["objective"]]
     text = f"objective {p['objective']} (paper {eq}){lam}{k}"
@@ -114,6 +118,9 @@ def _describe(p: dict[str, Any]) -> str:
     elif p["remedy"] == "popularity":
         text += (f"; columns scaled by popularity^-{p['remedy_beta']:g} before the SVD "
                  f"(-pop{p['remedy_beta']:g})")
+    elif p["remedy"] == "rows":
+        text += (f"; rows scaled by activity^-{p['remedy_beta']:g} before the SVD "
+                 f"(-rows{p['remedy_beta']:g})")
     return text
 
 
@@ -134,6 +141,8 @@ def _from_name(name: str) -> dict[str, Any]:
         out["remedy"] = "standardize"
     elif suffix.startswith("-pop"):
         out["remedy"], out["remedy_beta"] = "popularity", float(suffix[4:])
+    elif suffix.startswith("-rows"):
+        out["remedy"], out["remedy_beta"] = "rows", float(suffix[5:])
     return out
 
 
@@ -158,10 +167,19 @@ def model_params(name: str, manifest: dict[str, Any], dims: int,
     """
     params = manifest.get("parameters", {})
     p: dict[str, Any] = {"dims": int(manifest.get("counts", {}).get("dims_kept", dims)),
-                         "k": None, "lam": None}
-    if params.get("model") == "als":
+                         "k": None, "lam": None, "lam_source": None}
+    if params.get("model") == "cosine":
+        p.update(model_type="cosine-trained", objective=None, k=params.get("k"), scaling=None,
+                 project_back=False, remedy="none", remedy_beta=None, lam_source="fixed",
+                 description=(f"trained with respect to cosine (paper §3's first remedy): "
+                              f"loss ‖X − τ N(XA) N(B)ᵀ‖², {params.get('k')} dimensions (the "
+                              f"rank is its regulariser), early stopping on validation users"))
+    elif params.get("model") == "als":
+        reg = params.get("regularization")
         p.update(model_type="als", objective=None, k=params.get("factors"), scaling=None,
                  project_back=False, remedy="none", remedy_beta=None,
+                 lam=None if reg is None else float(reg),
+                 lam_source=params.get("lam_source", "fixed"),
                  description=(f"implicit ALS (Hu, Koren & Volinsky 2008, the implicit library): "
                               f"{params.get('factors')} factors, regularisation "
                               f"{params.get('regularization')}, alpha {params.get('alpha')}, "
@@ -171,10 +189,12 @@ def model_params(name: str, manifest: dict[str, Any], dims: int,
         scaling = params.get("scaling")
         p.update(model_type="closed-form", objective=int(params["objective"]),
                  k=(params.get("svd") or {}).get("k"), lam=float(params.get("lam", 0.0)),
+                 lam_source=params.get("lam_source", "fixed"),
                  scaling=scaling_label(scaling) if scaling else None,
                  project_back=bool(params.get("project_back", False)),
                  remedy=pre.get("kind", "none"),
-                 remedy_beta=pre.get("beta") if pre.get("kind") == "popularity" else None)
+                 remedy_beta={"popularity": pre.get("beta"),
+                              "rows": pre.get("gamma")}.get(pre.get("kind")))
     else:
         p.update(model_type="als" if name == "als" else "external", **_from_name(name))
         if name == "als":
@@ -189,7 +209,7 @@ def model_params(name: str, manifest: dict[str, Any], dims: int,
                        k=None if p["k"] is None else int(p["k"]), dims=p["dims"],
                        lam=p["lam"], scaling=p["scaling"], project_back=p["project_back"],
                        remedy=p["remedy"], remedy_beta=p["remedy_beta"],
-                       description=p["description"])
+                       lam_source=p["lam_source"], description=p["description"])
 
 
 def d_family(manifest: dict[str, Any], name: str) -> DFamily | None:

@@ -23,7 +23,13 @@ class Options:
     auc_pairs : int
         Random item pairs drawn for the within- vs between-label AUC.
     seed : int
-        Seed of the random baseline, the AUC pairs and the items of the heatmaps.
+        Seed of the random baseline, the AUC pairs, the items of the heatmaps and the
+        bootstrap resamples.
+    n_resamples : int
+        Percentile bootstrap resamples of every interval (users for held-out figures and
+        comparisons, queries for agreement figures).
+    level : float
+        Coverage of every interval, in (0, 1); comparisons' verdicts test at 1 - level.
     examples : tuple of str
         Item ids (as text) whose neighbour lists the page shows; default: the most popular.
     n_examples : int
@@ -47,6 +53,8 @@ class Options:
     n_bins: int = 10
     auc_pairs: int = 200_000
     seed: int = 0
+    n_resamples: int = 1000
+    level: float = 0.95
     examples: tuple[str, ...] = ()
     n_examples: int = 4
     label_col: str | None = None
@@ -65,9 +73,11 @@ class Options:
                           DeprecationWarning, stacklevel=3)
             object.__setattr__(self, "label_col", self.labels)
             object.__setattr__(self, "labels", None)
-        for name in ("depth", "n_bins", "auc_pairs", "n_examples"):
+        for name in ("depth", "n_bins", "auc_pairs", "n_examples", "n_resamples"):
             if getattr(self, name) < 1:
                 raise UserError(f"report {name}: must be at least 1, got {getattr(self, name)}")
         if not 0.0 < self.rbo_p < 1.0:
             raise UserError(f"report rbo_p: must be in (0, 1), got {self.rbo_p}")
+        if not 0.0 < self.level < 1.0:
+            raise UserError(f"report level: must be in (0, 1), got {self.level}")
         object.__setattr__(self, "examples", tuple(str(e) for e in self.examples))

@@ -12,6 +12,13 @@ from bigcos.neighbor_lists import KINDS, METRICS
 from bigcos.reports import plots
 from bigcos.reports.inputs import example_indices
 from bigcos.reports.model_params import DFamily, ModelParams
+from bigcos.reports.scoring import SCORING
+from bigcos.reports.statements import (
+    comparison_findings,
+    identical_configurations,
+    measure_label,
+    warning_lines,
+)
 
 _CSS = """body{font-family:sans-serif;max-width:1150px;margin:auto;padding:1em;color:#222}
 table{border-collapse:collapse;font-size:12px;margin:.5em 0}td,th{border:1px solid #ccc;
@@ -115,9 +122,12 @@ def findings(report) -> list[str]:
                     and _family(d) == _family(r)), None)
         dot_text = (f"; by dot {dot['jaccard_mean']:.3f} (lowest pair {dot['jaccard_min']:.3f})"
                     if dot else "")
+        interval = (f", {r['level']:.0%} interval over {r['n_queries']:,} queries "
+                    f"[{r['jaccard_lo']:.3f}, {r['jaccard_hi']:.3f}]"
+                    if r.get("n_queries") else "")
         out.append(f"{r['kind']} neighbours across {r['n_models']} rescalings D of "
                    f"{_family(r).label}: mean Jaccard@{n} by cosine {r['jaccard_mean']:.3f} "
-                   f"(lowest pair {r['jaccard_min']:.3f}){dot_text}.")
+                   f"(lowest pair {r['jaccard_min']:.3f}{interval}){dot_text}.")
     held = _rows(report, "heldout")
     recall = next((c for c in report.tables["heldout"].column_names
                    if c.startswith("recall_at_")), None)
@@ -129,6 +139,8 @@ def findings(report) -> list[str]:
             out.append(f"Held-out Recall@{recall[10:]} across the D of {fam.label} "
                        f"({rows[0]['protocol']} generalisation, {rows[0]['n_users']} users): "
                        f"by dot {_span(by['dot'])}, by cosine {_span(by['cos'])}.")
+    out += comparison_findings(_rows(report, "comparisons"), held)
+    out += identical_configurations(report.params)
     truth = _rows(report, "ground_truth")
     if truth:
         best = max(truth, key=lambda r: r["auc"])
@@ -240,11 +252,43 @@ def legend(report) -> str:
             f"<table><tr><th>name part</th><th>meaning</th></tr>{scheme}</table></section>")
 
 
+def scoring_text(report) -> str:
+    """What the held-out dot ranks by, for the models where it is not their exported dot."""
+    special = {name: key for name, key in report.context.get("scoring", {}).items()
+               if key != "exported"}
+    if not special:
+        return ("Dot ranks by the dot of the exported embeddings (each model's prediction of X); "
+                "cosine by their cosine.")
+    lines = "".join(f"<li><code>{html.escape(n)}</code>: {html.escape(SCORING[k])}</li>"
+                    for n, k in sorted(special.items()))
+    return ("Dot ranks by each model's prediction of X in X's own scale; cosine by the cosine "
+            f"of the exported embeddings. Where the two differ from the exported dot:<ul>"
+            f"{lines}</ul>")
+
+
+def validation_section(report) -> str:
+    """λ chosen on validation users: curves (dot and cosine per family) and the path table."""
+    rows = _rows(report, "lambda_path")
+    if not rows:
+        return ("<section id=validation><h2>Validation curves: choosing λ</h2><p><em>No model "
+                "of this report chose λ on validation users (every λ is fixed).</em></p>"
+                "</section>")
+    img = _img(plots.plot_lambda_path(rows), "validation curves") or ""
+    chosen = [r for r in rows if r["chosen"]]
+    text = "; ".join(f"{r['model']} by {r['metric']}: λ={r['lam']:g}" for r in chosen)
+    return (f"<section id=validation><h2>Validation curves: choosing λ</h2><p>Validation "
+            f"{html.escape(rows[0]['measure'])}@K on {rows[0]['n_users']:,} validation users "
+            f"(disjoint from the test users) along each family's λ grid, dot (left) and cosine "
+            f"(right); ★ = chosen ({html.escape(text)}).</p>{img}"
+            f"{html_table(rows)}</section>")
+
+
 def render_html(report) -> str:
     """The self-contained page of a :class:`bigcos.reports.Report`."""
     n = report.options.depth
     items = {name: m.item_embeddings for name, m in report.models.items()}
-    held_cols = report.tables["heldout"].column_names[-3:]
+    held_cols = [c for c in report.tables["heldout"].column_names
+                 if c.startswith(("recall_at_", "ndcg_at_")) and not c.endswith(("_lo", "_hi"))]
     sens = [{**r, "family": _family(r).label} for r in _rows(report, "d_sensitivity")]
     sections = [
         ("Does the rescaling D change the neighbours?",
@@ -271,7 +315,9 @@ def render_html(report) -> str:
         ("Held-out interactions: ranking by dot vs cosine",
          "Every item the user has not interacted with in training is ranked by the score of "
          "the user and item embeddings; relevant = the user's held-out items (Recall@K divides "
-         "by min(K, number of held-out items)).",
+         f"by min(K, number of held-out items)). Bars: {report.options.level:.0%} percentile "
+         f"bootstrap intervals over users ({report.options.n_resamples:,} resamples, seed "
+         f"{report.options.seed}). {scoring_text(report)}",
          [_img(plots.plot_cos_vs_dot(_rows(report, "heldout"), held_cols,
                                      "ranking all unseen items of each test user"), "held-out")],
          "heldout"),
@@ -283,12 +329,27 @@ def render_html(report) -> str:
     ]
     title, head = header(report)
     summary = "".join(f"<li>{html.escape(f)}</li>" for f in findings(report))
-    body = [head, f"<h2>Findings</h2><ul>{summary}</ul>" if summary else "", legend(report)]
+    warned = "".join(f"<li>{html.escape(w)}</li>"
+                     for w in warning_lines(report.context.get("warnings", {})))
+    body = [head, f"<h2>Findings</h2><ul id=findings>{summary}</ul>" if summary else "",
+            f"<section id=warnings><h2>Warnings</h2><ul>{warned}</ul></section>"
+            if warned else "", legend(report)]
     for name, text, images, table in sections:
         body.append(f"<h2>{html.escape(name)}</h2><p>{text}</p>")
         body.extend(img for img in images if img)
         if table:
             body.append(html_table(_rows(report, table)))
+    compared = _rows(report, "comparisons")
+    if compared:
+        first = compared[0]["measure"]
+        body.append(f"<section id=comparisons><h2>Stated comparisons "
+                    f"({compared[0]['n_comparisons']} per measure)</h2><p>Paired over the same "
+                    f"test users: estimate = mean of a − b, {report.options.level:.0%} "
+                    f"percentile bootstrap interval, verdict and Holm-adjusted verdict "
+                    f"(all measures in comparisons.parquet; {html.escape(measure_label(first))}"
+                    f" shown).</p>"
+                    f"{html_table([c for c in compared if c['measure'] == first])}</section>")
+    body.append(validation_section(report))
     body.append(f"<h2>Example neighbour lists</h2><p>Top {n} item-item neighbours under each "
                 f"configuration; ✓ (green): shares a label with the query.</p>"
                 + example_lists(report))

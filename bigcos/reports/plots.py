@@ -165,7 +165,8 @@ def plot_agreement_heatmap(rows: list[dict[str, Any]], kind: str):
 
 def plot_cos_vs_dot(rows: list[dict[str, Any]], columns: list[str], title: str,
                     baseline: str | None = None):
-    """One panel per column: each model a line, its cosine value (red) next to its dot (blue).
+    """One panel per column: each model a line, its cosine value (red) next to its dot (blue),
+    with the interval ``<column>_lo`` .. ``<column>_hi`` drawn as a bar when the rows have it.
 
     ``baseline`` (optional): a column drawn as a tick per configuration (e.g. the
     popularity-matched random baseline of ``columns[0]``).
@@ -181,6 +182,10 @@ def plot_cos_vs_dot(rows: list[dict[str, Any]], columns: list[str], title: str,
             sel = [r for r in rows if r["metric"] == metric]
             ax.scatter([r[col] for r in sel], [y[r["model"]] for r in sel], color=color,
                        marker=marker, label=metric, zorder=3)
+            if sel and f"{col}_lo" in sel[0]:  # the bootstrap interval of each figure
+                ax.hlines([y[r["model"]] for r in sel], [r[f"{col}_lo"] for r in sel],
+                          [r[f"{col}_hi"] for r in sel], color=color, lw=3, alpha=0.4,
+                          zorder=2)
             if baseline and col == columns[0]:
                 ax.scatter([r[baseline] for r in sel], [y[r["model"]] for r in sel],
                            color=color, marker="|", s=120, zorder=3,
@@ -239,4 +244,39 @@ def plot_relative_popularity(lists: list[NeighborLists], popularity: np.ndarray,
     ax.axvline(0, color="grey", lw=1)
     ax.set_xlabel("log10 (1 + popularity of neighbour) / (1 + popularity of query)")
     ax.set_title("Are the neighbours more popular than the item itself? (> 0: yes)")
+    return fig
+
+
+def plot_lambda_path(rows: list[dict[str, Any]]):
+    """Validation curves: the validation measure against λ, per family (row) for dot (left)
+    and cosine (right), chosen λ marked with a star."""
+    if not rows:
+        return None
+    families = sorted({r["model"] for r in rows})
+    fig = new_figure(9, 0.6 + 2.3 * len(families))
+    axes = fig.subplots(len(families), 2, squeeze=False, sharey="row")
+    for ax_row, family in zip(axes, families, strict=True):
+        for ax, metric, color in ((ax_row[0], "dot", DOT_COLOR), (ax_row[1], "cos", COS_COLOR)):
+            sel = sorted((r for r in rows if r["model"] == family and r["metric"] == metric),
+                         key=lambda r: r["lam"])
+            if not sel:
+                ax.axis("off")
+                continue
+            measure = sel[0]["measure"]
+            lam = np.array([r["lam"] for r in sel])
+            val = np.array([r[measure] for r in sel])
+            ax.plot(lam, val, marker=".", color=color)
+            chosen = np.array([bool(r["chosen"]) for r in sel])
+            ax.scatter(lam[chosen], val[chosen], marker="*", s=160, color="black", zorder=3,
+                       label="chosen")
+            if (lam > 0).all():
+                ax.set_xscale("log")
+            else:
+                ax.set_xscale("symlog", linthresh=float(lam[lam > 0].min(initial=1.0)))
+            ax.set_title(f"{family}: {metric}", fontsize=9)
+            ax.set_xlabel("λ", fontsize=8)
+            ax.set_ylabel(f"validation {measure}@K", fontsize=8)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+    fig.tight_layout()
     return fig

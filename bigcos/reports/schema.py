@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 from bigcos import io
 from bigcos.errors import UserError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 HELDOUT_KS = (20, 50, 100)  # Recall@K1, Recall@K2, NDCG@K3 of the heldout table
 
 _F64 = pa.float64()
@@ -29,11 +29,16 @@ _I8 = pa.int8()
 _DATASET = ("dataset", _STR)
 
 
+def heldout_measures(ks: tuple[int, int, int] = HELDOUT_KS) -> list[str]:
+    """Names of the held-out measures for cut-offs ``ks`` = (Recall K, Recall K, NDCG K)."""
+    return [f"recall_at_{ks[0]}", f"recall_at_{ks[1]}", f"ndcg_at_{ks[2]}"]
+
+
 def heldout_fields(ks: tuple[int, int, int] = HELDOUT_KS) -> list[tuple[str, pa.DataType]]:
-    """Columns of the heldout table for cut-offs ``ks`` = (Recall K, Recall K, NDCG K)."""
+    """Columns of the heldout table for cut-offs ``ks``: each measure, then its interval."""
+    measures = [(f"{m}{end}", _F64) for m in heldout_measures(ks) for end in ("", "_lo", "_hi")]
     return [_DATASET, ("model", _STR), ("metric", _STR), ("protocol", _STR), ("n_users", _I64),
-            (f"recall_at_{ks[0]}", _F64), (f"recall_at_{ks[1]}", _F64),
-            (f"ndcg_at_{ks[2]}", _F64)]
+            *measures, ("level", _F64), ("lam", _F64), ("lam_source", _STR), ("scoring", _STR)]
 
 
 # column name -> type; None = the dataset's item id type (int64 or string)
@@ -41,12 +46,14 @@ TABLES: dict[str, list[tuple[str, pa.DataType | None]]] = {
     "models": [_DATASET, ("model", _STR), ("directory", _STR), ("model_type", _STR),
                ("objective", _I8), ("k", _I32), ("dims", _I32), ("lam", _F64),
                ("scaling", _STR), ("project_back", pa.bool_()), ("remedy", _STR),
-               ("remedy_beta", _F64), ("description", _STR)],
+               ("remedy_beta", _F64), ("lam_source", _STR), ("description", _STR)],
     "agreement": [_DATASET, ("kind", _STR), ("model_a", _STR), ("metric_a", _STR),
                   ("model_b", _STR), ("metric_b", _STR), ("n_queries", _I64), ("depth", _I32),
                   ("rbo_p", _F64), ("jaccard_mean", _F64), ("jaccard_p10", _F64),
                   ("jaccard_median", _F64), ("jaccard_p90", _F64), ("rbo_mean", _F64),
-                  ("rbo_p10", _F64), ("rbo_median", _F64), ("rbo_p90", _F64)],
+                  ("rbo_p10", _F64), ("rbo_median", _F64), ("rbo_p90", _F64),
+                  ("jaccard_lo", _F64), ("jaccard_hi", _F64), ("rbo_lo", _F64),
+                  ("rbo_hi", _F64), ("level", _F64)],
     "agreement_per_item": [("dataset", _DICT), ("query_id", None), ("model_a", _DICT),
                            ("metric_a", _DICT), ("model_b", _DICT), ("metric_b", _DICT),
                            ("jaccard", _F64), ("rbo", _F64)],
@@ -54,12 +61,22 @@ TABLES: dict[str, list[tuple[str, pa.DataType | None]]] = {
                       ("remedy", _STR), ("remedy_beta", _F64), ("metric", _STR),
                       ("models", pa.list_(_STR)), ("n_models", _I32), ("n_pairs", _I32),
                       ("jaccard_mean", _F64), ("jaccard_min", _F64), ("rbo_mean", _F64),
-                      ("rbo_min", _F64)],
+                      ("rbo_min", _F64), ("n_queries", _I64), ("jaccard_lo", _F64),
+                      ("jaccard_hi", _F64), ("rbo_lo", _F64), ("rbo_hi", _F64),
+                      ("level", _F64)],
     "ground_truth": [_DATASET, ("model", _STR), ("metric", _STR), ("label_source", _STR),
                      ("n_unlabelled_items", _I64), ("depth", _I32), ("n_queries", _I64),
                      ("precision", _F64), ("baseline_precision", _F64), ("lift", _F64),
                      ("auc", _F64), ("n_auc_pairs", _I64)],
     "heldout": heldout_fields(),
+    "comparisons": [_DATASET, ("comparison", _STR), ("measure", _STR), ("model_a", _STR),
+                    ("metric_a", _STR), ("model_b", _STR), ("metric_b", _STR),
+                    ("estimate", _F64), ("lo", _F64), ("hi", _F64), ("level", _F64),
+                    ("n_users", _I64), ("verdict", _STR), ("verdict_holm", _STR),
+                    ("n_comparisons", _I32), ("identical_by_construction", pa.bool_())],
+    "lambda_path": [_DATASET, ("model", _STR), ("objective", _I8), ("metric", _STR),
+                    ("lam", _F64), ("recall", _F64), ("ndcg", _F64), ("dims_kept", _I32),
+                    ("n_users", _I64), ("chosen", pa.bool_()), ("measure", _STR)],
     "popularity": [_DATASET, ("model", _STR), ("metric", _STR),
                    ("norm_popularity_spearman", _F64), ("n_queries", _I64),
                    ("log_ratio_mean", _F64), ("log_ratio_median", _F64),

@@ -16,6 +16,7 @@ from bigcos.reports.inputs import ItemInfo, NeighborLists
 from bigcos.reports.model_params import DFamily
 from bigcos.reports.options import Options
 from bigcos.reports.schema import table_schema
+from bigcos.stats import bootstrap_mean
 from bigcos.topn import inverse_norms
 
 
@@ -37,12 +38,22 @@ def _summary(values: np.ndarray, prefix: str) -> dict[str, float]:
             f"{prefix}_median": float(p50), f"{prefix}_p90": float(p90)}
 
 
+def _interval(values: np.ndarray, prefix: str, opts: Options) -> dict[str, float]:
+    """Percentile bootstrap interval of the mean over queries (NaN queries dropped)."""
+    iv = bootstrap_mean(values, opts.n_resamples, opts.level, opts.seed)
+    return {f"{prefix}_lo": iv.lo, f"{prefix}_hi": iv.hi}
+
+
 @dataclass
 class Agreement:
-    """Summary rows (one per pair of configurations) and per-item tables (item-item pairs)."""
+    """Summary rows (one per pair of configurations), per-item tables (item-item pairs) and,
+    for pairs within one D-family and metric, the per-query values (kind, model_a, model_b,
+    metric) -> (queries, jaccard, rbo) that D-sensitivity's intervals resample."""
 
     rows: list[dict[str, Any]] = field(default_factory=list)
     per_item: list[pa.Table] = field(default_factory=list)
+    per_query: dict[tuple[str, str, str, str], tuple[np.ndarray, np.ndarray, np.ndarray]] = \
+        field(default_factory=dict)
 
 
 def _constant(value: str, n: int) -> pa.DictionaryArray:
@@ -59,7 +70,8 @@ def _mirrored(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def agreement(lists: list[NeighborLists], opts: Options, item_ids: pa.Array,
-              dataset: str = "") -> Agreement:
+              dataset: str = "", families: dict[str, DFamily | None] | None = None
+              ) -> Agreement:
     """Jaccard@N and RBO between every two configurations of the same kind.
 
     Parameters
@@ -71,14 +83,19 @@ def agreement(lists: list[NeighborLists], opts: Options, item_ids: pa.Array,
         Original ids of the matrix columns, for the per-item table's ``query_id``.
     dataset : str
         Value of the per-item table's ``dataset`` column.
+    families : dict, optional
+        Model name -> D-family: per-query values are kept for pairs within one family.
 
     Returns
     -------
     Agreement
         ``rows``: every pair in both orders (a, b) and (b, a), so filtering on ``model_a``
-        finds all partners. ``per_item`` (item-item only): each pair once, in the canonical
-        order (model_a, metric_a) < (model_b, metric_b). Jaccard@N and RBO are computed over
-        the queries both configurations have; memory one (m,) float64 array per pair and metric.
+        finds all partners; ``jaccard_lo/hi``, ``rbo_lo/hi``: percentile bootstrap interval
+        of the mean over queries (``opts.n_resamples``, ``opts.level``, ``opts.seed``;
+        O(n_resamples x queries) per pair). ``per_item`` (item-item only): each pair once,
+        in the canonical order (model_a, metric_a) < (model_b, metric_b). Jaccard@N and RBO
+        are computed over the queries both configurations have; memory one (m,) float64
+        array per pair and metric.
     """
     out = Agreement()
     ordered = sorted(lists, key=lambda nl: (nl.kind, nl.model, nl.metric))
@@ -90,8 +107,13 @@ def agreement(lists: list[NeighborLists], opts: Options, item_ids: pa.Array,
         rbo = metrics.rbo(na, nb, opts.rbo_p)
         row = {"kind": a.kind, "model_a": a.model, "metric_a": a.metric, "model_b": b.model,
                "metric_b": b.metric, "n_queries": int(common.size), "depth": int(na.shape[1]),
-               "rbo_p": opts.rbo_p, **_summary(jac, "jaccard"), **_summary(rbo, "rbo")}
+               "rbo_p": opts.rbo_p, **_summary(jac, "jaccard"), **_summary(rbo, "rbo"),
+               **_interval(jac, "jaccard", opts), **_interval(rbo, "rbo", opts),
+               "level": opts.level}
         out.rows += [row, _mirrored(row)]
+        fam = (families or {}).get(a.model)
+        if fam is not None and fam == families.get(b.model) and a.metric == b.metric:
+            out.per_query[a.kind, a.model, b.model, a.metric] = (common, jac, rbo)
         if a.kind == "item-item":
             n = common.size
             out.per_item.append(pa.table(
@@ -102,7 +124,19 @@ def agreement(lists: list[NeighborLists], opts: Options, item_ids: pa.Array,
     return out
 
 
-def d_sensitivity(rows: list[dict[str, Any]], families: dict[str, DFamily | None]
+def _family_per_query(pairs: list[tuple[np.ndarray, np.ndarray, np.ndarray]]
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Per query (those every pair has), the mean over pairs of Jaccard and of RBO."""
+    common = pairs[0][0]
+    for q, _, _ in pairs[1:]:
+        common = np.intersect1d(common, q)
+    jac = np.mean([j[np.searchsorted(q, common)] for q, j, _ in pairs], axis=0)
+    rbo = np.mean([r[np.searchsorted(q, common)] for q, _, r in pairs], axis=0)
+    return jac, rbo
+
+
+def d_sensitivity(rows: list[dict[str, Any]], families: dict[str, DFamily | None],
+                  per_query: dict | None = None, opts: Options | None = None
                   ) -> list[dict[str, Any]]:
     """Agreement across the models of one D-family, same metric: how much D moves the lists.
 
@@ -112,13 +146,21 @@ def d_sensitivity(rows: list[dict[str, Any]], families: dict[str, DFamily | None
         Agreement rows (:func:`agreement`; each pair is counted once whatever its order).
     families : dict
         Model name -> :class:`DFamily` (None: in no family).
+    per_query : dict, optional
+        :attr:`Agreement.per_query`; without it the interval columns are NaN.
+    opts : Options, optional
+        The bootstrap's ``n_resamples``, ``level`` and ``seed``.
 
     Returns
     -------
     list of dict
         One row per (kind, family, metric), the family's parameters as columns: mean and
-        smallest over pairs of models of the per-pair mean Jaccard@N and RBO.
+        smallest over pairs of models of the per-pair mean Jaccard@N and RBO; ``jaccard_lo``
+        .. ``rbo_hi``: percentile bootstrap interval over the ``n_queries`` queries every pair
+        has, of the per-query mean over pairs (its point estimate is then the mean over
+        those queries, equal to ``jaccard_mean`` when every pair has the same queries).
     """
+    opts = opts or Options()
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in rows:
         fam = families.get(r["model_a"])
@@ -131,10 +173,18 @@ def d_sensitivity(rows: list[dict[str, Any]], families: dict[str, DFamily | None
         models = sorted({p["model_a"] for p in pairs} | {p["model_b"] for p in pairs})
         jac = np.array([p["jaccard_mean"] for p in pairs])
         rbo = np.array([p["rbo_mean"] for p in pairs])
+        stored = [(per_query or {}).get((kind, p["model_a"], p["model_b"], metric))
+                  for p in pairs]
+        if all(x is not None for x in stored):
+            q_jac, q_rbo = _family_per_query(stored)
+        else:
+            q_jac = q_rbo = np.array([])
         out.append({"kind": kind, **fam._asdict(), "metric": metric, "models": models,
                     "n_models": len(models), "n_pairs": len(pairs),
                     "jaccard_mean": float(jac.mean()), "jaccard_min": float(jac.min()),
-                    "rbo_mean": float(rbo.mean()), "rbo_min": float(rbo.min())})
+                    "rbo_mean": float(rbo.mean()), "rbo_min": float(rbo.min()),
+                    "n_queries": int(q_jac.size), **_interval(q_jac, "jaccard", opts),
+                    **_interval(q_rbo, "rbo", opts), "level": opts.level})
     return out
 
 
