@@ -80,6 +80,16 @@ def meta(f: dataclasses.Field) -> OptionMeta:
     return f.metadata.get(_META) or OptionMeta("")
 
 
+def help_of(cls: type, name: str) -> str:
+    """The help text of field ``name`` of ``cls`` (for options declared by hand)."""
+    return meta({f.name: f for f in dataclasses.fields(cls)}[name]).help
+
+
+def default_of(cls: type, name: str) -> Any:
+    """The default of field ``name`` of ``cls``."""
+    return defaults(cls)[name]
+
+
 def flag_of(cls: type, name: str) -> str:
     """The main command-line spelling of field ``name`` of ``cls``."""
     f = {f.name: f for f in dataclasses.fields(cls)}[name]
