@@ -65,11 +65,6 @@ def _scheduler_plugin():
     return TaskCounter()
 
 
-def _read_plugin(dask_scheduler=None) -> tuple[int, int]:
-    plugin = dask_scheduler.plugins[PLUGIN_NAME]
-    return plugin.done, plugin.total
-
-
 class _ClientCounter:
     """Tasks submitted/finished on a ``distributed`` scheduler, read from a scheduler plugin
     (no counts where the plugin cannot be installed, e.g. a scheduler without bigcos)."""
@@ -86,7 +81,9 @@ class _ClientCounter:
         if not self.ok:
             return None
         try:
-            return tuple(self.client.run_on_scheduler(_read_plugin))
+            return tuple(self.client.run_on_scheduler(  # a lambda: pickled by value
+                lambda dask_scheduler: (dask_scheduler.plugins[PLUGIN_NAME].done,
+                                        dask_scheduler.plugins[PLUGIN_NAME].total)))
         except Exception:  # noqa: BLE001
             return None
 
