@@ -34,14 +34,15 @@ from bigcos.jobspec import Dataset, Job
 STAGE_MARKER = "stage.json"
 
 
-def algorithm_versions() -> dict[str, int]:
+def algorithm_versions() -> dict[str, int | tuple[int, int]]:
     """Version of each stage's algorithm, part of its key: bump the entry when the same
     parameters start giving different outputs, so that re-runs redo that stage (and, since
-    their keys include its key, every stage downstream). The fits take the SVD's version."""
+    their keys include its key, every stage downstream). The closed-form fits are
+    (version of the closed forms, ``bigcos.svd.SVD_VERSION``)."""
     from bigcos.svd import SVD_VERSION
 
-    return {"simulate": 1, "ingest": 1, "fit-closed-form": SVD_VERSION,
-            "fit-remedy": SVD_VERSION, "fit-als": 1, "neighbors": 1, "report": 1}
+    return {"simulate": 1, "ingest": 1, "fit-closed-form": (1, SVD_VERSION),
+            "fit-remedy": (1, SVD_VERSION), "fit-als": 1, "neighbors": 1, "report": 1}
 
 
 ALGORITHM_VERSIONS = algorithm_versions()
