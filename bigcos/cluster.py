@@ -51,17 +51,36 @@ def dask_client(options: ClusterOptions | None = None) -> Iterator[object]:
             yield client
         return
     n_workers = options.n_workers or os.cpu_count() or 1
-    cluster = LocalCluster(
-        n_workers=n_workers,
-        threads_per_worker=options.threads_per_worker,
-        processes=options.processes,
-        memory_limit=options.memory_limit,
-        local_directory=options.local_directory,
-        dashboard_address="127.0.0.1:0",  # this machine only: the dashboard has no login
-    )
+    with _sigint_ignored_by_children():
+        cluster = LocalCluster(
+            n_workers=n_workers,
+            threads_per_worker=options.threads_per_worker,
+            processes=options.processes,
+            memory_limit=options.memory_limit,
+            local_directory=options.local_directory,
+            dashboard_address="127.0.0.1:0",  # this machine only: the dashboard has no login
+        )
     with cluster, Client(cluster) as client, _quiet_on_interrupt():
         log.info("LocalCluster with %d workers (dashboard: %s)", n_workers, client.dashboard_link)
         yield client
+
+
+@contextlib.contextmanager
+def _sigint_ignored_by_children() -> Iterator[None]:
+    """Start worker processes with SIGINT ignored (Python keeps an inherited SIG_IGN), so that
+    Ctrl-C in a terminal, which signals the whole foreground process group, interrupts only
+    this process; it then closes the cluster, and the workers with it."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @contextlib.contextmanager

@@ -428,12 +428,16 @@ def test_a_small_job_runs_on_threads_with_one_line_per_stage(local_run, tmp_path
     assert manifest["parameters"]["scheduler"] == "threads"
 
 
-def test_ctrl_c_in_a_terminal_prints_one_line_and_exits_130_then_resumes(local_run, tmp_path):
+@pytest.mark.parametrize("placement", [[], ["--workers", "2"]], ids=["threads", "cluster"])
+def test_ctrl_c_in_a_terminal_prints_one_line_and_exits_130_then_resumes(local_run, tmp_path,
+                                                                         placement):
+    """Ctrl-C signals the terminal's whole process group, LocalCluster workers included."""
     import pty
 
     job, _ = local_run
     out = tmp_path / "ctrl-c"
-    cmd = [sys.executable, "-m", "bigcos", "run", str(job.source), "--out", str(out)]
+    cmd = [sys.executable, "-m", "bigcos", "run", str(job.source), "--out", str(out),
+           *placement]
     pid, fd = pty.fork()
     if pid == 0:  # the child: `bigcos run` on the pty, as in a terminal
         os.execv(sys.executable, cmd)
@@ -458,7 +462,7 @@ def test_ctrl_c_in_a_terminal_prints_one_line_and_exits_130_then_resumes(local_r
     # what the terminal shows: each line as left after its last carriage return
     lines = [x.rstrip("\r").split("\r")[-1].replace("\x1b[K", "").strip()
              for x in text.split("\n")]
-    lines = [x for x in lines if x]
+    lines = [x for x in lines if x and not x.startswith("Dask dashboard: ")]
     assert lines == ["interrupted; completed stages are kept, re-run to resume"], text
     assert "bigcos run [" in text  # the progress line was drawn
     done = {p.parent: p.read_text() for p in out.rglob("stage.json")}
