@@ -130,6 +130,8 @@ class JobProgress:
         with self._lock:
             self.label = label
             self.stage_counts = self._counts() or (0, 0)
+        if self.bar:
+            self._draw()
 
     def finish(self, label: str, seconds: float | None) -> None:
         """``seconds`` None: the stage was skipped (complete)."""
@@ -163,9 +165,8 @@ class JobProgress:
 
     def _draw(self) -> None:
         with self._lock:
-            text = self.line()
-        self.stream.write("\r\x1b[K" + text)
-        self.stream.flush()
+            self.stream.write("\r\x1b[K" + self.line())
+            self.stream.flush()
 
     def close(self) -> None:
         """Stop redrawing and clear the line (the caller prints the summary)."""
