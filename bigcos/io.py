@@ -13,7 +13,9 @@ import json
 import os
 import platform
 import shutil
+import socket
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -36,13 +38,22 @@ _VERSIONED = ("bigcos", "numpy", "scipy", "dask", "distributed", "pyarrow", "imp
 
 
 # --------------------------------------------------------------------------- directories
+LEASE = ".lease.json"  # inside each temporary directory; removed before the final rename
+LEASE_HEARTBEAT_S = 30.0  # how often a running stage refreshes its lease
+LEASE_TIMEOUT_S = 600.0  # a lease not refreshed for this long belongs to a dead run
+
+
 @contextlib.contextmanager
 def atomic_output_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yield a fresh temporary directory that replaces ``path`` when the block succeeds.
 
     The temporary directory is a hidden sibling of ``path`` (same filesystem, so the final
     rename is atomic). On an exception it is removed and ``path`` is left untouched. An
-    existing ``path`` is a :class:`UserError` unless ``overwrite`` is true.
+    existing ``path`` is a :class:`UserError` unless ``overwrite`` is true. While the block
+    runs, a lease (:data:`LEASE`: host, pid, start and heartbeat time) inside the temporary
+    is refreshed every :data:`LEASE_HEARTBEAT_S` seconds by a daemon thread, so that
+    :func:`remove_stale_temporaries` on any host sharing the filesystem can tell a live run
+    from a dead one.
     """
     final = Path(path)
     if final.exists() and not overwrite:
@@ -52,12 +63,96 @@ def atomic_output_dir(path: str | os.PathLike, overwrite: bool = False) -> Itera
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
+    lease = _Lease(tmp / LEASE)
     try:
         yield tmp
     except BaseException:
+        lease.stop()
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    lease.stop()
+    (tmp / LEASE).unlink(missing_ok=True)
     replace_dir(tmp, final)
+
+
+class _Lease:
+    """Write ``path`` now and refresh its heartbeat from a daemon thread until :meth:`stop`."""
+
+    def __init__(self, path: Path, interval: float = LEASE_HEARTBEAT_S) -> None:
+        self.path = path
+        self.record = {"host": socket.gethostname(), "pid": os.getpid(),
+                       "started_unix": time.time()}
+        self._stopped = threading.Event()
+        self._beat()
+        self._thread = threading.Thread(target=self._run, args=(interval,), daemon=True,
+                                        name=f"lease {path.parent.name}")
+        self._thread.start()
+
+    def _beat(self) -> None:
+        write_json(self.path, {**self.record, "heartbeat_unix": time.time()})
+
+    def _run(self, interval: float) -> None:
+        while not self._stopped.wait(interval):
+            try:
+                self._beat()
+            except OSError:  # the temporary is gone (removed by its owner or by hand)
+                return
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join()
+
+
+def is_stale(tmp: Path, timeout: float = LEASE_TIMEOUT_S, now: float | None = None) -> bool:
+    """Whether temporary ``tmp`` belongs to a run that is over.
+
+    Stale: its lease's heartbeat is older than ``timeout`` seconds (any host; clocks of hosts
+    sharing a filesystem are assumed to agree within minutes), or its lease names this host
+    and a process that is not running. A temporary without a readable lease (a file, or a
+    directory whose lease is being written or was just removed before the final rename)
+    is stale when it was last modified more than ``timeout`` seconds ago.
+    """
+    now = time.time() if now is None else now
+    try:
+        lease = json.loads((tmp / LEASE).read_text()) if tmp.is_dir() else None
+    except (OSError, ValueError):
+        lease = None
+    if not isinstance(lease, dict):
+        try:
+            return now - tmp.stat().st_mtime > timeout
+        except OSError:
+            return False
+    if now - float(lease.get("heartbeat_unix", 0)) > timeout:
+        return True
+    return lease.get("host") == socket.gethostname() and not _pid_alive(int(lease["pid"]))
+
+
+def remove_stale_temporaries(root: Path, timeout: float = LEASE_TIMEOUT_S) -> list[Path]:
+    """Delete temporaries (``.NAME.tmp-*``) below ``root`` left by runs that are over.
+
+    See :func:`is_stale`; a temporary of a live run, on this host or another one sharing the
+    filesystem, is never removed. Returns the removed paths.
+    """
+    removed: list[Path] = []
+    if not root.exists():
+        return removed
+    for tmp in sorted(root.rglob(".*.tmp-*")):
+        if any(t in tmp.parents for t in removed) or not is_stale(tmp, timeout):
+            continue
+        shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def replace_dir(src: Path, dst: Path) -> None:

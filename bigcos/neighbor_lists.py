@@ -141,11 +141,11 @@ def neighbors(model_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, *
               kinds: Sequence[str] = ("item-item",), metrics: Sequence[str] = METRICS,
               n: int = 100, exclude_train: bool = True, blocking: Blocking | None = None,
               memory_budget: int | None = None, symmetric: bool | None = None,
-              overwrite: bool = False) -> dict[str, Any]:
+              overwrite: bool = False, client=None) -> dict[str, Any]:
     """Write the neighbour dataset of every model and kind to ``out``; return its manifest.
 
-    Tasks run on the active Dask scheduler: a ``distributed.Client`` if one is open (workers
-    must see ``out``'s file system), else the threaded scheduler with one BLAS thread.
+    Tasks run on ``client`` (a ``distributed.Client``; its workers must see ``out``'s file
+    system), or with None on Dask's threaded scheduler in this process, one BLAS thread each.
     ``blocking`` fixes block sizes; otherwise they are sized from ``memory_budget`` (bytes
     per worker thread, default 2 GiB). ``symmetric`` (item-item, user-user): compute each
     product once for both of its lists (pair tasks, see :func:`_pair_graph`); None = when the
@@ -185,7 +185,7 @@ def neighbors(model_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, *
                         task_keys.append(f"{model.name}/{kind}")
         _warn_short_lists(n, counts)
         with timings("compute"), threadpool_limits(1):
-            results = dask.compute(*tasks)
+            results = dask.compute(*tasks, scheduler="threads" if client is None else client)
         for key, result in zip(task_keys, results, strict=True):
             for name, value in result.items():
                 counts[key][name] = counts[key].get(name, 0) + value
@@ -199,7 +199,7 @@ def neighbors(model_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, *
                              for m, d in zip(models, model_dirs, strict=True)}}
         return io.write_manifest(tmp, "neighbors", parameters, timings,
                                  filename=io.DATASET_MANIFEST, inputs=inputs,
-                                 counts=counts, scheduler=_scheduler_info())
+                                 counts=counts, scheduler=_scheduler_info(client))
 
 
 def check_request(model_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, *,
@@ -391,12 +391,8 @@ def _read_ids(path: Path) -> pa.Array:
         return ipc.open_file(source).read_all().column("id").combine_chunks()
 
 
-def _scheduler_info() -> dict[str, Any]:
-    try:
-        from distributed import get_client
-
-        client = get_client()
-    except (ImportError, ValueError):
+def _scheduler_info(client) -> dict[str, Any]:
+    if client is None:
         return {"scheduler": "threads", "workers": os.cpu_count()}
     workers = client.scheduler_info().get("workers", {})
     return {"scheduler": client.scheduler.address, "workers": len(workers),

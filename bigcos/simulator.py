@@ -524,7 +524,7 @@ def _write_users(path: Path, params: SimulationParams, items: ItemModel,
 
 
 def simulate(out: str | os.PathLike, params: SimulationParams | None = None,
-             overwrite: bool = False) -> dict:
+             overwrite: bool = False, client=None) -> dict:
     """Generate a simulation directory at ``out`` (atomically); return its manifest.
 
     Layout: ``interactions/part-<block>.parquet`` (user_id int64, item_id int64, value float32
@@ -532,9 +532,9 @@ def simulate(out: str | os.PathLike, params: SimulationParams | None = None,
     ``items.parquet`` (:func:`items_table`), ``users.parquet`` (:func:`users_table`),
     ``manifest.json`` (every parameter, the seed, the drawn p_c and beta_c, counts).
 
-    Blocks run as Dask tasks on the active scheduler (a ``distributed.Client`` if one is open,
-    else the threaded scheduler); each writes its own part file, so workers must see ``out``'s
-    filesystem. The result does not depend on the scheduler or the number of workers.
+    Blocks run as Dask tasks on ``client`` (a ``distributed.Client``), or with None on Dask's
+    threaded scheduler in this process; each writes its own part file, so workers must see
+    ``out``'s filesystem. The result does not depend on the scheduler or the number of workers.
     """
     import dask
 
@@ -551,7 +551,7 @@ def simulate(out: str | os.PathLike, params: SimulationParams | None = None,
             shared_items = dask.delayed(make_items, pure=True)(params)
             tasks = [dask.delayed(write_block, pure=True)(params, shared_items, b, str(parts))
                      for b in range(params.n_blocks)]
-            results = dask.compute(*tasks)
+            results = dask.compute(*tasks, scheduler="threads" if client is None else client)
         with timings("users"):
             _write_users(tmp / "users.parquet", params, items)
         counts = {key: int(sum(r[key] for r in results)) for key in results[0]}

@@ -1,6 +1,7 @@
-"""The pipeline's stages for one dataset: thin adapters from a job to each module's Python API.
+"""Stage planning: a job's stages per dataset, their keys and their completion markers.
 
-Layout under ``<job out>/<dataset>/``::
+Each stage is a thin adapter from a job to one module's Python API, writing its own
+directory under ``<job out>/<dataset>/``::
 
     simulation/          bigcos.simulator.simulate      (simulated datasets only)
     matrix/              bigcos.matrix.ingest
@@ -10,17 +11,107 @@ Layout under ``<job out>/<dataset>/``::
     models/als/          bigcos.models.fit_als
     neighbors/           bigcos.neighbor_lists.neighbors    (every model, kind and metric)
     report/              bigcos.reports.write_report
+
+A stage is *complete* when its directory holds ``stage.json`` whose ``key`` matches the
+stage's key: a sha256 of the stage name, its parameters, its algorithm version
+(:data:`ALGORITHM_VERSIONS`), the bigcos version, the keys of the stages it reads and (for
+input files) their size and modification time.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from bigcos import io
-from bigcos.pipeline import Dataset, Job, Stage
+from bigcos.jobspec import Dataset, Job
+
+STAGE_MARKER = "stage.json"
 
 
+def algorithm_versions() -> dict[str, int | tuple[int, int]]:
+    """Version of each stage's algorithm, part of its key: bump the entry when the same
+    parameters start giving different outputs, so that re-runs redo that stage (and, since
+    their keys include its key, every stage downstream). The closed-form fits are
+    (version of the closed forms, ``bigcos.svd.SVD_VERSION``)."""
+    from bigcos.svd import SVD_VERSION
+
+    return {"simulate": 1, "ingest": 1, "fit-closed-form": (1, SVD_VERSION),
+            "fit-remedy": (1, SVD_VERSION), "fit-als": 1, "neighbors": 1, "report": 1}
+
+
+ALGORITHM_VERSIONS = algorithm_versions()
+
+
+@dataclass
+class Stage:
+    """One unit of resumable work: ``run(tmp_or_final_dir, client)`` writes ``directory``.
+
+    ``algorithm`` names the entry of :data:`ALGORITHM_VERSIONS`; ``client`` is a
+    ``distributed.Client`` or None (threads in this process).
+    """
+
+    dataset: str
+    name: str
+    directory: Path
+    params: dict[str, Any]
+    inputs: list[Path]
+    upstream: list[Stage]
+    run: Callable[[Path, Any], None]
+    algorithm: str = ""
+    key: str = ""
+
+    @property
+    def label(self) -> str:
+        return f"{self.dataset}/{self.name}"
+
+
+def _input_fingerprint(path: Path) -> list[list[Any]]:
+    files = [path] if path.is_file() else sorted(f for f in path.rglob("*") if f.is_file())
+    return [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+
+
+def stage_key(stage: Stage) -> str:
+    from bigcos import __version__
+
+    text = json.dumps({"stage": stage.name, "params": io._jsonable(stage.params),
+                       "inputs": [_input_fingerprint(p) for p in stage.inputs],
+                       "upstream": [u.key for u in stage.upstream], "bigcos": __version__,
+                       "algorithm_version": ALGORITHM_VERSIONS[stage.algorithm or stage.name]},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def is_complete(stage: Stage) -> bool:
+    marker = stage.directory / STAGE_MARKER
+    try:
+        return json.loads(marker.read_text()).get("key") == stage.key
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def mark_complete(stage: Stage, seconds: float) -> None:
+    io.write_json(stage.directory / STAGE_MARKER,
+                  {"stage": stage.name, "dataset": stage.dataset, "key": stage.key,
+                   "seconds": round(seconds, 3), "completed_unix": round(time.time(), 3)})
+
+
+def plan(job: Job) -> list[Stage]:
+    """Every stage of the job, in order, with keys resolved."""
+    planned: list[Stage] = []
+    for ds in job.datasets:
+        planned.extend(dataset_stages(job, ds, job.out / ds.name))
+    for s in planned:
+        s.key = stage_key(s)
+    return planned
+
+
+# --------------------------------------------------------------------------- adapters
 def closed_form_specs(ds: Dataset) -> list:
     """Objective 1 under every named and random D, objective 2, project-back."""
     from bigcos.models import ModelSpec, Scaling
@@ -56,6 +147,13 @@ def model_dirs(fit_stages: list[Stage]) -> list[Path]:
     return dirs
 
 
+def check_fit_against_data(ds: Dataset, matrix_dir: Path) -> None:
+    """Fail at the start of a fit stage, in one line naming dataset, parameter and value,
+    when the ingested matrix is too small for ``ds.fit`` (e.g. k larger than its items)."""
+    counts = io.read_manifest(matrix_dir).get("counts", {})
+    ds.fit.check_shape(int(counts["users"]), int(counts["items"]), f"dataset {ds.name}")
+
+
 def dataset_stages(job: Job, ds: Dataset, root: Path) -> list[Stage]:
     from dask.utils import parse_bytes
 
@@ -65,47 +163,58 @@ def dataset_stages(job: Job, ds: Dataset, root: Path) -> list[Stage]:
     log, items, upstream = ds.log, ds.items, []
     if ds.simulate is not None:
         sim = Stage(ds.name, "simulate", root / "simulation", asdict(ds.simulate), [], [],
-                    lambda d: simulator.simulate(d, ds.simulate, overwrite=True))
+                    lambda d, client: simulator.simulate(d, ds.simulate, overwrite=True,
+                                                         client=client))
         stages.append(sim)
         log, items = sim.directory / "interactions", sim.directory / "items.parquet"
         upstream = [sim]
     ingest = Stage(ds.name, "ingest", root / "matrix",
                    {**asdict(ds.ingest), "items": str(items) if items else None},
                    [log] if ds.simulate is None else [], upstream,
-                   lambda d: matrix.ingest(log, d, ds.ingest, overwrite=True, items=items))
+                   lambda d, client: matrix.ingest(log, d, ds.ingest, overwrite=True,
+                                                   items=items))
     stages.append(ingest)
 
     f = ds.fit
     svd = _svd_options(ds)
     specs = closed_form_specs(ds)
+
+    def fit_closed_form(d: Path, client) -> None:
+        check_fit_against_data(ds, ingest.directory)
+        models.fit(ingest.directory, d, specs, svd, overwrite=True, client=client)
+
     fits = [Stage(ds.name, "fit-closed-form", root / "models" / "closed-form",
                   {"specs": [asdict(s) for s in specs], "svd": asdict(svd)}, [], [ingest],
-                  lambda d: models.fit(ingest.directory, d, specs, svd, overwrite=True))]
+                  fit_closed_form)]
     for remedy in f.remedies:
         pre = models.Preprocessing(remedy, f.beta)
         spec = models.ModelSpec(1, f.lam1, models.Scaling("symmetric"))
+
+        def fit_remedy(d: Path, client, spec=spec, pre=pre) -> None:
+            check_fit_against_data(ds, ingest.directory)
+            models.fit(ingest.directory, d, [spec], svd, pre, overwrite=True, client=client)
+
         fits.append(Stage(ds.name, f"fit-{remedy}", root / "models" / remedy,
                           {"spec": asdict(spec), "svd": asdict(svd), "remedy": asdict(pre)},
-                          [], [ingest],
-                          lambda d, spec=spec, pre=pre: models.fit(ingest.directory, d, [spec],
-                                                                   svd, pre, overwrite=True)))
+                          [], [ingest], fit_remedy, algorithm="fit-remedy"))
     if f.als:
         als = models.ALSOptions(factors=f.als_factors or f.k, iterations=f.als_iterations,
                                 regularization=f.als_regularization, seed=f.seed)
         fits.append(Stage(ds.name, "fit-als", root / "models" / "als", asdict(als), [], [ingest],
-                          lambda d: models.fit_als(ingest.directory, d, als, overwrite=True)))
+                          lambda d, client: models.fit_als(ingest.directory, d, als,
+                                                           overwrite=True)))
     stages += fits
 
     nb = job.neighbors
     budget = parse_bytes(nb.memory_budget)
     neigh = Stage(ds.name, "neighbors", root / "neighbors", asdict(nb), [], fits,
-                  lambda d: neighbor_lists.neighbors(model_dirs(fits), d, kinds=nb.kinds,
-                                                metrics=nb.metrics, n=nb.n,
-                                                exclude_train=nb.exclude_train,
-                                                memory_budget=budget, overwrite=True))
+                  lambda d, client: neighbor_lists.neighbors(
+                      model_dirs(fits), d, kinds=nb.kinds, metrics=nb.metrics, n=nb.n,
+                      exclude_train=nb.exclude_train, memory_budget=budget, overwrite=True,
+                      client=client))
     stages.append(neigh)
     stages.append(Stage(ds.name, "report", root / "report", asdict(job.report), [], [neigh],
-                        lambda d: reports.write_report(d, ingest.directory, model_dirs(fits),
-                                                       neigh.directory, items=items,
-                                                       options=job.report, overwrite=True)))
+                        lambda d, client: reports.write_report(
+                            d, ingest.directory, model_dirs(fits), neigh.directory, items=items,
+                            options=job.report, overwrite=True)))
     return stages

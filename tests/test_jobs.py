@@ -78,3 +78,18 @@ def test_kubernetes_template_creates_a_daskjob_running_bigcos():
     assert args[:2] == ["bigcos", "run"]
     resolved = show([*args[1:2], str(JOBS / "movielens-small.toml"), *args[3:]])
     assert resolved["name"] == "movielens-small"
+
+
+def test_small_example_jobs_run_on_threads_and_large_ones_get_a_cluster():
+    from bigcos.cluster import THREADS_MAX_INTERACTIONS, ClusterOptions, wants_cluster
+    from bigcos.pipeline import estimated_interactions
+
+    small = estimated_interactions(load_job(JOBS / "movielens-small.toml"))
+    assert small == 100_836  # the bundled log's rows, from the Parquet metadata
+    default = estimated_interactions(load_job(None))
+    assert 6_000_000 < default < THREADS_MAX_INTERACTIONS  # 6.8 M drawn by the simulation
+    assert not wants_cluster(ClusterOptions(), default)
+    assert wants_cluster(ClusterOptions(n_workers=2), small)
+    assert wants_cluster(ClusterOptions(scheduler="tcp://127.0.0.1:8786"), small)
+    big = load_job(JOBS / "simulation-1m.toml")
+    assert wants_cluster(ClusterOptions(), estimated_interactions(big))

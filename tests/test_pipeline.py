@@ -15,9 +15,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from bigcos import stages
 from bigcos.cli import main
 from bigcos.cluster import ClusterOptions
 from bigcos.errors import UserError
+from bigcos.io import LEASE, LEASE_TIMEOUT_S, atomic_output_dir, remove_stale_temporaries
 from bigcos.pipeline import load_job, plan, run_job
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -166,11 +168,70 @@ def test_a_half_written_stage_is_redone(local_run):
     job, _ = local_run
     marker = job.out / "ml" / "neighbors" / "stage.json"
     marker.unlink()  # as if the process died after the rename and before the marker
-    stale = job.out / "ml" / ".report.tmp-999999-deadbeef"
-    stale.mkdir()
+    stale = fake_temporary(job.out / "ml", socket.gethostname(), dead_pid(), time.time())
     result = run_job(job, threaded(), progress=False, echo=lambda s: None)
     assert "ml/neighbors" in result.ran and "ml/ingest" in result.skipped
     assert not stale.exists()
+
+
+def dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped)."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def fake_temporary(parent: Path, host: str, pid: int, heartbeat: float) -> Path:
+    """A temporary output directory as atomic_output_dir leaves it, with the given lease."""
+    tmp = parent / f".report.tmp-{pid}-deadbeef"
+    tmp.mkdir(parents=True)
+    (tmp / "part.parquet").write_bytes(b"PAR1")
+    (tmp / LEASE).write_text(json.dumps({"host": host, "pid": pid, "started_unix": heartbeat,
+                                         "heartbeat_unix": heartbeat}))
+    return tmp
+
+
+def test_stale_temporaries_are_removed_by_lease_and_never_a_live_one(tmp_path):
+    now = time.time()
+    other_live = fake_temporary(tmp_path / "a", "another-host", os.getpid() + 1, now - 60)
+    other_dead = fake_temporary(tmp_path / "b", "another-host", os.getpid() + 1,
+                                now - LEASE_TIMEOUT_S - 60)
+    here_dead = fake_temporary(tmp_path / "c", socket.gethostname(), dead_pid(), now)
+    here_live = fake_temporary(tmp_path / "d", socket.gethostname(), os.getpid(), now)
+    removed = remove_stale_temporaries(tmp_path)
+    assert sorted(removed) == sorted([other_dead, here_dead])
+    assert other_live.exists() and here_live.exists()
+    assert not other_dead.exists() and not here_dead.exists()
+
+
+def test_a_running_stage_keeps_its_lease_fresh(tmp_path):
+    from bigcos.io import _Lease
+
+    with atomic_output_dir(tmp_path / "out") as tmp:
+        lease = json.loads((tmp / LEASE).read_text())
+        assert lease["host"] == socket.gethostname() and lease["pid"] == os.getpid()
+        assert remove_stale_temporaries(tmp_path) == []
+        first = lease["heartbeat_unix"]
+    assert not (tmp_path / "out" / LEASE).exists()  # the lease is not part of the output
+    beating = _Lease(tmp_path / "lease.json", interval=0.05)
+    time.sleep(0.3)
+    beating.stop()
+    assert json.loads((tmp_path / "lease.json").read_text())["heartbeat_unix"] > first
+
+
+def test_a_changed_algorithm_version_redoes_that_stage_and_what_reads_it(local_run,
+                                                                         monkeypatch):
+    job, first = local_run
+    run_job(job, threaded(), progress=False, echo=lambda s: None)  # all complete
+    monkeypatch.setitem(stages.ALGORITHM_VERSIONS, "neighbors",
+                        stages.ALGORITHM_VERSIONS["neighbors"] + 1)
+    result = run_job(job, threaded(), progress=False, echo=lambda s: None)
+    assert sorted(result.ran) == ["ml/neighbors", "ml/report", "sim/neighbors", "sim/report"]
+    assert len(result.skipped) == len(first.ran) - 4
+    monkeypatch.setitem(stages.ALGORITHM_VERSIONS, "fit-als", 99)
+    result = run_job(job, threaded(), progress=False, echo=lambda s: None)
+    assert sorted(result.ran) == ["ml/fit-als", "ml/neighbors", "ml/report", "sim/fit-als",
+                                  "sim/neighbors", "sim/report"]
 
 
 def free_port() -> int:
@@ -318,3 +379,105 @@ def test_readme_findings_script_reads_the_run_outputs(local_run):
     assert cells[7].endswith("(cluster)")
     assert not any(m.endswith(("-std", "-pop0.75", "project-back"))
                    for m in quoted["auc_cos_by_model"])
+
+
+# --------------------------------------------------------------------------- validation
+@pytest.mark.parametrize("fit, needle", [
+    ("k = 5000\nrandom_d = 2",
+     "[[dataset]] sim: fit.k = 5000 is larger than the number of items p = 80"),
+    ("k = 8\nrandom_d = 2\nlam1 = -1.0", "fit.lam1: must be finite and >= 0, got -1.0"),
+    ("k = 8\nrandom_d = 2\nals_factors = 0", "fit.als_factors: must be >= 1, got 0"),
+    ("k = 8\nscalings = []\nrandom_d = 0\nobjective2 = false\nproject_back = false",
+     "no closed-form model left"),
+])
+def test_invalid_fit_settings_fail_before_any_work(tmp_path, fit, needle):
+    job = write_job(tmp_path, TINY_JOB.replace("[fit]\nk = 8\nrandom_d = 2", f"[fit]\n{fit}")
+                    .replace("fit = { lam1 = 100.0, lam2 = 5.0, k = 6 }", "")
+                    .replace("fit = { lam1 = 50.0, lam2 = 2.0 }", ""))
+    result = CliRunner().invoke(main, ["run", str(job), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 1 and needle in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_k_larger_than_the_ingested_items_fails_at_the_fit_stage(tmp_path):
+    """Only the data knows p for a log: the fit stage fails first, in one line."""
+    text = TINY_JOB[:TINY_JOB.index("[[dataset]]\nname = \"sim\"")] + \
+        TINY_JOB[TINY_JOB.index("[[dataset]]\nname = \"ml\""):]
+    job = write_job(tmp_path, text.replace("k = 6 }", "k = 5000 }"))
+    result = CliRunner().invoke(main, ["run", str(job), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 1, result.output
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith("Error: dataset ml: fit.k = 5000 is larger than the number of "
+                           "users n = 379"), result.output  # min(n, p): randomised SVD
+    assert "Traceback" not in result.output
+    assert (tmp_path / "o" / "ml" / "matrix" / "stage.json").exists()
+    assert not (tmp_path / "o" / "ml" / "models").exists()
+
+
+# --------------------------------------------------------------------------- placement, output
+def test_a_small_job_runs_on_threads_with_one_line_per_stage(local_run, tmp_path):
+    job, _ = local_run
+    args = ["run", str(job.source), "--out", str(job.out)]
+    first = CliRunner().invoke(main, args)  # redoes what earlier tests changed
+    assert first.exit_code == 0, first.output
+    assert all(x.endswith(("skipped (complete)", " s")) for x in
+               first.output.strip().splitlines()[:len(plan(job))]), first.output
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    lines = result.output.strip().splitlines()
+    assert "Dask dashboard" not in result.output  # no cluster for a job this small
+    assert lines[0] == "sim/simulate skipped (complete)"
+    assert len([x for x in lines if x.endswith("skipped (complete)")]) == len(plan(job))
+    manifest = json.loads((job.out / "manifest.json").read_text())
+    assert manifest["parameters"]["scheduler"] == "threads"
+
+
+@pytest.mark.parametrize("placement", [[], ["--workers", "2"]], ids=["threads", "cluster"])
+def test_ctrl_c_in_a_terminal_prints_one_line_and_exits_130_then_resumes(local_run, tmp_path,
+                                                                         placement):
+    """Ctrl-C signals the terminal's whole process group, LocalCluster workers included."""
+    import pty
+
+    job, _ = local_run
+    out = tmp_path / "ctrl-c"
+    cmd = [sys.executable, "-m", "bigcos", "run", str(job.source), "--out", str(out),
+           *placement]
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: `bigcos run` on the pty, as in a terminal
+        os.execv(sys.executable, cmd)
+    output = b""
+    deadline = time.time() + 120
+    first = out / "sim" / "simulation" / "stage.json"
+    while not first.exists():
+        assert time.time() < deadline
+        time.sleep(0.02)
+    os.write(fd, b"\x03")  # Ctrl-C: the terminal sends SIGINT to the foreground group
+    while True:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        output += chunk
+    _, status = os.waitpid(pid, 0)
+    text = output.decode(errors="replace")
+    assert os.waitstatus_to_exitcode(status) == 130, text
+    # what the terminal shows: each line as left after its last carriage return
+    lines = [x.rstrip("\r").split("\r")[-1].replace("\x1b[K", "").strip()
+             for x in text.split("\n")]
+    lines = [x for x in lines if x and not x.startswith("Dask dashboard: ")]
+    assert lines == ["interrupted; completed stages are kept, re-run to resume"], text
+    assert "bigcos run [" in text  # the progress line was drawn
+    done = {p.parent: p.read_text() for p in out.rglob("stage.json")}
+    assert out / "sim" / "simulation" in done
+    resumed = subprocess.run(cmd + ["--no-progress"], capture_output=True, text=True,
+                             timeout=300)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    for d, stamp in done.items():
+        assert (d / "stage.json").read_text() == stamp
+        label = f"{d.relative_to(out).parts[0]}/"
+        assert label in resumed.stdout
+    assert "sim/simulate skipped (complete)" in resumed.stdout
+    assert tables(out) == tables(job.out)

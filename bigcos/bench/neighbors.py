@@ -73,11 +73,11 @@ def worker_peak_rss(client) -> int:
     return max(client.run(hwm).values())
 
 
-def run_bigcos(model: Path, out: Path, n: int) -> dict:
+def run_bigcos(model: Path, out: Path, n: int, client) -> dict:
     from bigcos.neighbor_lists import neighbors
 
     return neighbors([model], out, kinds=["item-item"], metrics=["cos", "dot"], n=n,
-                     overwrite=True)
+                     overwrite=True, client=client)
 
 
 def run_faiss(x: np.ndarray, n: int, metric: str):
@@ -175,7 +175,7 @@ def neighbors(p, k, n, workers, peers, scale, full_max, sample, repeat, seed, js
         x = embedding(p, k, seed)
         model = write_model(tmp / "model", x)
         m, manifest = best_of(repeat, "bigcos (cos+dot, Parquet written)",
-                              lambda: run_bigcos(model, tmp / "out", n))
+                              lambda: run_bigcos(model, tmp / "out", n, client))
         m.extra.update(items=p, metric="cos+dot",
                        worker_peak_rss_mib=round(worker_peak_rss(client) / 2**20),
                        flop_bound_s=round(2 * p * p * k / 195e9, 2))
@@ -212,7 +212,7 @@ def _scale_run(p: int, k: int, n: int, seed: int, tmp: Path, full_max: int, samp
     x = embedding(p, k, seed + 1)
     if p <= full_max:
         model = write_model(tmp / f"model-{p}", x)
-        m, _ = measure(f"bigcos p={p}", lambda: run_bigcos(model, tmp / f"out-{p}", n))
+        m, _ = measure(f"bigcos p={p}", lambda: run_bigcos(model, tmp / f"out-{p}", n, client))
         m.extra.update(items=p, metric="cos+dot",
                        worker_peak_rss_mib=round(worker_peak_rss(client) / 2**20),
                        flop_bound_s=round(2 * p * p * k / 195e9, 2))

@@ -37,3 +37,24 @@ def dask_options(f):
         return f(*args, cluster=cluster, **kwargs)
 
     return wrapper
+
+
+def matrix_interactions(*directories) -> int:
+    """Training interactions of the matrices in ``directories`` (matrix or model directories:
+    a model's manifest names its matrix), for :func:`bigcos.cluster.job_client`; a directory
+    without these manifests counts 0 (the command itself then reports what is missing)."""
+    from pathlib import Path
+
+    from bigcos import io
+    from bigcos.errors import UserError
+
+    total = 0
+    for d in directories:
+        try:
+            manifest = io.read_manifest(d)
+            if "matrix_dir" in manifest:
+                manifest = io.read_manifest(Path(manifest["matrix_dir"]))
+            total += int(manifest["counts"]["train_nnz"])
+        except (UserError, KeyError, TypeError, ValueError):
+            continue
+    return total

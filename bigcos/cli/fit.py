@@ -187,9 +187,10 @@ def _fit(matrix_dir, out, model_kind, k, objective, lam, scaling, every, remedy,
                             dtype=dtype, exact=exact, tol=tol, block_rows=block_rows,
                             scheduler=svd_scheduler)
     cache = None if no_svd_cache else (svd_cache or "default")
-    from bigcos.cluster import dask_client
+    from bigcos.cli.common import matrix_interactions
+    from bigcos.cluster import job_client
 
-    with dask_client(cluster) as client:
+    with job_client(cluster, matrix_interactions(matrix_dir)) as client:
         result = models.fit(matrix_dir, out, specs, svd, pre, cache_dir=cache, name=name,
                             overwrite=overwrite, client=client)
     hit = "SVD from cache" if result.svd_cache_hit else "SVD computed"

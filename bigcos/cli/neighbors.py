@@ -54,8 +54,9 @@ def neighbors(model_dirs, out, kinds, metrics, n, include_train, memory_budget, 
     dot product, written as one Parquet dataset partitioned by kind, model and metric
     (columns query_id, rank, neighbor_id, score; ties go to the smaller index).
 
-    Tiles run as Dask tasks on a LocalCluster (one process per core, one BLAS thread each)
-    or on --scheduler; workers write their partitions into OUT directly.
+    Tiles run as Dask tasks: on threads in this process for small models, else (or with
+    --workers) on a LocalCluster (one process per core, one BLAS thread each), or on
+    --scheduler; workers write their partitions into OUT directly.
 
     Read it with pandas (pd.read_parquet(OUT)),
     DuckDB (read_parquet('OUT/**/*.parquet', hive_partitioning=true)) or Polars
@@ -67,7 +68,8 @@ def neighbors(model_dirs, out, kinds, metrics, n, include_train, memory_budget, 
           --kind item-item,user-item --metric cos,dot -N 100 --out out/neighbors
     """
     from bigcos.blocked_topn import Blocking
-    from bigcos.cluster import dask_client
+    from bigcos.cli.common import matrix_interactions
+    from bigcos.cluster import job_client
     from bigcos.neighbor_lists import check_request
     from bigcos.neighbor_lists import neighbors as run_neighbors
 
@@ -83,10 +85,10 @@ def neighbors(model_dirs, out, kinds, metrics, n, include_train, memory_budget, 
     # before a cluster starts: starting one costs seconds
     check_request(model_dirs, out, kinds=kinds, metrics=metrics, n=n, blocking=blocking,
                   memory_budget=memory_budget, overwrite=overwrite)
-    with dask_client(cluster):
+    with job_client(cluster, matrix_interactions(*model_dirs)) as client:
         manifest = run_neighbors(model_dirs, out, kinds=kinds, metrics=metrics, n=n,
                                  exclude_train=not include_train, blocking=blocking,
-                                 memory_budget=memory_budget, overwrite=overwrite)
+                                 memory_budget=memory_budget, overwrite=overwrite, client=client)
     total = sum(v for c in manifest["counts"].values() for k, v in c.items()
                 if k.startswith("rows_"))
     click.echo(f"wrote {out}: {total} rows in {manifest['timings_s']['total']:.1f} s")

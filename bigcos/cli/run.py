@@ -29,15 +29,18 @@ def _merge(cli: ClusterOptions, job_dask) -> ClusterOptions:
               help="Output root (overrides the job's [job] out).")
 @click.option("--force", is_flag=True, help="Redo every stage, complete or not.")
 @click.option("--show", is_flag=True, help="Print the resolved job as JSON and exit.")
-@click.option("--no-progress", is_flag=True, help="No progress bar (e.g. under cron).")
+@click.option("--no-progress", is_flag=True,
+              help="One line per stage instead of a progress bar (the default off a terminal).")
 @dask_options
 def run(job_file, out, force, show, no_progress, cluster):
     """Run the pipeline (ingest → fit → neighbors → report) of JOB_FILE, a TOML job.
 
     Without JOB_FILE, runs the built-in default job: the bundled MovieLens data and the
     paper's default simulation. Each stage writes its own directory under the output root;
-    a re-run skips stages that are complete and redoes only what changed. Example jobs and
-    scheduled-run templates (cron, Slurm, Kubernetes) are in jobs/.
+    a re-run skips stages that are complete and redoes only what changed (Ctrl-C keeps the
+    completed stages). Small jobs run on threads in this process; a LocalCluster starts for
+    large ones or when --workers/--scheduler is given. Example jobs and scheduled-run
+    templates (cron, Slurm, Kubernetes) are in jobs/.
 
     \b
     Example:
@@ -47,14 +50,18 @@ def run(job_file, out, force, show, no_progress, cluster):
 
     from bigcos.pipeline import job_as_dict, load_job, run_job
 
-    job = load_job(job_file)
-    if out:
-        job = dataclasses.replace(job, out=Path(out).resolve())
-    if show:
-        click.echo(json.dumps(job_as_dict(job), indent=2))
-        return
-    result = run_job(job, _merge(cluster, job.dask), force=force, echo=click.echo,
-                     progress=not no_progress)
+    try:
+        job = load_job(job_file)
+        if out:
+            job = dataclasses.replace(job, out=Path(out).resolve())
+        if show:
+            click.echo(json.dumps(job_as_dict(job), indent=2))
+            return
+        result = run_job(job, _merge(cluster, job.dask), force=force, echo=click.echo,
+                         progress=not no_progress)
+    except KeyboardInterrupt:
+        click.echo("interrupted; completed stages are kept, re-run to resume", err=True)
+        raise click.exceptions.Exit(130) from None
     click.echo(f"ran {len(result.ran)} stage(s), skipped {len(result.skipped)} complete "
                f"stage(s) in {result.timings['total']:.1f} s; outputs in {result.out}")
     for report in result.reports:

@@ -73,8 +73,8 @@ def simulate(out, n_users, n_items, n_clusters, beta_min, beta_max, beta_user, p
         min_items=min_items, max_items=max_items, cluster_concentration=cluster_concentration,
         preference_concentration=preference_concentration, block_users=block_users, seed=seed)
     params.validate()
-    with dask_client(cluster):
-        manifest = run_simulation(out, params, overwrite=overwrite)
+    with dask_client(cluster) as client:
+        manifest = run_simulation(out, params, overwrite=overwrite, client=client)
     counts = manifest["counts"]
     click.echo(f"wrote {out}: {counts['users']:,} users x {counts['items']:,} items, "
                f"{counts['interactions']:,} interactions "

@@ -1,0 +1,333 @@
+"""Job files: the configuration dataclasses of ``bigcos run`` and their validation.
+
+A job names datasets (a Parquet log, or a simulation) and the settings of each stage.
+Sections (unknown keys, wrong types and invalid combinations are errors before any work)::
+
+    [job]        name, out (output root; relative paths are relative to the job file)
+    [dask]       scheduler, workers, threads_per_worker, memory_limit, spill_dir
+    [fit]        FitConfig fields (defaults for every dataset)
+    [neighbors]  NeighborsConfig fields
+    [report]     bigcos.reports.Options fields
+    [[dataset]]  name, and either log (+ items) or simulate = {SimulationParams fields};
+                 optional tables ingest = {IngestOptions fields}, fit = {FitConfig overrides}
+
+What can only be checked against the data (``k`` against the number of items of a log) is
+checked at the start of the fit stage (:func:`bigcos.stages.check_fit_against_data`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from bigcos import io
+from bigcos.errors import UserError
+from bigcos.matrix import IngestOptions
+from bigcos.models import NAMED_SCALINGS, PREPROCESSINGS
+from bigcos.reports import Options as ReportOptions
+from bigcos.simulator import SimulationParams
+
+KINDS = ("item-item", "user-user", "user-item")
+METRICS = ("cos", "dot")
+
+
+# --------------------------------------------------------------------------- configuration
+@dataclass(frozen=True)
+class FitConfig:
+    """Which models to fit on each dataset; one truncated SVD serves every closed-form one.
+
+    ``lam1`` acts on sigma^2 (objective 1), ``lam2`` on sigma (objective 2): see MATH.md.
+    ``random_d`` random admissible rescalings D (log-uniform, max/min ratio ``random_spread``)
+    measure how much cosine neighbours depend on D. ``remedies`` are column remedies fit with
+    their own SVD (objective 1, symmetric D); project-back is fit from the main SVD.
+    """
+
+    k: int = 64
+    lam1: float = 100.0
+    lam2: float = 10.0
+    scalings: tuple[str, ...] = NAMED_SCALINGS
+    random_d: int = 3
+    random_spread: float = 100.0
+    objective2: bool = True
+    project_back: bool = True
+    remedies: tuple[str, ...] = ("standardize", "popularity")
+    beta: float = 0.75
+    als: bool = True
+    als_factors: int | None = None  # default: k
+    als_iterations: int = 15
+    als_regularization: float = 0.01
+    exact: bool = False
+    oversampling: int | None = None
+    n_iter: int | None = None
+    seed: int = 0
+
+    def __post_init__(self):
+        for s in self.scalings:
+            if s not in NAMED_SCALINGS:
+                raise UserError(f"fit.scalings: unknown scaling '{s}' "
+                                f"({', '.join(NAMED_SCALINGS)})")
+        for r in self.remedies:
+            if r not in PREPROCESSINGS[1:]:
+                raise UserError(f"fit.remedies: unknown remedy '{r}' "
+                                f"({', '.join(PREPROCESSINGS[1:])})")
+        checks = [
+            ("k", self.k, self.k >= 1, ">= 1"),
+            ("lam1", self.lam1, math.isfinite(self.lam1) and self.lam1 >= 0, "finite and >= 0"),
+            ("lam2", self.lam2, math.isfinite(self.lam2) and self.lam2 >= 0, "finite and >= 0"),
+            ("random_d", self.random_d, self.random_d >= 0, ">= 0"),
+            ("random_spread", self.random_spread,
+             math.isfinite(self.random_spread) and self.random_spread >= 1, "finite and >= 1"),
+            ("beta", self.beta, math.isfinite(self.beta) and self.beta >= 0, "finite and >= 0"),
+            ("als_factors", self.als_factors, self.als_factors is None or self.als_factors >= 1,
+             ">= 1"),
+            ("als_iterations", self.als_iterations, self.als_iterations >= 1, ">= 1"),
+            ("als_regularization", self.als_regularization,
+             math.isfinite(self.als_regularization) and self.als_regularization >= 0,
+             "finite and >= 0"),
+            ("oversampling", self.oversampling, self.oversampling is None or
+             self.oversampling >= 0, ">= 0"),
+            ("n_iter", self.n_iter, self.n_iter is None or self.n_iter >= 0, ">= 0"),
+        ]
+        for name, value, ok, need in checks:
+            if not ok:
+                raise UserError(f"fit.{name}: must be {need}, got {value}")
+        if not (self.scalings or self.random_d or self.objective2 or self.project_back):
+            raise UserError("fit: no closed-form model left (scalings = [], random_d = 0, "
+                            "objective2 = false and project_back = false)")
+
+    def check_shape(self, n_users: int, n_items: int, where: str) -> None:
+        """``k`` (and ALS factors) against a matrix of ``n_users`` x ``n_items``.
+
+        The randomised SVD needs k <= min(n, p), the exact one k <= p (MATH.md).
+        """
+        limit = n_items if self.exact else min(n_users, n_items)
+        if self.k > limit:
+            what = (f"the number of items p = {n_items}" if limit == n_items
+                    else f"the number of users n = {n_users}")
+            raise UserError(f"{where}: fit.k = {self.k} is larger than {what}")
+
+
+@dataclass(frozen=True)
+class NeighborsConfig:
+    """Which neighbour lists to compute for every model."""
+
+    kinds: tuple[Literal["item-item", "user-user", "user-item"], ...] = ("item-item",
+                                                                         "user-item")
+    metrics: tuple[Literal["cos", "dot"], ...] = METRICS
+    n: int = 50
+    exclude_train: bool = True
+    memory_budget: str = "512MiB"
+
+    def __post_init__(self):
+        from dask.utils import parse_bytes
+
+        from bigcos.neighbor_lists import Blocking
+
+        if self.n < 1:
+            raise UserError(f"neighbors.n: must be >= 1, got {self.n}")
+        if not self.kinds or not self.metrics:
+            raise UserError("neighbors: kinds and metrics must not be empty")
+        try:
+            budget = parse_bytes(self.memory_budget)
+        except (ValueError, TypeError):
+            raise UserError(f"neighbors.memory_budget: {self.memory_budget!r} is not a size "
+                            "such as '512MiB'") from None
+        try:
+            Blocking.from_budget(budget, self.n, len(set(self.metrics)))
+        except UserError as exc:
+            raise UserError(f"neighbors.memory_budget: {str(exc).split(': ', 1)[1]}") from None
+
+
+@dataclass(frozen=True)
+class DaskConfig:
+    scheduler: str | None = None
+    workers: int | None = None
+    threads_per_worker: int = 1
+    memory_limit: str = "auto"
+    spill_dir: str | None = None
+
+    def __post_init__(self):
+        if self.workers is not None and self.workers < 1:
+            raise UserError(f"dask.workers: must be >= 1, got {self.workers}")
+        if self.threads_per_worker < 1:
+            raise UserError(f"dask.threads_per_worker: must be >= 1, got "
+                            f"{self.threads_per_worker}")
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    log: Path | None
+    items: Path | None
+    simulate: SimulationParams | None
+    ingest: IngestOptions
+    fit: FitConfig
+
+
+@dataclass(frozen=True)
+class Job:
+    name: str
+    out: Path
+    source: str  # the job file, or "built-in default"
+    datasets: tuple[Dataset, ...]
+    dask: DaskConfig = DaskConfig()
+    neighbors: NeighborsConfig = NeighborsConfig()
+    report: ReportOptions = field(default_factory=ReportOptions)
+
+
+# --------------------------------------------------------------------------- validation
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp)).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check a TOML value against a dataclass field annotation; convert lists to tuples."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for alt in args:
+            if alt is type(None):
+                continue
+            try:
+                return _coerce(value, alt, where)
+            except UserError as exc:
+                errors.append(str(exc))
+        raise UserError(errors[0] if len(errors) == 1 else
+                        f"{where}: {value!r} is none of {', '.join(map(_type_name, args))}")
+    if origin is Literal:
+        if value not in args:
+            raise UserError(f"{where}: {value!r} is not one of {', '.join(map(str, args))}")
+        return value
+    if origin in (tuple, list):
+        if not isinstance(value, list):
+            raise UserError(f"{where}: expected a list, got {value!r}")
+        return tuple(_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise UserError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UserError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp in (str, bool):
+        if not isinstance(value, tp):
+            raise UserError(f"{where}: expected a {tp.__name__}, got {value!r}")
+        return value
+    raise TypeError(f"unsupported annotation {tp} at {where}")
+
+
+def options_from_table(cls: type, table: Any, where: str, base: Any = None) -> Any:
+    """Build dataclass ``cls`` from a TOML table; unknown keys and wrong types are UserErrors.
+
+    ``base`` (an instance of ``cls``) supplies the values the table does not set.
+    """
+    if not isinstance(table, dict):
+        raise UserError(f"{where}: expected a table, got {table!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {n: getattr(base, n) for n in names} if base is not None else {}
+    for key, value in table.items():
+        if key not in names:
+            raise UserError(f"{where}: unknown key '{key}' (known: {', '.join(names)})")
+        kwargs[key] = _coerce(value, hints[key], f"{where}.{key}")
+    try:
+        return cls(**kwargs)
+    except UserError as exc:
+        raise UserError(f"{where}: {exc}") from None
+
+
+def _path(value: Any, where: str, root: Path, must_exist: bool) -> Path:
+    if not isinstance(value, str):
+        raise UserError(f"{where}: expected a path string, got {value!r}")
+    p = Path(os.path.expandvars(os.path.expanduser(value)))
+    p = Path(os.path.normpath(p if p.is_absolute() else root / p))
+    if must_exist and not p.exists():
+        raise UserError(f"{where}: {p} does not exist")
+    return p
+
+
+DATASET_KEYS = ("name", "log", "items", "simulate", "ingest", "fit")
+JOB_SECTIONS = ("job", "dask", "fit", "neighbors", "report", "dataset")
+
+
+def parse_job(raw: dict[str, Any], source: str, root: Path) -> Job:
+    """Validate a parsed job file; every error names the section and key."""
+    for key in raw:
+        if key not in JOB_SECTIONS:
+            raise UserError(f"{source}: unknown section [{key}] (known: {', '.join(JOB_SECTIONS)})")
+    head = raw.get("job", {})
+    if not isinstance(head, dict):
+        raise UserError(f"{source}: [job] must be a table")
+    for key in head:
+        if key not in ("name", "out"):
+            raise UserError(f"{source}: [job] unknown key '{key}' (known: name, out)")
+    name = head.get("name", "bigcos-job")
+    if not isinstance(name, str) or not name:
+        raise UserError(f"{source}: [job] name must be a non-empty string")
+    out = _path(head.get("out", f"bigcos-out/{name}"), f"{source}: [job] out", root, False)
+    dask_cfg = options_from_table(DaskConfig, raw.get("dask", {}), f"{source}: [dask]")
+    fit_default = options_from_table(FitConfig, raw.get("fit", {}), f"{source}: [fit]")
+    neighbors = options_from_table(NeighborsConfig, raw.get("neighbors", {}),
+                                   f"{source}: [neighbors]")
+    report = options_from_table(ReportOptions, raw.get("report", {}), f"{source}: [report]")
+    entries = raw.get("dataset", [])
+    if not isinstance(entries, list) or not entries:
+        raise UserError(f"{source}: no [[dataset]] given")
+    datasets, seen = [], set()
+    for i, entry in enumerate(entries):
+        where = f"{source}: [[dataset]] #{i + 1}"
+        if not isinstance(entry, dict):
+            raise UserError(f"{where}: must be a table")
+        for key in entry:
+            if key not in DATASET_KEYS:
+                raise UserError(f"{where}: unknown key '{key}' (known: {', '.join(DATASET_KEYS)})")
+        ds_name = entry.get("name")
+        if not isinstance(ds_name, str) or not ds_name or "/" in ds_name:
+            raise UserError(f"{where}: name must be a non-empty string without '/'")
+        if ds_name in seen:
+            raise UserError(f"{where}: dataset name '{ds_name}' used twice")
+        seen.add(ds_name)
+        where = f"{source}: [[dataset]] {ds_name}"
+        if ("log" in entry) == ("simulate" in entry):
+            raise UserError(f"{where}: give either log or simulate")
+        log_path = _path(entry["log"], f"{where} log", root, True) if "log" in entry else None
+        items = _path(entry["items"], f"{where} items", root, True) if "items" in entry else None
+        sim = (options_from_table(SimulationParams, entry["simulate"], f"{where} simulate")
+               if "simulate" in entry else None)
+        if sim is not None:
+            try:
+                sim.validate()
+            except UserError as exc:
+                raise UserError(f"{where} simulate.{exc}") from None
+        ingest = options_from_table(IngestOptions, entry.get("ingest", {}), f"{where} ingest")
+        fit = options_from_table(FitConfig, entry.get("fit", {}), f"{where} fit", fit_default)
+        if sim is not None:  # an upper bound: ingest only removes users and items
+            fit.check_shape(sim.n_users, sim.n_items, where)
+        datasets.append(Dataset(ds_name, log_path, items, sim, ingest, fit))
+    return Job(name, out, source, tuple(datasets), dask_cfg, neighbors, report)
+
+
+def read_job_file(path: str | os.PathLike) -> Job:
+    """Read and validate the TOML job file at ``path``."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{p}: no such job file")
+    try:
+        raw = tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{p}: not valid TOML ({exc})") from None
+    return parse_job(raw, str(p), p.resolve().parent)
+
+
+def job_as_dict(job: Job) -> dict[str, Any]:
+    """The resolved job (defaults filled in), for manifests and `bigcos run --show`."""
+    return io._jsonable(dataclasses.asdict(job))
