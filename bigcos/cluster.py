@@ -3,7 +3,7 @@
 Library functions in bigcos take a ``client`` (None: Dask's threaded scheduler in this
 process); the command that owns the run picks it here. :func:`job_client` keeps small work on
 threads in this process and starts a cluster only for work that benefits, or when one is asked
-for (``scheduler`` or ``n_workers``). That cluster is by default a ``LocalCluster`` of worker
+for (``scheduler`` or ``workers``). That cluster is by default a ``LocalCluster`` of worker
 processes with one BLAS thread each (``distributed``'s nanny sets ``OMP_NUM_THREADS=1`` and
 friends for workers, so workers × BLAS threads never oversubscribe the cores); ``scheduler``
 connects to an existing cluster instead (``DASK_SCHEDULER_ADDRESS`` is the default), and
@@ -19,20 +19,32 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from bigcos.errors import UserError
+from bigcos.options import opt
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class ClusterOptions:
-    """How to obtain workers. Only changes speed and memory, never results."""
+    """How to obtain workers: the ``[dask]`` section of a job file and every command's Dask
+    options. Only changes speed and memory, never results."""
 
-    scheduler: str | None = None  # address of an existing scheduler; None: start a LocalCluster
-    n_workers: int | None = None  # LocalCluster workers (default: one per core)
-    threads_per_worker: int = 1
-    memory_limit: str = "auto"
-    local_directory: str | None = None  # spill directory
-    processes: bool = True
+    scheduler: str | None = opt(None, "Address of an existing Dask scheduler (default: "
+                                      "$DASK_SCHEDULER_ADDRESS; else threads here or a "
+                                      "LocalCluster, by size).")
+    workers: int | None = opt(None, "LocalCluster worker processes (asks for a cluster; "
+                                    "default: one per core when one is started).")
+    threads_per_worker: int = opt(1, "Threads per LocalCluster worker.")
+    memory_limit: str = opt("auto", "Memory limit per LocalCluster worker, e.g. '4GiB'.")
+    spill_dir: str | None = opt(None, "Where LocalCluster workers spill to disk.")
+    processes: bool = opt(True, "LocalCluster workers are processes (else threads).")
+
+    def __post_init__(self):
+        if self.workers is not None and self.workers < 1:
+            raise UserError(f"workers: must be >= 1, got {self.workers}", parameter="workers")
+        if self.threads_per_worker < 1:
+            raise UserError(f"threads_per_worker: must be >= 1, got {self.threads_per_worker}",
+                            parameter="threads_per_worker")
 
 
 @contextlib.contextmanager
@@ -50,14 +62,14 @@ def dask_client(options: ClusterOptions | None = None) -> Iterator[object]:
             log.info("connected to %s (dashboard: %s)", options.scheduler, client.dashboard_link)
             yield client
         return
-    n_workers = options.n_workers or os.cpu_count() or 1
+    n_workers = options.workers or os.cpu_count() or 1
     with _sigint_ignored_by_children():
         cluster = LocalCluster(
             n_workers=n_workers,
             threads_per_worker=options.threads_per_worker,
             processes=options.processes,
             memory_limit=options.memory_limit,
-            local_directory=options.local_directory,
+            local_directory=options.spill_dir,
             dashboard_address="127.0.0.1:0",  # this machine only: the dashboard has no login
         )
     with cluster, Client(cluster) as client, _quiet_on_interrupt():
@@ -113,7 +125,7 @@ def wants_cluster(options: ClusterOptions, interactions: int) -> bool:
     work exceeds :data:`THREADS_MAX_INTERACTIONS`; below that, starting worker processes
     and shipping data to them costs more than it saves.
     """
-    return bool(options.scheduler) or options.n_workers is not None or \
+    return bool(options.scheduler) or options.workers is not None or \
         interactions > THREADS_MAX_INTERACTIONS
 
 

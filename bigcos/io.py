@@ -411,13 +411,17 @@ def write_embeddings(path: Path, ids: pa.Array | np.ndarray, embedding: np.ndarr
     write_table(path, embeddings_table(ids, embedding, id_column))
 
 
-def read_embeddings(path: str | os.PathLike, id_column: str) -> tuple[pa.Array, np.ndarray]:
+def read_embeddings(path: str | os.PathLike, id_column: str, *, finite: bool = True
+                    ) -> tuple[pa.Array, np.ndarray]:
     """Read a table written by :func:`write_embeddings`.
 
     Parameters
     ----------
     path : str or path
     id_column : str
+    finite : bool
+        Refuse rows holding NaN or inf (default). ``bigcos audit`` reads foreign embeddings
+        with False and counts such rows itself.
 
     Returns
     -------
@@ -444,5 +448,6 @@ def read_embeddings(path: str | os.PathLike, id_column: str) -> tuple[pa.Array, 
     flat = emb_col.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
     ids = table.column(id_column).combine_chunks()
     embedding = flat.reshape(len(table), k)
-    require_finite_embeddings(embedding, ids, id_column, path)
+    if finite:
+        require_finite_embeddings(embedding, ids, id_column, path)
     return ids, embedding

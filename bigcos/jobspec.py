@@ -21,16 +21,16 @@ import dataclasses
 import math
 import os
 import tomllib
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from bigcos import io
+from bigcos.cluster import ClusterOptions
 from bigcos.errors import UserError
 from bigcos.matrix import IngestOptions
 from bigcos.models import NAMED_SCALINGS, PREPROCESSINGS
+from bigcos.options import from_table, opt
 from bigcos.reports import Options as ReportOptions
 from bigcos.simulator import SimulationParams
 
@@ -43,30 +43,39 @@ METRICS = ("cos", "dot")
 class FitConfig:
     """Which models to fit on each dataset; one truncated SVD serves every closed-form one.
 
-    ``lam1`` acts on sigma^2 (objective 1), ``lam2`` on sigma (objective 2): see MATH.md.
-    ``random_d`` random admissible rescalings D (log-uniform, max/min ratio ``random_spread``)
-    measure how much cosine neighbours depend on D. ``remedies`` are column remedies fit with
-    their own SVD (objective 1, symmetric D); project-back is fit from the main SVD.
+    The single source of the fit defaults: job files (``[fit]``), ``bigcos fit``'s options
+    and ``bigcos run --show`` all read them from here. ``lam1`` acts on sigma^2 (objective
+    1), ``lam2`` on sigma (objective 2): see MATH.md; left unset they are chosen on
+    validation users (:mod:`bigcos.validation`), separately for dot and cosine ranking.
     """
 
-    k: int = 64
-    lam1: float = 100.0
-    lam2: float = 10.0
-    scalings: tuple[str, ...] = NAMED_SCALINGS
-    random_d: int = 3
-    random_spread: float = 100.0
-    objective2: bool = True
-    project_back: bool = True
-    remedies: tuple[str, ...] = ("standardize", "popularity")
-    beta: float = 0.75
-    als: bool = True
-    als_factors: int | None = None  # default: k
-    als_iterations: int = 15
-    als_regularization: float = 0.01
-    exact: bool = False
-    oversampling: int | None = None
-    n_iter: int | None = None
-    seed: int = 0
+    k: int = opt(64, "SVD dimensions of the closed-form models (and default ALS factors).",
+                 flags=("-k",))
+    lam1: float | None = opt(None, "Objective 1's lambda (on sigma^2); unset: chosen on "
+                                   "validation users.")
+    lam2: float | None = opt(None, "Objective 2's lambda (on sigma); unset: chosen on "
+                                   "validation users.")
+    scalings: tuple[str, ...] = opt(NAMED_SCALINGS, "Objective 1's named rescalings D.")
+    random_d: int = opt(3, "Random log-uniform D (sensitivity to D).")
+    random_spread: float = opt(100.0, "Max/min ratio of a random D.")
+    objective2: bool = opt(True, "Fit objective 2 too.")
+    project_back: bool = opt(True, "Fit objective 1's project-back remedy too.")
+    remedies: tuple[str, ...] = opt(("standardize", "popularity", "rows"),
+                                    "Remedies fit with their own SVD (objective 1, symmetric D).")
+    beta: float = opt(0.75, "Exponent of the popularity remedy: columns times count^-beta.")
+    gamma: float = opt(0.5, "Exponent of the rows remedy: rows times count^-gamma.")
+    als: bool = opt(True, "Fit implicit's ALS as a peer.")
+    als_factors: int | None = opt(None, "ALS factors (default: k).")
+    als_iterations: int = opt(15, "ALS iterations.")
+    als_regularization: float = opt(0.01, "ALS L2 regularisation.")
+    cosine: bool = opt(True, "Fit the model trained with respect to cosine (paper Sec. 3).")
+    cosine_iterations: int = opt(30, "L-BFGS iterations of the cosine-trained model at most.")
+    validation_fraction: float = opt(0.1, "Share of the fit users held out to choose lambda "
+                                          "(and to stop the cosine-trained model).")
+    exact: bool = opt(False, "Dense eigendecomposition of X'X (small p; k <= p).")
+    oversampling: int | None = opt(None, "Extra SVD block columns (default: the SVD's).")
+    n_iter: int | None = opt(None, "SVD passes (default: the SVD's).")
+    seed: int = opt(0, "Seed of the SVD, random D, validation users and ALS.")
 
     def __post_init__(self):
         for s in self.scalings:
@@ -79,12 +88,19 @@ class FitConfig:
                                 f"({', '.join(PREPROCESSINGS[1:])})")
         checks = [
             ("k", self.k, self.k >= 1, ">= 1"),
-            ("lam1", self.lam1, math.isfinite(self.lam1) and self.lam1 >= 0, "finite and >= 0"),
-            ("lam2", self.lam2, math.isfinite(self.lam2) and self.lam2 >= 0, "finite and >= 0"),
+            ("lam1", self.lam1, self.lam1 is None or (math.isfinite(self.lam1) and self.lam1 >= 0),
+             "finite and >= 0"),
+            ("lam2", self.lam2, self.lam2 is None or (math.isfinite(self.lam2) and self.lam2 >= 0),
+             "finite and >= 0"),
             ("random_d", self.random_d, self.random_d >= 0, ">= 0"),
             ("random_spread", self.random_spread,
              math.isfinite(self.random_spread) and self.random_spread >= 1, "finite and >= 1"),
             ("beta", self.beta, math.isfinite(self.beta) and self.beta >= 0, "finite and >= 0"),
+            ("gamma", self.gamma, math.isfinite(self.gamma) and self.gamma >= 0,
+             "finite and >= 0"),
+            ("cosine_iterations", self.cosine_iterations, self.cosine_iterations >= 1, ">= 1"),
+            ("validation_fraction", self.validation_fraction,
+             0 < self.validation_fraction < 1, "in (0, 1)"),
             ("als_factors", self.als_factors, self.als_factors is None or self.als_factors >= 1,
              ">= 1"),
             ("als_iterations", self.als_iterations, self.als_iterations >= 1, ">= 1"),
@@ -97,7 +113,7 @@ class FitConfig:
         ]
         for name, value, ok, need in checks:
             if not ok:
-                raise UserError(f"fit.{name}: must be {need}, got {value}")
+                raise UserError(f"fit.{name}: must be {need}, got {value}", parameter=name)
         if not (self.scalings or self.random_d or self.objective2 or self.project_back):
             raise UserError("fit: no closed-form model left (scalings = [], random_d = 0, "
                             "objective2 = false and project_back = false)")
@@ -146,22 +162,6 @@ class NeighborsConfig:
 
 
 @dataclass(frozen=True)
-class DaskConfig:
-    scheduler: str | None = None
-    workers: int | None = None
-    threads_per_worker: int = 1
-    memory_limit: str = "auto"
-    spill_dir: str | None = None
-
-    def __post_init__(self):
-        if self.workers is not None and self.workers < 1:
-            raise UserError(f"dask.workers: must be >= 1, got {self.workers}")
-        if self.threads_per_worker < 1:
-            raise UserError(f"dask.threads_per_worker: must be >= 1, got "
-                            f"{self.threads_per_worker}")
-
-
-@dataclass(frozen=True)
 class Dataset:
     name: str
     log: Path | None
@@ -177,74 +177,12 @@ class Job:
     out: Path
     source: str  # the job file, or "built-in default"
     datasets: tuple[Dataset, ...]
-    dask: DaskConfig = DaskConfig()
+    dask: ClusterOptions = ClusterOptions()
     neighbors: NeighborsConfig = NeighborsConfig()
     report: ReportOptions = field(default_factory=ReportOptions)
 
 
 # --------------------------------------------------------------------------- validation
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", str(tp)).replace("typing.", "")
-
-
-def _coerce(value: Any, tp: Any, where: str) -> Any:
-    """Check a TOML value against a dataclass field annotation; convert lists to tuples."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        errors = []
-        for alt in args:
-            if alt is type(None):
-                continue
-            try:
-                return _coerce(value, alt, where)
-            except UserError as exc:
-                errors.append(str(exc))
-        raise UserError(errors[0] if len(errors) == 1 else
-                        f"{where}: {value!r} is none of {', '.join(map(_type_name, args))}")
-    if origin is Literal:
-        if value not in args:
-            raise UserError(f"{where}: {value!r} is not one of {', '.join(map(str, args))}")
-        return value
-    if origin in (tuple, list):
-        if not isinstance(value, list):
-            raise UserError(f"{where}: expected a list, got {value!r}")
-        return tuple(_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise UserError(f"{where}: expected a number, got {value!r}")
-        return float(value)
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise UserError(f"{where}: expected an integer, got {value!r}")
-        return value
-    if tp in (str, bool):
-        if not isinstance(value, tp):
-            raise UserError(f"{where}: expected a {tp.__name__}, got {value!r}")
-        return value
-    raise TypeError(f"unsupported annotation {tp} at {where}")
-
-
-def options_from_table(cls: type, table: Any, where: str, base: Any = None) -> Any:
-    """Build dataclass ``cls`` from a TOML table; unknown keys and wrong types are UserErrors.
-
-    ``base`` (an instance of ``cls``) supplies the values the table does not set.
-    """
-    if not isinstance(table, dict):
-        raise UserError(f"{where}: expected a table, got {table!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {n: getattr(base, n) for n in names} if base is not None else {}
-    for key, value in table.items():
-        if key not in names:
-            raise UserError(f"{where}: unknown key '{key}' (known: {', '.join(names)})")
-        kwargs[key] = _coerce(value, hints[key], f"{where}.{key}")
-    try:
-        return cls(**kwargs)
-    except UserError as exc:
-        raise UserError(f"{where}: {exc}") from None
-
-
 def _path(value: Any, where: str, root: Path, must_exist: bool) -> Path:
     if not isinstance(value, str):
         raise UserError(f"{where}: expected a path string, got {value!r}")
@@ -274,11 +212,11 @@ def parse_job(raw: dict[str, Any], source: str, root: Path) -> Job:
     if not isinstance(name, str) or not name:
         raise UserError(f"{source}: [job] name must be a non-empty string")
     out = _path(head.get("out", f"bigcos-out/{name}"), f"{source}: [job] out", root, False)
-    dask_cfg = options_from_table(DaskConfig, raw.get("dask", {}), f"{source}: [dask]")
-    fit_default = options_from_table(FitConfig, raw.get("fit", {}), f"{source}: [fit]")
-    neighbors = options_from_table(NeighborsConfig, raw.get("neighbors", {}),
+    dask_cfg = from_table(ClusterOptions, raw.get("dask", {}), f"{source}: [dask]")
+    fit_default = from_table(FitConfig, raw.get("fit", {}), f"{source}: [fit]")
+    neighbors = from_table(NeighborsConfig, raw.get("neighbors", {}),
                                    f"{source}: [neighbors]")
-    report = options_from_table(ReportOptions, raw.get("report", {}), f"{source}: [report]")
+    report = from_table(ReportOptions, raw.get("report", {}), f"{source}: [report]")
     entries = raw.get("dataset", [])
     if not isinstance(entries, list) or not entries:
         raise UserError(f"{source}: no [[dataset]] given")
@@ -301,15 +239,15 @@ def parse_job(raw: dict[str, Any], source: str, root: Path) -> Job:
             raise UserError(f"{where}: give either log or simulate")
         log_path = _path(entry["log"], f"{where} log", root, True) if "log" in entry else None
         items = _path(entry["items"], f"{where} items", root, True) if "items" in entry else None
-        sim = (options_from_table(SimulationParams, entry["simulate"], f"{where} simulate")
+        sim = (from_table(SimulationParams, entry["simulate"], f"{where} simulate")
                if "simulate" in entry else None)
         if sim is not None:
             try:
                 sim.validate()
             except UserError as exc:
                 raise UserError(f"{where} simulate.{exc}") from None
-        ingest = options_from_table(IngestOptions, entry.get("ingest", {}), f"{where} ingest")
-        fit = options_from_table(FitConfig, entry.get("fit", {}), f"{where} fit", fit_default)
+        ingest = from_table(IngestOptions, entry.get("ingest", {}), f"{where} ingest")
+        fit = from_table(FitConfig, entry.get("fit", {}), f"{where} fit", fit_default)
         if sim is not None:  # an upper bound: ingest only removes users and items
             fit.check_shape(sim.n_users, sim.n_items, where)
         datasets.append(Dataset(ds_name, log_path, items, sim, ingest, fit))

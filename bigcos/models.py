@@ -290,8 +290,8 @@ def _svd_section(spectrum, key: str, cache_dir: Path | None, hit: bool) -> dict:
 def fit(matrix_dir: str | os.PathLike, out: str | os.PathLike, specs: Sequence[ModelSpec],
         svd: SVDOptions = SVDOptions(), preprocessing: Preprocessing = NO_PREPROCESSING,
         *, cache_dir: str | os.PathLike | None = "default", name: str | None = None,
-        overwrite: bool = False, client=None, selection: Selection | None = None
-        ) -> FitResult:
+        overwrite: bool = False, client=None, selection: Selection | None = None,
+        root: bool = False) -> FitResult:
     """Fit the closed-form models ``specs`` of one matrix from ONE truncated SVD.
 
     A spec whose ``lam`` is None gets λ chosen on validation users (``selection``, default
@@ -333,6 +333,9 @@ def fit(matrix_dir: str | os.PathLike, out: str | os.PathLike, specs: Sequence[M
     selection : bigcos.validation.Selection, optional
         How validated λ are chosen (with fixed λ only, it still holds the same validation
         users out of the SVD).
+    root : bool
+        Write ``out`` as a root of model directories even for one spec (then a validated
+        spec also gets its ``-lamcos`` variant).
 
     Returns
     -------
@@ -387,7 +390,7 @@ def fit(matrix_dir: str | os.PathLike, out: str | os.PathLike, specs: Sequence[M
             P_val = project_rows(fold_in, V, col_center, col_scale)
             specs, sources, path_rows = _validated_specs(specs, spectrum.sigma, V, P_val, val,
                                                          selection, col_center, col_scale,
-                                                         several=len(specs) > 1)
+                                                         several=root or len(specs) > 1)
     else:
         sources = [{"lam_source": "fixed"} for _ in specs]
     names = _model_names(specs, preprocessing, name if len(specs) == 1 else None)
@@ -402,7 +405,7 @@ def fit(matrix_dir: str | os.PathLike, out: str | os.PathLike, specs: Sequence[M
     common = {"svd": svd.key() | {"block_rows": svd.block_rows},
               "preprocessing": preprocessing.key(),
               "validation": None if selection is None else asdict(selection)}
-    single = len(specs) == 1
+    single = len(specs) == 1 and not root
     written: dict[str, Path] = {}
     with io.atomic_output_dir(out, overwrite=overwrite) as root:
         for model_name, spec, sol, source in zip(names, specs, solutions, sources, strict=True):

@@ -31,13 +31,11 @@ from bigcos import io
 from bigcos.cluster import ClusterOptions
 from bigcos.errors import UserError
 from bigcos.jobspec import (  # noqa: F401 - the job API, importable from here as before
-    DaskConfig,
     Dataset,
     FitConfig,
     Job,
     NeighborsConfig,
     job_as_dict,
-    options_from_table,
     parse_job,
     read_job_file,
 )

@@ -6,9 +6,10 @@ directory under ``<job out>/<dataset>/``::
     simulation/          bigcos.simulator.simulate      (simulated datasets only)
     matrix/              bigcos.matrix.ingest
     models/closed-form/  bigcos.models.fit             (objective 1 x every D, objective 2,
-                                                        project-back: one SVD)
-    models/<remedy>/     bigcos.models.fit             (a column remedy: its own SVD)
+                                                        project-back: one SVD, λ validated)
+    models/<remedy>/     bigcos.models.fit             (a remedy: its own SVD)
     models/als/          bigcos.models.fit_als
+    models/cosine/       bigcos.cosine_fit.fit_cosine  (trained w.r.t. cosine)
     neighbors/           bigcos.neighbor_lists.neighbors    (every model, kind and metric)
     report/              bigcos.reports.write_report
 
@@ -20,6 +21,7 @@ input files) their size and modification time.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -41,8 +43,9 @@ def algorithm_versions() -> dict[str, int | tuple[int, int]]:
     (version of the closed forms, ``bigcos.svd.SVD_VERSION``)."""
     from bigcos.svd import SVD_VERSION
 
-    return {"simulate": 1, "ingest": 1, "fit-closed-form": (1, SVD_VERSION),
-            "fit-remedy": (1, SVD_VERSION), "fit-als": 1, "neighbors": 1, "report": 1}
+    return {"simulate": 1, "ingest": 1, "fit-closed-form": (2, SVD_VERSION),
+            "fit-remedy": (2, SVD_VERSION), "fit-als": 1, "fit-cosine": (1, SVD_VERSION),
+            "neighbors": 1, "report": 2}
 
 
 ALGORITHM_VERSIONS = algorithm_versions()
@@ -135,6 +138,12 @@ def _svd_options(ds: Dataset):
                       exact=f.exact)
 
 
+def _selection(ds: Dataset):
+    from bigcos.validation import Selection
+
+    return Selection(fraction=ds.fit.validation_fraction, seed=ds.fit.seed)
+
+
 def model_dirs(fit_stages: list[Stage]) -> list[Path]:
     """Every model directory written by the fit stages (a root lists its models)."""
     dirs = []
@@ -178,24 +187,28 @@ def dataset_stages(job: Job, ds: Dataset, root: Path) -> list[Stage]:
     f = ds.fit
     svd = _svd_options(ds)
     specs = closed_form_specs(ds)
+    selection = _selection(ds)
 
     def fit_closed_form(d: Path, client) -> None:
         check_fit_against_data(ds, ingest.directory)
-        models.fit(ingest.directory, d, specs, svd, overwrite=True, client=client)
+        models.fit(ingest.directory, d, specs, svd, overwrite=True, client=client,
+                   selection=selection, root=True)
 
     fits = [Stage(ds.name, "fit-closed-form", root / "models" / "closed-form",
-                  {"specs": [asdict(s) for s in specs], "svd": asdict(svd)}, [], [ingest],
-                  fit_closed_form)]
+                  {"specs": [asdict(s) for s in specs], "svd": asdict(svd),
+                   "selection": asdict(selection)}, [], [ingest], fit_closed_form)]
     for remedy in f.remedies:
-        pre = models.Preprocessing(remedy, f.beta)
+        pre = models.Preprocessing(remedy, beta=f.beta, gamma=f.gamma)
         spec = models.ModelSpec(1, f.lam1, models.Scaling("symmetric"))
 
         def fit_remedy(d: Path, client, spec=spec, pre=pre) -> None:
             check_fit_against_data(ds, ingest.directory)
-            models.fit(ingest.directory, d, [spec], svd, pre, overwrite=True, client=client)
+            models.fit(ingest.directory, d, [spec], svd, pre, overwrite=True, client=client,
+                       selection=selection, root=True)
 
         fits.append(Stage(ds.name, f"fit-{remedy}", root / "models" / remedy,
-                          {"spec": asdict(spec), "svd": asdict(svd), "remedy": asdict(pre)},
+                          {"spec": asdict(spec), "svd": asdict(svd), "remedy": asdict(pre),
+                           "selection": asdict(selection)},
                           [], [ingest], fit_remedy, algorithm="fit-remedy"))
     if f.als:
         als = models.ALSOptions(factors=f.als_factors or f.k, iterations=f.als_iterations,
@@ -203,6 +216,15 @@ def dataset_stages(job: Job, ds: Dataset, root: Path) -> list[Stage]:
         fits.append(Stage(ds.name, "fit-als", root / "models" / "als", asdict(als), [], [ingest],
                           lambda d, client: models.fit_als(ingest.directory, d, als,
                                                            overwrite=True)))
+    if f.cosine:
+        from bigcos.cosine_fit import CosineOptions, fit_cosine
+
+        cos = CosineOptions(k=f.k, iterations=f.cosine_iterations, seed=f.seed,
+                            validation_fraction=f.validation_fraction)
+        fits.append(Stage(ds.name, "fit-cosine", root / "models" / "cosine", asdict(cos), [],
+                          [ingest], lambda d, client: fit_cosine(ingest.directory, d, cos,
+                                                                 client=client, overwrite=True),
+                          algorithm="fit-cosine"))
     stages += fits
 
     nb = job.neighbors
@@ -213,8 +235,9 @@ def dataset_stages(job: Job, ds: Dataset, root: Path) -> list[Stage]:
                       exclude_train=nb.exclude_train, memory_budget=budget, overwrite=True,
                       client=client))
     stages.append(neigh)
-    stages.append(Stage(ds.name, "report", root / "report", asdict(job.report), [], [neigh],
+    report = dataclasses.replace(job.report, dataset=ds.name, job=job.name)
+    stages.append(Stage(ds.name, "report", root / "report", asdict(report), [], [neigh],
                         lambda d, client: reports.write_report(
                             d, ingest.directory, model_dirs(fits), neigh.directory, items=items,
-                            options=job.report, overwrite=True)))
+                            options=report, overwrite=True)))
     return stages

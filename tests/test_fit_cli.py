@@ -382,7 +382,7 @@ def test_fit_with_an_explicit_client_runs_there_and_matches_threads(matrix_dir, 
 
     specs = [ModelSpec(1, 2.0, Scaling("sigma")), ModelSpec(2, 0.5)]
     svd = SVDOptions(k=4, dtype="float64", block_rows=7)
-    with dask_client(ClusterOptions(n_workers=2, processes=True)) as client:
+    with dask_client(ClusterOptions(workers=2, processes=True)) as client:
         with get_task_stream(client) as threads_stream:
             here = fit(matrix_dir, tmp_path / "threads", specs, svd, cache_dir=None)
         with get_task_stream(client) as client_stream:

@@ -89,7 +89,7 @@ def test_small_example_jobs_run_on_threads_and_large_ones_get_a_cluster():
     default = estimated_interactions(load_job(None))
     assert 6_000_000 < default < THREADS_MAX_INTERACTIONS  # 6.8 M drawn by the simulation
     assert not wants_cluster(ClusterOptions(), default)
-    assert wants_cluster(ClusterOptions(n_workers=2), small)
+    assert wants_cluster(ClusterOptions(workers=2), small)
     assert wants_cluster(ClusterOptions(scheduler="tcp://127.0.0.1:8786"), small)
     big = load_job(JOBS / "simulation-1m.toml")
     assert wants_cluster(ClusterOptions(), estimated_interactions(big))

@@ -312,7 +312,7 @@ def test_project_rows_is_the_same_for_any_block_size_and_on_a_local_cluster():
     dense = (X.toarray() - center) * scale @ V
     np.testing.assert_allclose(one, dense, rtol=1e-12, atol=1e-12)
     assert np.array_equal(one, many)
-    with dask_client(ClusterOptions(n_workers=2, processes=True)) as client:
+    with dask_client(ClusterOptions(workers=2, processes=True)) as client:
         with get_task_stream(client) as on_workers:
             distributed = project_rows(X, V, center, scale, block_rows=19, client=client)
         assert len(on_workers.data) >= 16  # one task per block of 19 rows ran on the workers

@@ -268,7 +268,7 @@ def test_same_output_for_any_blocking_threads_and_processes(models, tmp_path):
               symmetric=False)
     neighbors([models["a"]], tmp_path / "pairs", kinds=kinds, n=7,
               blocking=Blocking(8, 3, 16, symmetric_block=5), symmetric=True)
-    with dask_client(ClusterOptions(n_workers=2, processes=True)):
+    with dask_client(ClusterOptions(workers=2, processes=True)):
         manifest = neighbors([models["a"]], tmp_path / "procs", kinds=kinds, n=7,
                              blocking=Blocking(8, 16, 24, symmetric_block=8))
     assert manifest["scheduler"]["workers"] == 2

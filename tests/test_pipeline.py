@@ -74,7 +74,7 @@ def tables(out: Path) -> dict[str, str]:
 
 
 def threaded() -> ClusterOptions:
-    return ClusterOptions(n_workers=1, threads_per_worker=2, processes=False)
+    return ClusterOptions(workers=1, threads_per_worker=2, processes=False)
 
 
 # --------------------------------------------------------------------------- job files

@@ -169,7 +169,7 @@ def neighbors(p, k, n, workers, peers, scale, full_max, sample, repeat, seed, js
     context = {"k": k, "n": n, "seed": seed, "repeat": repeat,
                "load_average_before": os.getloadavg()}
     with tempfile.TemporaryDirectory(prefix="bigcos-bench-nb-") as tmp_dir, \
-            dask_client(ClusterOptions(n_workers=workers)) as client:
+            dask_client(ClusterOptions(workers=workers)) as client:
         tmp = Path(tmp_dir)
         context["workers"] = len(client.scheduler_info()["workers"])
         x = embedding(p, k, seed)

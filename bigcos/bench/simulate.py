@@ -99,7 +99,7 @@ def simulate(n_users, n_items, max_items, workers, peer_users, large, large_user
                          {"interactions": counts["interactions"],
                           "interactions_per_s": round(counts["interactions"] / m.seconds)}))
         shutil.rmtree(out / "threads")
-        with dask_client(ClusterOptions(n_workers=workers)) as client:
+        with dask_client(ClusterOptions(workers=workers)) as client:
             m, manifest = measure("cluster", lambda: run_simulation(out / "cluster", params))
             worker_peak = _worker_peak_rss(client)
             rows.append(_row(f"bigcos simulate, LocalCluster ({workers} workers)", m, n_users,

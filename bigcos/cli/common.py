@@ -7,6 +7,7 @@ import functools
 import click
 
 from bigcos.cluster import ClusterOptions
+from bigcos.options import default_of, help_of
 
 
 def overwrite_option(f):
@@ -14,26 +15,39 @@ def overwrite_option(f):
                         help="Replace an existing output directory.")(f)
 
 
-def dask_options(f):
-    """Add --scheduler/--workers/--threads-per-worker/--memory-limit/--spill-dir and pass
-    a single ``cluster: ClusterOptions`` argument to the command instead."""
+CLUSTER_GIVEN = "bigcos.cluster_given"  # ctx.meta key: ClusterOptions fields set by the user
 
-    @click.option("--scheduler", envvar="DASK_SCHEDULER_ADDRESS", default=None,
-                  help="Address of an existing Dask scheduler (default: $DASK_SCHEDULER_ADDRESS, "
-                       "else a LocalCluster is started).")
-    @click.option("--workers", "n_workers", type=click.IntRange(min=1), default=None,
-                  help="LocalCluster worker processes (default: one per core).")
-    @click.option("--threads-per-worker", type=click.IntRange(min=1), default=1, show_default=True)
-    @click.option("--memory-limit", default="auto", show_default=True,
-                  help="Memory limit per LocalCluster worker, e.g. '4GiB'.")
-    @click.option("--spill-dir", type=click.Path(file_okay=False), default=None,
-                  help="Where LocalCluster workers spill to disk.")
+
+def dask_options(f):
+    """Add --scheduler/--workers/--threads-per-worker/--memory-limit/--spill-dir (defaults and
+    help from :class:`~bigcos.cluster.ClusterOptions`) and pass a single
+    ``cluster: ClusterOptions`` argument to the command instead. The names of the fields the
+    user set (flag or environment) are kept in ``ctx.meta[CLUSTER_GIVEN]``."""
+
+    def option(flag: str, name: str, **kwargs):
+        return click.option(flag, name, help=help_of(ClusterOptions, name),
+                            default=default_of(ClusterOptions, name),
+                            show_default=default_of(ClusterOptions, name) is not None, **kwargs)
+
+    @option("--scheduler", "scheduler", envvar="DASK_SCHEDULER_ADDRESS")
+    @option("--workers", "workers", type=click.IntRange(min=1))
+    @option("--threads-per-worker", "threads_per_worker", type=click.IntRange(min=1))
+    @option("--memory-limit", "memory_limit")
+    @option("--spill-dir", "spill_dir", type=click.Path(file_okay=False))
     @functools.wraps(f)
-    def wrapper(*args, scheduler, n_workers, threads_per_worker, memory_limit, spill_dir,
+    def wrapper(*args, scheduler, workers, threads_per_worker, memory_limit, spill_dir,
                 **kwargs):
-        cluster = ClusterOptions(scheduler=scheduler or None, n_workers=n_workers,
+        from click.core import ParameterSource
+
+        ctx = click.get_current_context()
+        ctx.meta[CLUSTER_GIVEN] = {
+            name for name in ("scheduler", "workers", "threads_per_worker", "memory_limit",
+                              "spill_dir")
+            if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE,
+                                                  ParameterSource.ENVIRONMENT)}
+        cluster = ClusterOptions(scheduler=scheduler or None, workers=workers,
                                  threads_per_worker=threads_per_worker,
-                                 memory_limit=memory_limit, local_directory=spill_dir)
+                                 memory_limit=memory_limit, spill_dir=spill_dir)
         return f(*args, cluster=cluster, **kwargs)
 
     return wrapper

@@ -7,20 +7,14 @@ import json
 
 import click
 
-from bigcos.cli.common import dask_options
+from bigcos.cli.common import CLUSTER_GIVEN, dask_options
 from bigcos.cluster import ClusterOptions
 
 
-def _merge(cli: ClusterOptions, job_dask) -> ClusterOptions:
-    """Options given on the command line win; the job's [dask] section fills in the rest."""
-    defaults = ClusterOptions()
-    from_job = {"scheduler": job_dask.scheduler, "n_workers": job_dask.workers,
-                "threads_per_worker": job_dask.threads_per_worker,
-                "memory_limit": job_dask.memory_limit, "local_directory": job_dask.spill_dir}
-    merged = {f.name: getattr(cli, f.name) if getattr(cli, f.name) != getattr(defaults, f.name)
-              else from_job.get(f.name, getattr(defaults, f.name))
-              for f in dataclasses.fields(ClusterOptions)}
-    return ClusterOptions(**merged)
+def _merge(cli: ClusterOptions, job_dask: ClusterOptions, given: set[str]) -> ClusterOptions:
+    """Options given on the command line (or its environment) win; the job's [dask] section
+    fills in the rest."""
+    return dataclasses.replace(job_dask, **{name: getattr(cli, name) for name in given})
 
 
 @click.command()
@@ -57,7 +51,8 @@ def run(job_file, out, force, show, no_progress, cluster):
         if show:
             click.echo(json.dumps(job_as_dict(job), indent=2))
             return
-        result = run_job(job, _merge(cluster, job.dask), force=force, echo=click.echo,
+        given = click.get_current_context().meta.get(CLUSTER_GIVEN, set())
+        result = run_job(job, _merge(cluster, job.dask, given), force=force, echo=click.echo,
                          progress=not no_progress)
     except KeyboardInterrupt:
         click.echo("interrupted; completed stages are kept, re-run to resume", err=True)

@@ -114,7 +114,7 @@ def read_one(path: str | os.PathLike, role: str, ids: str | os.PathLike | None =
         if len(id_array) != len(array):
             raise UserError(f"{ids}: {len(id_array):,} ids for {len(array):,} rows of {p}")
         return id_array, array, "npy"
-    id_array, array = io.read_embeddings(p, f"{role}_id")
+    id_array, array = io.read_embeddings(p, f"{role}_id", finite=False)
     return id_array, array, "parquet"
 
 
