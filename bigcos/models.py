@@ -226,7 +226,7 @@ def _validated_specs(specs: list[ModelSpec], sigma: np.ndarray, V: np.ndarray, P
         pick = chosen[spec.name]
         same = pick["dot"] == pick["cos"]
         base = {"lam_source": "validated", "family": spec.name, "lam_validated": pick,
-                "validation_measure": f"{selection.measure}@{selection.at}"}
+                "validation_measure": selection.measure, "validation_at": selection.at}
         out_specs.append(dataclasses.replace(spec, lam=pick["dot"]))
         sources.append({**base, "lam_selected_for": ["dot", "cos"] if same else ["dot"]})
         is_random = spec.scaling is not None and spec.scaling.kind == "random"
