@@ -111,6 +111,8 @@ def _quiet_on_interrupt() -> Iterator[None]:
 # Where threads stop being enough. Measured on the 2-core (shared, loaded) machine with the
 # built-in default job (6.9 M interactions: 0.1 M MovieLens + 6.8 M simulated): threads in
 # this process took 97 s of CPU, a 2-process LocalCluster 133 s (start-up, shipping blocks);
+# at load ~1: 84.7 s wall / 87 s CPU on threads, 115 s wall / 118 s CPU on the cluster, with
+# byte-identical tables;
 # per command on the simulation's matrix, `bigcos fit --all` 3.7-4.7 s on threads vs 4.0 s on
 # the cluster, `bigcos neighbors` (3 models, item-item + user-item) 10.2-11.4 s vs 10.2-10.7 s.
 # Processes pay off beyond that (per-worker memory limits and spilling, more cores or hosts),
