@@ -27,12 +27,15 @@ from typing import Any, Literal
 
 from bigcos import io
 from bigcos.cluster import ClusterOptions
+from bigcos.cosine_fit import CosineOptions
 from bigcos.errors import UserError
 from bigcos.matrix import IngestOptions
-from bigcos.models import NAMED_SCALINGS, PREPROCESSINGS
+from bigcos.models import NAMED_SCALINGS, PREPROCESSINGS, ALSOptions, Preprocessing, SVDOptions
+from bigcos.neighbor_lists import MEMORY_BUDGET
 from bigcos.options import from_table, opt
 from bigcos.reports import Options as ReportOptions
 from bigcos.simulator import SimulationParams
+from bigcos.validation import Selection
 
 KINDS = ("item-item", "user-user", "user-item")
 METRICS = ("cos", "dot")
@@ -49,8 +52,8 @@ class FitConfig:
     validation users (:mod:`bigcos.validation`), separately for dot and cosine ranking.
     """
 
-    k: int = opt(64, "SVD dimensions of the closed-form models (and default ALS factors).",
-                 flags=("-k",))
+    k: int = opt(SVDOptions.k, "SVD dimensions of the closed-form models (and default ALS "
+                               "factors).", flags=("-k",))
     lam1: float | None = opt(None, "Objective 1's lambda (on sigma^2); unset: chosen on "
                                    "validation users.")
     lam2: float | None = opt(None, "Objective 2's lambda (on sigma); unset: chosen on "
@@ -62,16 +65,20 @@ class FitConfig:
     project_back: bool = opt(True, "Fit objective 1's project-back remedy too.")
     remedies: tuple[str, ...] = opt(("standardize", "popularity", "rows"),
                                     "Remedies fit with their own SVD (objective 1, symmetric D).")
-    beta: float = opt(0.75, "Exponent of the popularity remedy: columns times count^-beta.")
-    gamma: float = opt(0.5, "Exponent of the rows remedy: rows times count^-gamma.")
+    beta: float = opt(Preprocessing.beta, "Exponent of the popularity remedy: columns times "
+                                          "count^-beta.")
+    gamma: float = opt(Preprocessing.gamma, "Exponent of the rows remedy: rows times "
+                                            "count^-gamma.")
     als: bool = opt(True, "Fit implicit's ALS as a peer.")
     als_factors: int | None = opt(None, "ALS factors (default: k).")
-    als_iterations: int = opt(15, "ALS iterations.")
-    als_regularization: float = opt(0.01, "ALS L2 regularisation.")
+    als_iterations: int = opt(ALSOptions.iterations, "ALS iterations.")
+    als_regularization: float = opt(ALSOptions.regularization, "ALS L2 regularisation.")
     cosine: bool = opt(True, "Fit the model trained with respect to cosine (paper Sec. 3).")
-    cosine_iterations: int = opt(30, "L-BFGS iterations of the cosine-trained model at most.")
-    validation_fraction: float = opt(0.1, "Share of the fit users held out to choose lambda "
-                                          "(and to stop the cosine-trained model).")
+    cosine_iterations: int = opt(CosineOptions.iterations, "L-BFGS iterations of the "
+                                                           "cosine-trained model at most.")
+    validation_fraction: float = opt(Selection.fraction, "Share of the fit users held out to "
+                                                         "choose lambda (and to stop the "
+                                                         "cosine-trained model).")
     exact: bool = opt(False, "Dense eigendecomposition of X'X (small p; k <= p).")
     oversampling: int | None = opt(None, "Extra SVD block columns (default: the SVD's).")
     n_iter: int | None = opt(None, "SVD passes (default: the SVD's).")
@@ -134,12 +141,14 @@ class FitConfig:
 class NeighborsConfig:
     """Which neighbour lists to compute for every model."""
 
-    kinds: tuple[Literal["item-item", "user-user", "user-item"], ...] = ("item-item",
-                                                                         "user-item")
-    metrics: tuple[Literal["cos", "dot"], ...] = METRICS
-    n: int = 50
-    exclude_train: bool = True
-    memory_budget: str = "512MiB"
+    kinds: tuple[Literal["item-item", "user-user", "user-item"], ...] = opt(
+        ("item-item", "user-item"), "item-item, user-user and/or user-item.")
+    metrics: tuple[Literal["cos", "dot"], ...] = opt(METRICS, "cos and/or dot; both come from "
+                                                              "the same products.")
+    n: int = opt(50, "Neighbours per query.", flags=("-N",))
+    exclude_train: bool = opt(True, "user-item: leave out the user's training items.")
+    memory_budget: str = opt(MEMORY_BUDGET, "Working memory per worker thread; sizes the "
+                                            "blocks (speed and memory only, never results).")
 
     def __post_init__(self):
         from dask.utils import parse_bytes

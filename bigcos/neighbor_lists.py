@@ -69,6 +69,7 @@ from bigcos.topn import (
 
 KINDS = ("item-item", "user-user", "user-item")
 GiB = 2**30
+MEMORY_BUDGET = "512MiB"  # the default working memory per worker thread (one source)
 SYMMETRIC_GROUPS = 8  # at least this many groups (4 parallel pair tasks per round)
 SYMMETRIC_HELD_BYTES = 4 * GiB  # running lists the symmetric graph may hold, cluster-wide
 log = logging.getLogger(__name__)
@@ -147,7 +148,7 @@ def neighbors(model_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, *
     Tasks run on ``client`` (a ``distributed.Client``; its workers must see ``out``'s file
     system), or with None on Dask's threaded scheduler in this process, one BLAS thread each.
     ``blocking`` fixes block sizes; otherwise they are sized from ``memory_budget`` (bytes
-    per worker thread, default 2 GiB). ``symmetric`` (item-item, user-user): compute each
+    per worker thread, default MEMORY_BUDGET). ``symmetric`` (item-item, user-user): compute each
     product once for both of its lists (pair tasks, see :func:`_pair_graph`); None = when the
     partial lists fit in :data:`SYMMETRIC_HELD_BYTES`.
     """
@@ -220,7 +221,8 @@ def check_request(model_dirs: Sequence[str | os.PathLike], out: str | os.PathLik
     for model_dir in model_dirs:
         io.require_dir(model_dir, "model", "items.parquet")
     if blocking is None:
-        blocking = Blocking.from_budget(memory_budget or 2 * GiB, n, len(metrics))
+        blocking = Blocking.from_budget(memory_budget or _parse_bytes(MEMORY_BUDGET), n,
+                                           len(metrics))
     return kinds, metrics, blocking
 
 
@@ -371,6 +373,12 @@ def neighbor_table(query_ids: pa.Array, keys: np.ndarray, candidate_ids: pa.Arra
 # several threads at once ("SystemError: AST constructor recursion depth mismatch"); with
 # mmap_mode the header is all a load reads, so one lock costs nothing.
 _NPY_HEADER_LOCK = threading.Lock()
+
+
+def _parse_bytes(text: str) -> int:
+    from dask.utils import parse_bytes
+
+    return parse_bytes(text)
 
 
 def _scratch_loader(job: _Job):

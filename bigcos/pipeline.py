@@ -85,13 +85,12 @@ name = "ml-latest-small"
 log = "{data}/interactions.parquet"
 items = "{data}/items.parquet"
 ingest = {{ threshold = 4.0, min_user = 5, min_item = 5, split = "users", seed = 0 }}
-fit = {{ lam1 = 200.0, lam2 = 5.0 }}
 
 [[dataset]]
 name = "simulation"
 simulate = {{ n_users = 20000, n_items = 1000, seed = 0 }}
 ingest = {{ split = "users", seed = 0 }}
-fit = {{ k = 50, lam1 = 10000.0, lam2 = 100.0 }}
+fit = {{ k = 50 }}
 """
 
 

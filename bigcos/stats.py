@@ -17,12 +17,14 @@ Efron & Tibshirani (1993), "An Introduction to the Bootstrap", ch. 13 (percentil
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
 
 VERDICTS = ("a better", "b better", "no difference")
 _CHUNK_INDICES = 1 << 23
+_COUNTS_MAX = 1 << 23  # resamples x units kept as counts (64 MiB of float64), per cached seed
 
 
 @dataclass(frozen=True)
@@ -46,13 +48,38 @@ class Comparison:
     n: int
 
 
-def _resampled_means(x: np.ndarray, n_resamples: int, rng: np.random.Generator) -> np.ndarray:
-    n = len(x)
+def _resample_blocks(n: int, n_resamples: int, seed: int):
+    """The resampled unit indices of ``seed`` in blocks of rows: (start, stop, idx)."""
+    rng = np.random.default_rng(seed)
     chunk = max(1, _CHUNK_INDICES // max(n, 1))
-    means = np.empty(n_resamples, np.float64)
     for start in range(0, n_resamples, chunk):
         stop = min(n_resamples, start + chunk)
-        idx = rng.integers(0, n, size=(stop - start, n))
+        yield start, stop, rng.integers(0, n, size=(stop - start, n))
+
+
+@functools.lru_cache(maxsize=8)
+def _resample_counts(n: int, n_resamples: int, seed: int) -> np.ndarray:
+    """(n_resamples, n) float64: how often each unit is drawn in each resample.
+
+    A report bootstraps many figures over the same units with the same seed; with the counts
+    kept, each further figure costs one matrix-vector product instead of new draws.
+    """
+    counts = np.zeros((n_resamples, n), np.float64)
+    for start, stop, idx in _resample_blocks(n, n_resamples, seed):
+        rows = np.repeat(np.arange(start, stop), n)
+        np.add.at(counts, (rows, idx.ravel()), 1.0)
+    counts.flags.writeable = False
+    return counts
+
+
+def _resampled_means(x: np.ndarray, n_resamples: int, seed: int) -> np.ndarray:
+    """(n_resamples,) means of ``x`` over the resamples of ``seed``: the same draws for every
+    ``x`` of the same length, whichever way they are computed."""
+    n = len(x)
+    if n * n_resamples <= _COUNTS_MAX:
+        return _resample_counts(n, n_resamples, seed) @ x / n
+    means = np.empty(n_resamples, np.float64)
+    for start, stop, idx in _resample_blocks(n, n_resamples, seed):
         means[start:stop] = x[idx].mean(axis=1)
     return means
 
@@ -84,7 +111,7 @@ def bootstrap_mean(x: np.ndarray, n_resamples: int = 1000, level: float = 0.95,
     x = x[~np.isnan(x)]
     if not len(x):
         return Interval(float("nan"), float("nan"), float("nan"), 0)
-    means = _resampled_means(x, n_resamples, np.random.default_rng(seed))
+    means = _resampled_means(x, n_resamples, seed)
     lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
     return Interval(float(x.mean()), float(lo), float(hi), len(x))
 

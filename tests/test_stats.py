@@ -60,3 +60,15 @@ def test_nan_units_are_dropped_and_bad_arguments_named():
         bootstrap_mean(a, level=1.5)
     with pytest.raises(ValueError, match="n_resamples"):
         bootstrap_mean(a, n_resamples=0)
+
+
+def test_kept_resample_counts_give_the_draws_of_the_index_path(monkeypatch):
+    from bigcos import stats
+
+    x = np.random.default_rng(1).random(777)
+    kept = stats.bootstrap_mean(x, 500, 0.9, 4)
+    monkeypatch.setattr(stats, "_COUNTS_MAX", 0)  # force fresh index draws
+    drawn = stats.bootstrap_mean(x, 500, 0.9, 4)
+    assert kept.estimate == drawn.estimate
+    assert abs(kept.lo - drawn.lo) < 1e-12 and abs(kept.hi - drawn.hi) < 1e-12
+    assert stats.bootstrap_mean(x, 500, 0.9, 5).lo != kept.lo  # another seed, other draws
