@@ -108,7 +108,7 @@ def test_fit_writes_a_model_directory_that_load_model_reads_back(matrix_dir, tmp
 def test_second_fit_reuses_the_cached_svd_and_a_new_k_does_not(matrix_dir, tmp_path):
     cache = tmp_path / "cache"
     common = ["-k", 5, "--exact", "--svd-cache", cache]
-    run(matrix_dir, "--out", tmp_path / "a", *common, "--scaling", "symmetric")
+    run(matrix_dir, "--out", tmp_path / "a", *common, "--scaling", "symmetric", "--lam", 0)
     second = run(matrix_dir, "--out", tmp_path / "b", *common, "--objective", "2", "--lam", 1)
     assert "SVD from cache" in second.output
     a, b = bigcos.load_model(tmp_path / "a"), bigcos.load_model(tmp_path / "b")
@@ -116,7 +116,8 @@ def test_second_fit_reuses_the_cached_svd_and_a_new_k_does_not(matrix_dir, tmp_p
     assert a.manifest["svd"]["key"] == b.manifest["svd"]["key"]
     assert a.dimensions.column("sigma").equals(b.dimensions.column("sigma"))
     assert len(list(cache.iterdir())) == 1
-    run(matrix_dir, "--out", tmp_path / "c", "-k", 4, "--exact", "--svd-cache", cache)
+    run(matrix_dir, "--out", tmp_path / "c", "-k", 4, "--exact", "--svd-cache", cache,
+        "--lam", 0)
     assert bigcos.load_model(tmp_path / "c").manifest["svd"]["cache_hit"] is False
     assert len(list(cache.iterdir())) == 2
     run(matrix_dir, "--out", tmp_path / "d", *common, "--remedy", "popularity")
@@ -150,7 +151,7 @@ def test_all_writes_every_model_of_one_svd_under_a_root(matrix_dir, tmp_path):
 def test_heldout_users_are_folded_in_not_fitted(heldout_matrix_dir, tmp_path):
     out = tmp_path / "m"
     run(heldout_matrix_dir, "--out", out, "-k", 5, "--exact", "--scaling", "user-orthonormal",
-        "--no-svd-cache")
+        "--no-svd-cache", "--lam", 0)  # a fixed λ: every non-held-out row is fit
     data = load_matrix(heldout_matrix_dir)
     held = data.heldout_users
     assert held.sum() == 20
@@ -434,3 +435,18 @@ def test_als_that_diverges_is_refused_before_anything_is_written(matrix_dir, tmp
     assert len(errors) == 1 and "ALS model 'als'" in errors[0], result.output
     assert "embedding rows hold NaN or inf (first: " in errors[0]
     assert not out.exists()
+
+
+def test_without_lam_the_fit_validates_it_and_says_so(heldout_matrix_dir, tmp_path):
+    out = tmp_path / "v"
+    run(heldout_matrix_dir, "--out", out, "-k", 4, "--exact", "--all", "--no-svd-cache")
+    sym = bigcos.load_model(out / "obj1-symmetric").manifest
+    assert sym["parameters"]["lam_source"] == "validated"
+    assert sym["parameters"]["lam"] == sym["parameters"]["lam_validated"]["dot"]
+    data = load_matrix(heldout_matrix_dir)
+    n_val = sym["counts"]["validation_users"]
+    assert n_val > 0 and sym["counts"]["fit_users"] == (~data.heldout_users).sum() - n_val
+    fixed = tmp_path / "f"
+    run(heldout_matrix_dir, "--out", fixed, "-k", 4, "--exact", "--lam", "1:3", "--no-svd-cache")
+    assert bigcos.load_model(fixed).manifest["parameters"]["lam_source"] == "fixed"
+    assert bigcos.load_model(fixed).manifest["parameters"]["lam"] == 3.0

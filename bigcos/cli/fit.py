@@ -9,6 +9,9 @@ import click
 
 from bigcos.cli.common import dask_options, overwrite_option
 from bigcos.errors import UserError
+from bigcos.jobspec import FitConfig
+from bigcos.options import default_of, help_of
+from bigcos.validation import Selection
 
 # library parameters named at the start of a UserError -> the flags that set them
 _FLAGS = {"lam1": "--lam", "lam2": "--lam", "scaling": "--scaling", "scalings": "--scaling",
@@ -29,9 +32,10 @@ def _flag_error(exc: UserError) -> UserError:
     return UserError(text)
 
 
-def _parse_lams(values: tuple[str, ...]) -> dict[int, float]:
-    """``--lam X`` (every objective) or ``--lam OBJ:X`` (objective OBJ) -> {objective: lam}."""
-    lams = {1: 0.0, 2: 0.0}
+def _parse_lams(values: tuple[str, ...]) -> dict[int, float | None]:
+    """``--lam X`` (every objective) or ``--lam OBJ:X`` (objective OBJ) -> {objective: lam};
+    an objective not given keeps None: its λ is chosen on validation users."""
+    lams: dict[int, float | None] = {1: None, 2: None}
     for text in values:
         target, _, number = text.rpartition(":")
         try:
@@ -55,14 +59,15 @@ def _parse_lams(values: tuple[str, ...]) -> dict[int, float]:
               default="closed-form", show_default=True,
               help="Closed-form embeddings from one truncated SVD, implicit's ALS as a peer, or "
                    "embeddings trained with respect to cosine (the paper's first remedy).")
-@click.option("-k", "k", type=click.IntRange(min=1), default=64, show_default=True,
-              help="SVD dimensions (closed form), cosine model dimensions; default ALS factors.")
+@click.option("-k", "k", type=click.IntRange(min=1), default=default_of(FitConfig, "k"),
+              show_default=True, help=help_of(FitConfig, "k"))
 @click.option("--objective", type=click.Choice(["1", "2"]), multiple=True, default=("1",),
               show_default=True, help="1: ||X-XAB'||^2 + lam ||AB'||^2 (any D); "
               "2: ... + lam (||XA||^2 + ||B||^2). Repeat for both.")
 @click.option("--lam", multiple=True, metavar="[OBJ:]LAM",
-              help="Regularisation (default 0). LAM for every objective, or 1:LAM / 2:LAM. "
-                   "Objective 1's acts on sigma^2, objective 2's on sigma (paper: 1:10000 2:100).")
+              help="Regularisation: LAM for every objective, or 1:LAM / 2:LAM. Objective 1's "
+                   "acts on sigma^2, objective 2's on sigma (paper: 1:10000 2:100). Not given: "
+                   "chosen on validation users, separately for dot and cosine ranking.")
 @click.option("--scaling", multiple=True, metavar="D",
               help="Objective 1's rescaling D: symmetric (default), item-orthonormal, "
                    "user-orthonormal, sigma, a comma list of k floats, or random:SPREAD[:SEED] "
@@ -76,10 +81,10 @@ def _parse_lams(values: tuple[str, ...]) -> dict[int, float]:
                    "columns to mean 0, variance 1; popularity: columns times count^-beta; "
                    "rows: each user's row times its count^-gamma, held-out users' fold-in "
                    "rows too (X is never densified).")
-@click.option("--beta", type=float, default=0.75, show_default=True,
-              help="Exponent of --remedy popularity.")
-@click.option("--gamma", type=float, default=0.5, show_default=True,
-              help="Exponent of --remedy rows.")
+@click.option("--beta", type=float, default=default_of(FitConfig, "beta"), show_default=True,
+              help=help_of(FitConfig, "beta"))
+@click.option("--gamma", type=float, default=default_of(FitConfig, "gamma"), show_default=True,
+              help=help_of(FitConfig, "gamma"))
 @click.option("--name", default=None, help="Model name (single model; default from the config).")
 @click.option("--exact", is_flag=True, help="Dense eigendecomposition of X'X (small p; k <= p).")
 @click.option("--oversampling", type=click.IntRange(min=0), default=None,
@@ -89,8 +94,8 @@ def _parse_lams(values: tuple[str, ...]) -> dict[int, float]:
 @click.option("--tol", type=float, default=None,
               help="SVD residual tolerance for stopping; --model cosine: stop when the loss "
                    "falls by less than this (relative) in an iteration (default 1e-7).")
-@click.option("--seed", type=int, default=0, show_default=True,
-              help="SVD / ALS seed; --model cosine: validation split and SVD start.")
+@click.option("--seed", type=int, default=default_of(FitConfig, "seed"), show_default=True,
+              help=help_of(FitConfig, "seed"))
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32",
               show_default=True, help="SVD arithmetic on X.")
 @click.option("--block-rows", type=click.IntRange(min=1), default=None,
@@ -105,16 +110,19 @@ def _parse_lams(values: tuple[str, ...]) -> dict[int, float]:
 @click.option("--no-svd-cache", is_flag=True, help="Neither read nor write the SVD cache.")
 @click.option("--factors", type=click.IntRange(min=1), default=None,
               help="ALS factors (default: -k).")
-@click.option("--als-iterations", type=click.IntRange(min=1), default=15, show_default=True)
-@click.option("--regularization", type=float, default=0.01, show_default=True,
-              help="ALS L2 regularisation.")
+@click.option("--als-iterations", type=click.IntRange(min=1),
+              default=default_of(FitConfig, "als_iterations"), show_default=True,
+              help=help_of(FitConfig, "als_iterations"))
+@click.option("--regularization", type=float, default=default_of(FitConfig, "als_regularization"),
+              show_default=True, help=help_of(FitConfig, "als_regularization"))
 @click.option("--alpha", type=float, default=1.0, show_default=True,
               help="ALS confidence weight of observed entries.")
 @click.option("--iterations", type=int, default=None,
-              help="--model cosine: L-BFGS-B iterations at most (default 100).")
+              help="--model cosine: " + help_of(FitConfig, "cosine_iterations")
+              + f" (default {default_of(FitConfig, 'cosine_iterations')}).")
 @click.option("--validation-fraction", type=float, default=None,
-              help="--model cosine: share of the fit users held out for early stopping "
-                   "(default 0.1; 0: none).")
+              help=help_of(FitConfig, "validation_fraction")
+              + f" (default {default_of(FitConfig, 'validation_fraction')}).")
 @click.option("--validation-holdout", type=float, default=None,
               help="--model cosine: share of a validation user's items to recall (default 0.2).")
 @click.option("--patience", type=int, default=None,
@@ -146,7 +154,7 @@ def fit(**options):
         raise _flag_error(exc) from None
 
 
-_COSINE_ONLY = ("iterations", "validation_fraction", "validation_holdout", "patience")
+_COSINE_ONLY = ("iterations", "validation_holdout", "patience")
 
 
 def _fit(matrix_dir, out, model_kind, k, objective, lam, scaling, every, remedy, beta, gamma, name,
@@ -182,6 +190,9 @@ def _fit(matrix_dir, out, model_kind, k, objective, lam, scaling, every, remedy,
         raise UserError("--factors: applies to --model als only (closed form: use -k)")
     specs = models.model_specs(objective, _parse_lams(lam), scaling, every,
                                "project-back" in remedy)
+    fraction = cosine["validation_fraction"]
+    selection = Selection(fraction=default_of(FitConfig, "validation_fraction")
+                          if fraction is None else fraction, seed=seed)
     pre = models.Preprocessing(before_svd[0] if before_svd else "none", beta=beta, gamma=gamma)
     svd = models.SVDOptions(k=k, oversampling=oversampling, n_iter=svd_iterations, seed=seed,
                             dtype=dtype, exact=exact, tol=tol, block_rows=block_rows,
@@ -192,7 +203,8 @@ def _fit(matrix_dir, out, model_kind, k, objective, lam, scaling, every, remedy,
 
     with job_client(cluster, matrix_interactions(matrix_dir)) as client:
         result = models.fit(matrix_dir, out, specs, svd, pre, cache_dir=cache, name=name,
-                            overwrite=overwrite, client=client)
+                            overwrite=overwrite, client=client,
+                            selection=selection if any(s.lam is None for s in specs) else None)
     hit = "SVD from cache" if result.svd_cache_hit else "SVD computed"
     for model_name, path in result.models.items():
         click.echo(f"wrote {path} ({model_name})")
@@ -217,7 +229,7 @@ def _fit_cosine(matrix_dir, out, k, lam, tol, seed, block_rows, scheduler, name,
     chosen = {key: value for key, value in given.items() if value is not None}
     if tol is not None:
         chosen["tol"] = tol
-    options = CosineOptions(k=k, seed=seed, lam=_parse_lams(lam)[1], block_rows=block_rows,
+    options = CosineOptions(k=k, seed=seed, lam=_parse_lams(lam)[1] or 0.0, block_rows=block_rows,
                             **chosen)
     if cluster.scheduler is None and scheduler != "distributed":
         path = fit_cosine(matrix_dir, out, options, name=name or "cosine", overwrite=overwrite)

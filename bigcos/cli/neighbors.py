@@ -6,6 +6,8 @@ import click
 
 from bigcos.cli.common import dask_options, overwrite_option
 from bigcos.errors import UserError
+from bigcos.jobspec import NeighborsConfig
+from bigcos.options import default_of, help_of
 
 
 def _split(ctx, param, value):
@@ -30,18 +32,20 @@ def _bytes(ctx, param, value):
 @click.argument("model_dirs", nargs=-1, required=True, type=click.Path(path_type=str))
 @click.option("--out", required=True, type=click.Path(path_type=str),
               help="Neighbour dataset directory to write (created atomically).")
-@click.option("--kind", "kinds", multiple=True, default=("item-item",), callback=_split,
-              show_default=True,
-              help="item-item, user-user and/or user-item (comma-separated or repeated).")
-@click.option("--metric", "metrics", multiple=True, default=("cos,dot",), callback=_split,
-              show_default=True, help="cos and/or dot; both come from the same products.")
-@click.option("-N", "n", type=click.IntRange(min=1), default=100, show_default=True,
-              help="Neighbours per query.")
+@click.option("--kind", "kinds", multiple=True,
+              default=(",".join(default_of(NeighborsConfig, "kinds")),), callback=_split,
+              show_default=True, help=help_of(NeighborsConfig, "kinds")
+              + " Comma-separated or repeated.")
+@click.option("--metric", "metrics", multiple=True,
+              default=(",".join(default_of(NeighborsConfig, "metrics")),), callback=_split,
+              show_default=True, help=help_of(NeighborsConfig, "metrics"))
+@click.option("-N", "n", type=click.IntRange(min=1), default=default_of(NeighborsConfig, "n"),
+              show_default=True, help=help_of(NeighborsConfig, "n"))
 @click.option("--include-train", is_flag=True,
               help="user-item: keep the user's training items (excluded by default).")
-@click.option("--memory-budget", callback=_bytes, default=None,
-              help="Working memory per worker thread, e.g. 1GiB; sizes the blocks "
-                   "(default 2GiB). Changes speed and memory, never results.")
+@click.option("--memory-budget", callback=_bytes,
+              default=default_of(NeighborsConfig, "memory_budget"), show_default=True,
+              help=help_of(NeighborsConfig, "memory_budget"))
 @click.option("--query-block", type=click.IntRange(min=1), default=None,
               help="Queries per tile (overrides --memory-budget).")
 @click.option("--candidate-block", type=click.IntRange(min=1), default=None,
@@ -67,6 +71,8 @@ def neighbors(model_dirs, out, kinds, metrics, n, include_train, memory_budget, 
       bigcos neighbors out/models/obj1-symmetric out/models/obj2 \\
           --kind item-item,user-item --metric cos,dot -N 100 --out out/neighbors
     """
+    from click.core import ParameterSource
+
     from bigcos.blocked_topn import Blocking
     from bigcos.cli.common import matrix_interactions
     from bigcos.cluster import job_client
@@ -75,9 +81,11 @@ def neighbors(model_dirs, out, kinds, metrics, n, include_train, memory_budget, 
 
     blocking = None
     if query_block or candidate_block:
-        if memory_budget is not None:
+        source = click.get_current_context().get_parameter_source("memory_budget")
+        if source == ParameterSource.COMMANDLINE:
             raise UserError("--memory-budget: give it or --query-block/--candidate-block, "
                             "not both")
+        memory_budget = None
         default = Blocking()
         blocking = Blocking(query_block or default.query_block,
                             candidate_block or default.candidate_block)
