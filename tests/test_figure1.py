@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import dask
 import numpy as np
 import pyarrow.parquet as pq
@@ -130,9 +132,18 @@ def test_cli_figure1_on_existing_simulation(tmp_path):
         simulate(tmp_path / "sim", SimulationParams(n_users=800, n_items=60, max_items=60,
                                                      block_users=400, seed=3))
     result = CliRunner().invoke(main, ["figure1", "--simulation", str(tmp_path / "sim"),
-                                       "--out", str(tmp_path / "fig"), "--k", "8",
-                                       "--lam1", "400", "--lam2", "5", "--top-n", "5"])
+                                       "--out", str(tmp_path / "fig"), "-k", "8",
+                                       "--lam", "1:400", "--lam", "2:5", "-N", "5"])
     assert result.exit_code == 0, result.output
     assert "obj1-item-orthonormal" in result.output and "precision@5" in result.output
     assert (tmp_path / "fig" / "figure1.png").stat().st_size > 10_000
     assert not (tmp_path / "fig" / "simulation").exists()
+    params = json.loads((tmp_path / "fig" / "manifest.json").read_text())["parameters"]
+    # the old spellings still work for one version, with a deprecation note each
+    old = CliRunner().invoke(main, ["figure1", "--simulation", str(tmp_path / "sim"),
+                                    "--out", str(tmp_path / "old"), "--k", "8",
+                                    "--lam1", "400", "--lam2", "5", "--top-n", "5"])
+    assert old.exit_code == 0, old.output
+    assert old.stderr.count("is deprecated") == 4 and "use --lam 1:LAM" in old.stderr
+    old_params = json.loads((tmp_path / "old" / "manifest.json").read_text())["parameters"]
+    assert old_params == params

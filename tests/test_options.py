@@ -85,3 +85,70 @@ def test_toml_tables():
     with pytest.raises(UserError, match=r"^\[toy\]: lam must be >= 0"):
         from_table(Toy, {"lam": -1}, "[toy]")
     assert defaults(Toy)["kinds"] == ("a", "b") and flag_of(Toy, "k") == "-k"
+
+
+# --------------------------------------------------------------------------- one source
+def _help_defaults(command: list[str]) -> dict[str, str]:
+    """{option: the default shown in ``bigcos COMMAND --help``}."""
+    from bigcos.cli import main
+
+    result = CliRunner().invoke(main, [*command, "--help"])
+    assert result.exit_code == 0, result.output
+    entries: list[str] = []
+    for line in result.output.splitlines():  # an option's entry may wrap over several lines
+        if line.startswith("  -"):
+            entries.append(line)
+        elif entries and line.startswith("   "):
+            entries[-1] += ("" if entries[-1].endswith("-") else " ") + line.strip()
+    shown = {}
+    for entry in entries:
+        if "[default:" in entry:
+            value = entry.split("[default:")[1].split("]")[0]
+            shown[entry.split()[0].rstrip(",")] = value.split(";")[0].strip()
+    return shown
+
+
+def test_fit_help_run_show_and_the_dataclasses_agree(tmp_path):
+    import dataclasses
+    import json
+
+    from bigcos.cli import main
+    from bigcos.cluster import ClusterOptions
+    from bigcos.column_remedies import Preprocessing
+    from bigcos.cosine_fit import CosineOptions
+    from bigcos.jobspec import FitConfig, NeighborsConfig
+    from bigcos.models import ALSOptions, SVDOptions
+    from bigcos.validation import Selection
+
+    fit = FitConfig()
+    # the job defaults are the library's own defaults
+    assert fit.k == SVDOptions().k and fit.beta == Preprocessing().beta
+    assert fit.gamma == Preprocessing().gamma and fit.seed == SVDOptions().seed
+    assert (fit.als_iterations, fit.als_regularization) == (ALSOptions().iterations,
+                                                            ALSOptions().regularization)
+    assert fit.cosine_iterations == CosineOptions().iterations
+    assert fit.validation_fraction == Selection().fraction == CosineOptions().validation_fraction
+    assert fit.lam1 is None and fit.lam2 is None  # validated unless a job or flag fixes them
+    # bigcos fit --help shows the same defaults
+    shown = _help_defaults(["fit"])
+    for flag, value in {"-k": fit.k, "--beta": fit.beta, "--gamma": fit.gamma,
+                        "--seed": fit.seed, "--als-iterations": fit.als_iterations,
+                        "--regularization": fit.als_regularization}.items():
+        assert shown[flag] == str(value), flag
+    # bigcos neighbors --help and the dask options too
+    nb = NeighborsConfig()
+    shown = _help_defaults(["neighbors"])
+    assert shown["-N"] == str(nb.n) and shown["--memory-budget"] == nb.memory_budget
+    assert shown["--kind"] == ",".join(nb.kinds) and shown["--metric"] == ",".join(nb.metrics)
+    assert shown["--threads-per-worker"] == str(ClusterOptions().threads_per_worker)
+    assert shown["--memory-limit"] == ClusterOptions().memory_limit
+    # bigcos run --show prints the same dataclasses for a job that sets nothing
+    job = tmp_path / "job.toml"
+    job.write_text('[[dataset]]\nname = "d"\nlog = "log.parquet"\n')
+    (tmp_path / "log.parquet").write_bytes(b"")  # only its existence is checked by --show
+    result = CliRunner().invoke(main, ["run", str(job), "--show"])
+    assert result.exit_code == 0, result.output
+    shown_job = json.loads(result.output)
+    assert shown_job["datasets"][0]["fit"] == json.loads(json.dumps(dataclasses.asdict(fit)))
+    assert shown_job["neighbors"] == json.loads(json.dumps(dataclasses.asdict(nb)))
+    assert shown_job["dask"] == json.loads(json.dumps(dataclasses.asdict(ClusterOptions())))

@@ -20,16 +20,21 @@ _D = Figure1Options()
                    "setting into OUT/simulation).")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of the simulation generated when --simulation is not given.")
-@click.option("--k", type=click.IntRange(min=1), default=_D.k, show_default=True,
-              help="Embedding dimension.")
-@click.option("--lam1", type=click.FloatRange(min=0), default=_D.lam1, show_default=True,
-              help="lambda of objective 1 (acts on sigma^2).")
-@click.option("--lam2", type=click.FloatRange(min=0), default=_D.lam2, show_default=True,
-              help="lambda of objective 2 (acts on sigma).")
-@click.option("--top-n", type=click.IntRange(min=1), multiple=True, default=_D.top_n,
-              show_default=True, help="Neighbour list lengths for cluster precision@N.")
+@click.option("-k", "k", type=click.IntRange(min=1), default=_D.k, show_default=True,
+              help="Embedding dimension (the paper's).")
+@click.option("--lam", multiple=True, metavar="[OBJ:]LAM",
+              help=f"lambda: LAM for both objectives, or 1:LAM / 2:LAM; objective 1's acts on "
+                   f"sigma^2, objective 2's on sigma (default: the paper's 1:{_D.lam1:g} "
+                   f"2:{_D.lam2:g}).")
+@click.option("-N", "top_n", type=click.IntRange(min=1), multiple=True, default=_D.top_n,
+              show_default=True, help="Neighbour list lengths for cluster precision@N "
+                                      "(repeat for several).")
+@click.option("--k", "old_k", type=click.IntRange(min=1), default=None, hidden=True)
+@click.option("--lam1", type=click.FloatRange(min=0), default=None, hidden=True)
+@click.option("--lam2", type=click.FloatRange(min=0), default=None, hidden=True)
+@click.option("--top-n", "old_top_n", type=click.IntRange(min=1), multiple=True, hidden=True)
 @overwrite_option
-def figure1(out, simulation, seed, k, lam1, lam2, top_n, overwrite):
+def figure1(out, simulation, seed, k, lam, top_n, old_k, lam1, lam2, old_top_n, overwrite):
     """Reproduce Figure 1 of Steck et al. (2024) and put numbers on it.
 
     Fits k-dimensional embeddings (objective 1 with D = symmetric, item-orthonormal and
@@ -44,7 +49,19 @@ def figure1(out, simulation, seed, k, lam1, lam2, top_n, overwrite):
     """
     import dask
 
-    options = Figure1Options(k=k, lam1=lam1, lam2=lam2, top_n=tuple(top_n))
+    from bigcos.cli.fit import _parse_lams
+
+    for old, new, value in (("--k", "-k", old_k), ("--lam1", "--lam 1:LAM", lam1),
+                            ("--lam2", "--lam 2:LAM", lam2), ("--top-n", "-N", old_top_n)):
+        if value not in (None, ()):
+            click.echo(f"Warning: {old} is deprecated and will be removed in the next version; "
+                       f"use {new}", err=True)
+    lams = _parse_lams(lam)
+    options = Figure1Options(
+        k=old_k or k,
+        lam1=lam1 if lam1 is not None else (_D.lam1 if lams[1] is None else lams[1]),
+        lam2=lam2 if lam2 is not None else (_D.lam2 if lams[2] is None else lams[2]),
+        top_n=tuple(old_top_n or top_n))
     with dask.config.set(scheduler="threads"):
         table = run_figure1(out, simulation, options, SimulationParams(seed=seed),
                             overwrite=overwrite)
