@@ -248,35 +248,38 @@ def plot_relative_popularity(lists: list[NeighborLists], popularity: np.ndarray,
 
 
 def plot_lambda_path(rows: list[dict[str, Any]]):
-    """Validation curves: the validation measure against λ, per family (row) for dot (left)
-    and cosine (right), chosen λ marked with a star."""
+    """Validation curves: the validation measure against λ, one line per model family, in a
+    grid of objective (rows: λ on σ² or on σ) by metric (dot left, cosine right); the chosen
+    λ of each line is marked with a star."""
     if not rows:
         return None
-    families = sorted({r["model"] for r in rows})
-    fig = new_figure(9, 0.6 + 2.3 * len(families))
-    axes = fig.subplots(len(families), 2, squeeze=False, sharey="row")
-    for ax_row, family in zip(axes, families, strict=True):
-        for ax, metric, color in ((ax_row[0], "dot", DOT_COLOR), (ax_row[1], "cos", COS_COLOR)):
-            sel = sorted((r for r in rows if r["model"] == family and r["metric"] == metric),
-                         key=lambda r: r["lam"])
-            if not sel:
-                ax.axis("off")
-                continue
-            measure = sel[0]["measure"]
-            lam = np.array([r["lam"] for r in sel])
-            val = np.array([r[measure] for r in sel])
-            ax.plot(lam, val, marker=".", color=color)
-            chosen = np.array([bool(r["chosen"]) for r in sel])
-            ax.scatter(lam[chosen], val[chosen], marker="*", s=160, color="black", zorder=3,
-                       label="chosen")
-            if (lam > 0).all():
-                ax.set_xscale("log")
-            else:
-                ax.set_xscale("symlog", linthresh=float(lam[lam > 0].min(initial=1.0)))
-            ax.set_title(f"{family}: {metric}", fontsize=9)
+    objectives = sorted({int(r["objective"]) for r in rows})
+    fig = new_figure(10, 0.6 + 3.2 * len(objectives))
+    axes = fig.subplots(len(objectives), 2, squeeze=False, sharey=True)
+    for ax_row, objective in zip(axes, objectives, strict=True):
+        mine = [r for r in rows if int(r["objective"]) == objective]
+        for ax, metric in ((ax_row[0], "dot"), (ax_row[1], "cos")):
+            for family in sorted({r["model"] for r in mine}):
+                sel = sorted((r for r in mine if r["model"] == family and r["metric"] == metric),
+                             key=lambda r: r["lam"])
+                if not sel:
+                    continue
+                measure = sel[0]["measure"]
+                lam = np.array([r["lam"] for r in sel])
+                val = np.array([r[measure] for r in sel])
+                (line,) = ax.plot(lam, val, marker=".", lw=1, label=family)
+                chosen = np.array([bool(r["chosen"]) for r in sel])
+                ax.scatter(lam[chosen], val[chosen], marker="*", s=120,
+                           color=line.get_color(), edgecolor="black", zorder=3)
+                if (lam > 0).all():
+                    ax.set_xscale("log")
+                else:
+                    ax.set_xscale("symlog", linthresh=float(lam[lam > 0].min(initial=1.0)))
+                ax.set_ylabel(f"validation {measure}@K", fontsize=8)
+            scale = "σ²" if objective == 1 else "σ"
+            ax.set_title(f"objective {objective}, ranked by {metric} (λ on {scale})", fontsize=9)
             ax.set_xlabel("λ", fontsize=8)
-            ax.set_ylabel(f"validation {measure}@K", fontsize=8)
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
+        ax_row[1].legend(fontsize=6, loc="best")
     fig.tight_layout()
     return fig

@@ -16,7 +16,7 @@ from bigcos.reports.inputs import ItemInfo, NeighborLists
 from bigcos.reports.model_params import DFamily
 from bigcos.reports.options import Options
 from bigcos.reports.schema import table_schema
-from bigcos.stats import bootstrap_mean
+from bigcos.stats import bootstrap_mean, bootstrap_means
 from bigcos.topn import inverse_norms
 
 
@@ -99,6 +99,7 @@ def agreement(lists: list[NeighborLists], opts: Options, item_ids: pa.Array,
     """
     out = Agreement()
     ordered = sorted(lists, key=lambda nl: (nl.kind, nl.model, nl.metric))
+    pending: list[tuple[dict[str, Any], np.ndarray, np.ndarray]] = []
     for a, b in itertools.combinations(ordered, 2):
         if a.kind != b.kind:
             continue
@@ -108,9 +109,8 @@ def agreement(lists: list[NeighborLists], opts: Options, item_ids: pa.Array,
         row = {"kind": a.kind, "model_a": a.model, "metric_a": a.metric, "model_b": b.model,
                "metric_b": b.metric, "n_queries": int(common.size), "depth": int(na.shape[1]),
                "rbo_p": opts.rbo_p, **_summary(jac, "jaccard"), **_summary(rbo, "rbo"),
-               **_interval(jac, "jaccard", opts), **_interval(rbo, "rbo", opts),
                "level": opts.level}
-        out.rows += [row, _mirrored(row)]
+        pending.append((row, jac, rbo))
         fam = (families or {}).get(a.model)
         if fam is not None and fam == families.get(b.model) and a.metric == b.metric:
             out.per_query[a.kind, a.model, b.model, a.metric] = (common, jac, rbo)
@@ -121,6 +121,14 @@ def agreement(lists: list[NeighborLists], opts: Options, item_ids: pa.Array,
                  _constant(a.metric, n), _constant(b.model, n), _constant(b.metric, n),
                  pa.array(jac), pa.array(rbo)],
                 schema=table_schema("agreement_per_item", item_ids.type)))
+    # every pair's intervals at once: pairs over the same number of queries share resamples
+    intervals = bootstrap_means([v for _, jac, rbo in pending for v in (jac, rbo)],
+                                opts.n_resamples, opts.level, opts.seed)
+    for (row, _, _), iv_jac, iv_rbo in zip(pending, intervals[::2], intervals[1::2],
+                                           strict=True):
+        row.update(jaccard_lo=iv_jac.lo, jaccard_hi=iv_jac.hi, rbo_lo=iv_rbo.lo,
+                   rbo_hi=iv_rbo.hi)
+        out.rows += [row, _mirrored(row)]
     return out
 
 
@@ -206,11 +214,10 @@ def pair_scores(emb: np.ndarray, i: np.ndarray, j: np.ndarray, metric: str) -> n
     numpy.ndarray
         (t,) float64.
     """
-    dots = np.einsum("tk,tk->t", emb[i].astype(np.float64), emb[j].astype(np.float64))
-    if metric == "dot":
-        return dots
-    inv = inverse_norms(emb).astype(np.float64)
-    return dots * inv[i] * inv[j]
+    rows = emb.astype(np.float64)  # once per embedding (p, k), not per pair
+    if metric == "cos":
+        rows *= inverse_norms(emb).astype(np.float64)[:, None]
+    return np.einsum("tk,tk->t", rows[i], rows[j])
 
 
 def cosine_matrix(emb: np.ndarray) -> np.ndarray:
