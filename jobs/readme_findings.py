@@ -25,7 +25,7 @@ import pandas as pd
 NAMES = {"simulation": "simulator (paper §4)"}
 # what the items' label column holds where it is not genres (see ../shared/data/README.md)
 LABELS = {"lastfm-2k": "top-5 tags", "ciao": "category", "epinions": "category"}
-REMEDIES = ("obj1-project-back", "-std", "-pop")
+REMEDIES = ("obj1-project-back", "-std", "-pop", "-rows", "-lamcos")  # the D-family: one λ
 
 
 def _span(values: pd.Series) -> str:
