@@ -150,3 +150,27 @@ def test_load_matrix_on_a_wrong_directory(tmp_path):
     with pytest.raises(bigcos.UserError, match="not a matrix directory"):
         bigcos.load_matrix(tmp_path)
 
+
+
+def _commands(group, prefix=()):
+    import click
+
+    for name, command in group.commands.items():
+        if isinstance(command, click.Group):
+            yield from _commands(command, (*prefix, name))
+        else:
+            yield (*prefix, name), command
+
+
+def test_every_help_fits_80_columns_and_keeps_its_examples_verbatim():
+    for path, command in _commands(main):
+        result = CliRunner().invoke(main, [*path, "--help"], terminal_width=80)
+        assert result.exit_code == 0, path
+        long = [line for line in result.output.splitlines() if len(line) > 80]
+        assert not long, (path, long)
+        lines = {line.strip() for line in result.output.splitlines()}
+        examples = [line.strip() for line in (command.help or "").splitlines()
+                    if line.strip().startswith("bigcos ")]
+        assert examples, f"bigcos {' '.join(path)} --help has no example"
+        for example in examples:
+            assert example in lines, (path, example)

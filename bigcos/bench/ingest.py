@@ -91,9 +91,9 @@ def _median_runs(methods: dict, repeat: int) -> tuple[dict, dict]:
 def ingest(rows, n_users, n_items, repeat, seed, json_path):
     """Ingest a generated log: rows/s and peak extra memory, bigcos beside pandas + scipy.
 
+    \b
     Example:
-
-        bigcos bench ingest --rows 2000000
+      bigcos bench ingest --rows 2000000
     """
     with tempfile.TemporaryDirectory(prefix="bigcos-bench-") as tmp:
         log = Path(tmp) / "log.parquet"

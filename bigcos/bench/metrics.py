@@ -63,9 +63,9 @@ def _row(m, peer_values, ours, work: int) -> dict:
 def metrics_bench(queries, depth, pairs, users, seed, json_path):
     """Time Jaccard@N, RBO, AUC, Spearman and NDCG@100 beside Python, scikit-learn, scipy.
 
+    \b
     Example:
-
-        bigcos bench metrics --queries 20000 --pairs 500000 --users 1000
+      bigcos bench metrics --queries 20000 --pairs 500000 --users 1000
     """
     import scipy.stats
 

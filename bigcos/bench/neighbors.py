@@ -156,10 +156,10 @@ def neighbors(p, k, n, workers, peers, scale, full_max, sample, repeat, seed, js
     """Top-N neighbours of all p items by cosine and dot: bigcos beside faiss, implicit and
     numpy, then bigcos alone at larger p with peak memory.
 
+    \b
     Example:
-
-        flock /tmp/bigcos-heavy.lock bigcos bench neighbors --items 50000 -k 128 -N 100 \\
-            --json bench-neighbors.json
+      bigcos bench neighbors --items 50000 -k 128 -N 100 \\
+          --json bench-neighbors.json
     """
     import os
 

@@ -82,9 +82,9 @@ def simulate(n_users, n_items, max_items, workers, peer_users, large, large_user
              large_blocks, tmp_dir, json_path):
     """Generate simulations: users/s and peak memory, bigcos beside numpy's per-user choice.
 
+    \b
     Example:
-
-        bigcos bench simulate --n-users 100000 --n-items 10000 --large skip
+      bigcos bench simulate --n-users 100000 --n-items 10000 --large skip
     """
     import dask
 

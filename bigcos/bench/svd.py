@@ -103,9 +103,9 @@ def svd(n, p, nnz, ks, oversampling, n_iter, seed, arpack, propack_values_only, 
     Runs PROPACK (the reference), bigcos, sklearn's randomized_svd (n_iter=4, float32) and
     optionally ARPACK, one after another in this process, for each -k.
 
+    \b
     Example:
-
-        bigcos bench svd --n 20000 --p 5000 --nnz 500000 -k 32 -k 8
+      bigcos bench svd --n 20000 --p 5000 --nnz 500000 -k 32 -k 8
     """
     import dask  # noqa: F401  (imported up front: a one-off cost, not part of the SVD)
     from scipy.sparse.linalg import svds

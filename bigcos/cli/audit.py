@@ -49,9 +49,9 @@ def audit(embeddings, out, users, matrix_dir, items_table, item_ids, user_ids, l
     writes OUT/verdicts.parquet, agreement, dimensions, members, heldout, popularity, labels,
     examples (.parquet, schema in bigcos.embedding_audit), report.html and manifest.json.
 
+    \b
     Example:
-
-        bigcos audit als.npz --matrix out/matrix --out out/audit-als
+      bigcos audit als.npz --matrix out/matrix --out out/audit-als
     """
     from bigcos.embedding_audit import AuditOptions
     from bigcos.embedding_audit import audit as run_audit

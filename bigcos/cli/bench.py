@@ -14,6 +14,7 @@ BENCHMARKS = [
     ("fit", "fit"),
     ("neighbors", "neighbors"),
     ("metrics", "metrics_bench"),
+    ("overhead", "overhead"),
 ]
 
 
