@@ -174,7 +174,7 @@ def test_neighbors_command_writes_the_dataset(model, tmp_path):
     code, text = run("neighbors", directory, "--out", out, "--scheduler", "tcp://127.0.0.1:9")
     assert code == 1 and "already exists" in text and text.count("\n") == 1, text
     code, text = run("neighbors", directory, "--out", tmp_path / "big", "-N", "50",
-                     "--workers", "1")
+                     "--kind", "item-item", "--workers", "1")
     assert code == 0 and f"wrote {tmp_path / 'big'}: {2 * 6 * 5} rows" in text, text
     assert text.splitlines()[-1] == "N used (fewer candidates than -N 50): m/item-item 5"
     code, text = run("neighbors", tmp_path / "missing", "--out", tmp_path / "x")
