@@ -151,9 +151,8 @@ class NeighborsConfig:
                                             "blocks (speed and memory only, never results).")
 
     def __post_init__(self):
-        from dask.utils import parse_bytes
-
         from bigcos.neighbor_lists import Blocking
+        from bigcos.options import parse_size as parse_bytes
 
         if self.n < 1:
             raise UserError(f"neighbors.n: must be >= 1, got {self.n}")

@@ -376,9 +376,9 @@ _NPY_HEADER_LOCK = threading.Lock()
 
 
 def _parse_bytes(text: str) -> int:
-    from dask.utils import parse_bytes
+    from bigcos.options import parse_size
 
-    return parse_bytes(text)
+    return parse_size(text)
 
 
 def _scratch_loader(job: _Job):

@@ -118,6 +118,28 @@ def check_minimums(obj: Any) -> None:
             raise UserError(f"{f.name} must be >= {low:g}, got {value!r}", parameter=f.name)
 
 
+_SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+               "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40, "k": 10**3, "m": 10**6,
+               "g": 10**9, "t": 10**12}
+
+
+def parse_size(text: str) -> int:
+    """Bytes of a size like ``512MiB``, ``1GB`` or ``2e9`` (units as ``dask.utils.parse_bytes``).
+
+    Raises
+    ------
+    ValueError
+        Naming the text, when it is not a size.
+    """
+    import re
+
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([a-zA-Z]*)\s*", str(text))
+    unit = match.group(2).lower() if match else None
+    if match is None or unit not in _SIZE_UNITS:
+        raise ValueError(f"'{text}' is not a size like 512MiB or 1GB")
+    return int(float(match.group(1)) * _SIZE_UNITS[unit])
+
+
 # --------------------------------------------------------------------------- TOML / dicts
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp)).replace("typing.", "")

@@ -73,12 +73,22 @@ def _resample_counts(n: int, n_resamples: int, seed: int) -> np.ndarray:
     return counts
 
 
+def _counts_times(counts: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """counts (r, n) @ values (n, m) in single-threaded BLAS (:class:`bigcos.dense.RowChunks`),
+    so the float32 sums, and with them every interval, are the same bits on any machine."""
+    from bigcos.dense import RowChunks
+
+    with RowChunks(threads=1) as blas:
+        return blas.nn(counts, values)
+
+
 def _resampled_means(x: np.ndarray, n_resamples: int, seed: int) -> np.ndarray:
     """(n_resamples,) means of ``x`` over the resamples of ``seed``: the same draws for every
     ``x`` of the same length, whichever way they are computed."""
     n = len(x)
     if n * n_resamples <= _COUNTS_MAX:
-        return (_resample_counts(n, n_resamples, seed) @ x.astype(np.float32)) / n
+        return _counts_times(_resample_counts(n, n_resamples, seed),
+                             x.astype(np.float32)[:, None])[:, 0] / n
     means = np.empty(n_resamples, np.float64)
     for start, stop, idx in _resample_blocks(n, n_resamples, seed):
         means[start:stop] = x[idx].mean(axis=1)
@@ -140,7 +150,7 @@ def bootstrap_means(xs: list[np.ndarray], n_resamples: int = 1000, level: float 
         means = np.empty((n_resamples, len(members)), np.float32)
         for c0 in range(0, len(members), 256):  # (n, 256) float32 values at a time
             values = np.stack([x for _, x in members[c0:c0 + 256]], axis=1).astype(np.float32)
-            means[:, c0:c0 + 256] = counts @ values
+            means[:, c0:c0 + 256] = _counts_times(counts, values)
         means /= n
         lo, hi = np.quantile(means, q, axis=0)
         for j, (i, x) in enumerate(members):

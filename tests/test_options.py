@@ -152,3 +152,19 @@ def test_fit_help_run_show_and_the_dataclasses_agree(tmp_path):
     assert shown_job["datasets"][0]["fit"] == json.loads(json.dumps(dataclasses.asdict(fit)))
     assert shown_job["neighbors"] == json.loads(json.dumps(dataclasses.asdict(nb)))
     assert shown_job["dask"] == json.loads(json.dumps(dataclasses.asdict(ClusterOptions())))
+
+
+@pytest.mark.parametrize("text", ["512MiB", "1GiB", "2GB", "100", "1.5kB", "3e6", "4 GiB", "7b"])
+def test_sizes_parse_as_dask_parses_them(text):
+    from dask.utils import parse_bytes
+
+    from bigcos.options import parse_size
+
+    assert parse_size(text) == parse_bytes(text)
+
+
+def test_a_bad_size_names_itself():
+    from bigcos.options import parse_size
+
+    with pytest.raises(ValueError, match="'12 parsecs' is not a size"):
+        parse_size("12 parsecs")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import sys
 
 import click
 
@@ -69,6 +70,10 @@ def main(verbose: int, quiet: bool) -> None:
     # process's distributed loggers, and via the environment for worker processes it starts
     dask_level = level if verbose >= 2 else max(level, logging.WARNING)
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", logging.getLevelName(dask_level).lower())
+    if "dask" in sys.modules:  # imported already (by a library): let it read the variable
+        import dask.config
+
+        dask.config.refresh()
     for name in ["distributed", *logging.Logger.manager.loggerDict]:
         if name.startswith("distributed"):
             logging.getLogger(name).setLevel(dask_level)
