@@ -39,6 +39,7 @@ import scipy.sparse as sp
 from bigcos import io
 from bigcos.errors import UserError
 from bigcos.log_reader import LogColumns, read_log
+from bigcos.options import opt
 
 Duplicates = Literal["sum", "max", "last"]
 Split = Literal["none", "random", "time", "users"]
@@ -102,18 +103,25 @@ class Interactions:
 class IngestOptions:
     """Parameters of :func:`ingest`; every one changes the resulting matrix."""
 
-    user_col: str = "user_id"
-    item_col: str = "item_id"
-    value_col: str | None = "value"  # None or absent column: every interaction counts 1
-    time_col: str | None = "timestamp"
-    duplicates: Duplicates = "sum"
-    threshold: float | None = None  # keep value >= threshold, as 1.0 (binarise)
-    min_user: int = 1
-    min_item: int = 1
-    split: Split = "none"
-    test_fraction: float = 0.2
-    heldout_users: float = 0.2  # for split="users": fraction of users held out
-    seed: int = 0
+    user_col: str = opt("user_id", "Column of user ids.")
+    item_col: str = opt("item_id", "Column of item ids.")
+    value_col: str | None = opt("value", "Column of interaction strengths; if absent every row "
+                                         "counts 1.")
+    time_col: str | None = opt("timestamp", "Column of timestamps (needed by split time and "
+                                            "duplicates last).")
+    duplicates: Duplicates = opt("sum", "How repeated (user, item) rows combine; 'last' by "
+                                        "time.")
+    threshold: float | None = opt(None, "Binarise: keep value >= threshold as 1, drop the rest "
+                                        "(e.g. 4 for ratings).")
+    min_user: int = opt(1, "Minimum interactions per user (iterated with min_item until "
+                           "stable).")
+    min_item: int = opt(1, "Minimum interactions per item.")
+    split: Split = opt("none", "Held-out protocol: random per-user fraction, global time "
+                               "cut-off, or held-out users (strong generalisation).")
+    test_fraction: float = opt(0.2, "Fraction of interactions held out (per user for "
+                                    "random/users, overall for time).")
+    heldout_users: float = opt(0.2, "Fraction of users held out (split users).")
+    seed: int = opt(0, "Seed of the split.")
 
 
 # --------------------------------------------------------------------------- building

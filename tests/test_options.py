@@ -142,6 +142,13 @@ def test_fit_help_run_show_and_the_dataclasses_agree(tmp_path):
     assert shown["--kind"] == ",".join(nb.kinds) and shown["--metric"] == ",".join(nb.metrics)
     assert shown["--threads-per-worker"] == str(ClusterOptions().threads_per_worker)
     assert shown["--memory-limit"] == ClusterOptions().memory_limit
+    # bigcos ingest --help shows IngestOptions' defaults
+    from bigcos.matrix import IngestOptions
+
+    shown, ingest = _help_defaults(["ingest"]), IngestOptions()
+    for name in ("user_col", "item_col", "value_col", "time_col", "duplicates", "min_user",
+                 "min_item", "split", "test_fraction", "heldout_users", "seed"):
+        assert shown["--" + name.replace("_", "-")] == str(getattr(ingest, name)), name
     # bigcos run --show prints the same dataclasses for a job that sets nothing
     job = tmp_path / "job.toml"
     job.write_text('[[dataset]]\nname = "d"\nlog = "log.parquet"\n')

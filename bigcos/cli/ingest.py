@@ -7,36 +7,37 @@ import click
 from bigcos.cli.common import overwrite_option
 from bigcos.matrix import IngestOptions
 from bigcos.matrix import ingest as ingest_log
+from bigcos.options import defaults, help_of
+
+_D = defaults(IngestOptions)  # the one source of ingest's defaults and help
+
+
+def _h(name: str) -> str:
+    return help_of(IngestOptions, name)
 
 
 @click.command()
 @click.argument("log", type=click.Path(path_type=str))
 @click.option("--out", required=True, type=click.Path(path_type=str),
               help="Matrix directory to write (created atomically).")
-@click.option("--user-col", default="user_id", show_default=True, help="Column of user ids.")
-@click.option("--item-col", default="item_id", show_default=True, help="Column of item ids.")
-@click.option("--value-col", default="value", show_default=True,
-              help="Column of interaction strengths; if absent every row counts 1.")
-@click.option("--time-col", default="timestamp", show_default=True,
-              help="Column of timestamps (needed by --split time and --duplicates last).")
-@click.option("--duplicates", type=click.Choice(["sum", "max", "last"]), default="sum",
-              show_default=True, help="How repeated (user, item) rows combine; 'last' by time.")
-@click.option("--threshold", type=float, default=None,
-              help="Binarise: keep value >= THRESHOLD as 1, drop the rest (e.g. 4 for ratings).")
-@click.option("--min-user", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Minimum interactions per user (iterated with --min-item until stable).")
-@click.option("--min-item", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Minimum interactions per item.")
-@click.option("--split", type=click.Choice(["none", "random", "time", "users"]), default="none",
-              show_default=True,
-              help="Held-out protocol: random per-user fraction, global time cut-off, or "
-                   "held-out users (strong generalisation).")
-@click.option("--test-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.2,
-              show_default=True, help="Fraction of interactions held out (per user for "
-                                      "random/users, overall for time).")
+@click.option("--user-col", default=_D["user_col"], show_default=True, help=_h("user_col"))
+@click.option("--item-col", default=_D["item_col"], show_default=True, help=_h("item_col"))
+@click.option("--value-col", default=_D["value_col"], show_default=True, help=_h("value_col"))
+@click.option("--time-col", default=_D["time_col"], show_default=True, help=_h("time_col"))
+@click.option("--duplicates", type=click.Choice(["sum", "max", "last"]),
+              default=_D["duplicates"], show_default=True, help=_h("duplicates"))
+@click.option("--threshold", type=float, default=_D["threshold"], help=_h("threshold"))
+@click.option("--min-user", type=click.IntRange(min=1), default=_D["min_user"],
+              show_default=True, help=_h("min_user"))
+@click.option("--min-item", type=click.IntRange(min=1), default=_D["min_item"],
+              show_default=True, help=_h("min_item"))
+@click.option("--split", type=click.Choice(["none", "random", "time", "users"]),
+              default=_D["split"], show_default=True, help=_h("split"))
+@click.option("--test-fraction", type=click.FloatRange(0, 1, max_open=True),
+              default=_D["test_fraction"], show_default=True, help=_h("test_fraction"))
 @click.option("--heldout-users", type=click.FloatRange(0, 1, min_open=True, max_open=True),
-              default=0.2, show_default=True, help="Fraction of users held out (--split users).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the split.")
+              default=_D["heldout_users"], show_default=True, help=_h("heldout_users"))
+@click.option("--seed", type=int, default=_D["seed"], show_default=True, help=_h("seed"))
 @click.option("--items", "items_table", type=click.Path(path_type=str), default=None,
               help="Item metadata Parquet (titles, genres) to record for reports and `similar`.")
 @overwrite_option
