@@ -72,7 +72,8 @@ class FitConfig:
     als: bool = opt(True, "Fit implicit's ALS as a peer.")
     als_factors: int | None = opt(None, "ALS factors (default: k).")
     als_iterations: int = opt(ALSOptions.iterations, "ALS iterations.")
-    als_regularization: float = opt(ALSOptions.regularization, "ALS L2 regularisation.")
+    als_regularization: float | None = opt(None, "ALS L2 regularisation; unset: chosen on "
+                                                 "validation users.")
     cosine: bool = opt(True, "Fit the model trained with respect to cosine (paper Sec. 3).")
     cosine_iterations: int = opt(CosineOptions.iterations, "L-BFGS iterations of the "
                                                            "cosine-trained model at most.")
@@ -111,8 +112,8 @@ class FitConfig:
             ("als_factors", self.als_factors, self.als_factors is None or self.als_factors >= 1,
              ">= 1"),
             ("als_iterations", self.als_iterations, self.als_iterations >= 1, ">= 1"),
-            ("als_regularization", self.als_regularization,
-             math.isfinite(self.als_regularization) and self.als_regularization >= 0,
+            ("als_regularization", self.als_regularization, self.als_regularization is None
+             or (math.isfinite(self.als_regularization) and self.als_regularization >= 0),
              "finite and >= 0"),
             ("oversampling", self.oversampling, self.oversampling is None or
              self.oversampling >= 0, ">= 0"),

@@ -212,10 +212,12 @@ def dataset_stages(job: Job, ds: Dataset, root: Path) -> list[Stage]:
                           [], [ingest], fit_remedy, algorithm="fit-remedy"))
     if f.als:
         als = models.ALSOptions(factors=f.als_factors or f.k, iterations=f.als_iterations,
-                                regularization=f.als_regularization, seed=f.seed)
+                                regularization=f.als_regularization or 0.0, seed=f.seed)
+        als_selection = selection if f.als_regularization is None else None
         fits.append(Stage(ds.name, "fit-als", root / "models" / "als", asdict(als), [], [ingest],
                           lambda d, client: models.fit_als(ingest.directory, d, als,
-                                                           overwrite=True)))
+                                                           overwrite=True,
+                                                           selection=als_selection)))
     if f.cosine:
         from bigcos.cosine_fit import CosineOptions, fit_cosine
 

@@ -124,20 +124,20 @@ def test_fit_help_run_show_and_the_dataclasses_agree(tmp_path):
     # the job defaults are the library's own defaults
     assert fit.k == SVDOptions().k and fit.beta == Preprocessing().beta
     assert fit.gamma == Preprocessing().gamma and fit.seed == SVDOptions().seed
-    assert (fit.als_iterations, fit.als_regularization) == (ALSOptions().iterations,
-                                                            ALSOptions().regularization)
+    assert fit.als_iterations == ALSOptions().iterations
+    assert fit.als_regularization is None  # validated unless a job or flag fixes it
     assert fit.cosine_iterations == CosineOptions().iterations
     assert fit.validation_fraction == Selection().fraction == CosineOptions().validation_fraction
     assert fit.lam1 is None and fit.lam2 is None  # validated unless a job or flag fixes them
     # bigcos fit --help shows the same defaults
     shown = _help_defaults(["fit"])
     for flag, value in {"-k": fit.k, "--beta": fit.beta, "--gamma": fit.gamma,
-                        "--seed": fit.seed, "--als-iterations": fit.als_iterations,
-                        "--regularization": fit.als_regularization}.items():
+                        "--seed": fit.seed, "--als-iterations": fit.als_iterations}.items():
         assert shown[flag] == str(value), flag
     # bigcos neighbors --help and the dask options too
     nb = NeighborsConfig()
     shown = _help_defaults(["neighbors"])
+    assert "--regularization" not in _help_defaults(["fit"])  # unset: validated
     assert shown["-N"] == str(nb.n) and shown["--memory-budget"] == nb.memory_budget
     assert shown["--kind"] == ",".join(nb.kinds) and shown["--metric"] == ",".join(nb.metrics)
     assert shown["--threads-per-worker"] == str(ClusterOptions().threads_per_worker)

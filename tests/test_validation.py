@@ -199,3 +199,30 @@ def test_test_users_never_influence_the_choice(validated, tmp_path):
     again = fit(other, tmp_path / "models", specs, SVDOptions(k=24), cache_dir=None)
     for name, model_dir in result.models.items():
         assert _manifest(again.models[name])["lam"] == _manifest(model_dir)["lam"], name
+
+
+def test_als_regularisation_is_chosen_on_the_same_validation_users(validated, tmp_path):
+    import json
+
+    import pyarrow.parquet as pq
+
+    from bigcos.als import REGULARIZATION_GRID, ALSOptions, fit_als
+    from bigcos.validation import Selection
+
+    d, _, _ = validated
+    out = fit_als(d / "m", tmp_path / "als", ALSOptions(factors=8, iterations=3),
+                  selection=Selection())
+    manifest = json.loads((out / "manifest.json").read_text())
+    params, counts = manifest["parameters"], manifest["counts"]
+    path = pq.read_table(out / "lambda_path.parquet").to_pylist()
+    assert sorted({r["lam"] for r in path}) == list(REGULARIZATION_GRID)
+    for metric in ("dot", "cos"):
+        mine = [r for r in path if r["metric"] == metric]
+        best = max(r["recall"] for r in mine)
+        assert params["lam_validated"][metric] == min(r["lam"] for r in mine
+                                                      if r["recall"] == best)
+    assert params["lam_source"] == "validated"
+    assert params["regularization"] == params["lam_validated"]["dot"]
+    closed = json.loads((d / "models" / "obj1-symmetric" / "manifest.json").read_text())
+    assert counts["validation_users"] == closed["counts"]["validation_users"] > 0
+    assert counts["fit_users"] == closed["counts"]["fit_users"]

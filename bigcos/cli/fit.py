@@ -179,8 +179,13 @@ def _fit(matrix_dir, out, model_kind, k, objective, lam, scaling, every, remedy,
             raise UserError("--model als: --objective, --lam, --scaling, --all, --remedy and "
                             "--exact apply to closed-form models only")
         als = models.ALSOptions(factors=factors or k, iterations=als_iterations,
-                                regularization=regularization, alpha=alpha, seed=seed)
-        path = models.fit_als(matrix_dir, out, als, name=name or "als", overwrite=overwrite)
+                                regularization=regularization or 0.0, alpha=alpha, seed=seed)
+        fraction = cosine["validation_fraction"]
+        selection = None if regularization is not None else Selection(
+            fraction=default_of(FitConfig, "validation_fraction") if fraction is None
+            else fraction, seed=seed)
+        path = models.fit_als(matrix_dir, out, als, name=name or "als", overwrite=overwrite,
+                              selection=selection)
         click.echo(f"wrote {path} (als, {als.factors} factors)")
         return
     before_svd = [r for r in remedy if r != "project-back"]

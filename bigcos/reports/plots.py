@@ -276,8 +276,12 @@ def plot_lambda_path(rows: list[dict[str, Any]]):
                 else:
                     ax.set_xscale("symlog", linthresh=float(lam[lam > 0].min(initial=1.0)))
                 ax.set_ylabel(f"validation {measure}@K", fontsize=8)
-            scale = "σ²" if objective == 1 else "σ"
-            ax.set_title(f"objective {objective}, ranked by {metric} (λ on {scale})", fontsize=9)
+            if objective == 0:
+                ax.set_title(f"ALS regularisation, ranked by {metric}", fontsize=9)
+            else:
+                scale = "σ²" if objective == 1 else "σ"
+                ax.set_title(f"objective {objective}, ranked by {metric} (λ on {scale})",
+                             fontsize=9)
             ax.set_xlabel("λ", fontsize=8)
             ax.grid(alpha=0.3)
         ax_row[1].legend(fontsize=6, loc="best")
