@@ -64,8 +64,9 @@ def dense_top(query, candidates, n, metric, banned):
     q = np.asarray(query, np.float64)
     c = np.asarray(candidates, np.float64)
     scores = c @ q
-    if metric == "cos":
-        scores = scores / (np.linalg.norm(c, axis=1) * np.linalg.norm(q))
+    if metric == "cos":  # MATH.md: a zero-norm embedding has no cosine, it scores 0
+        norms = np.linalg.norm(c, axis=1) * np.linalg.norm(q)
+        scores = np.divide(scores, norms, out=np.zeros_like(scores), where=norms > 0)
     order = [int(j) for j in np.lexsort((np.arange(len(c)), -scores)) if j not in set(banned)]
     return order[:n], scores[order[:n]]
 
