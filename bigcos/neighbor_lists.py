@@ -59,6 +59,7 @@ import scipy.sparse as sp
 from bigcos import io
 from bigcos.blocked_topn import Blocking, check_metrics, group_keys
 from bigcos.errors import UserError
+from bigcos.options import parse_size
 from bigcos.topn import (
     METRICS,
     decode_keys,
@@ -221,7 +222,7 @@ def check_request(model_dirs: Sequence[str | os.PathLike], out: str | os.PathLik
     for model_dir in model_dirs:
         io.require_dir(model_dir, "model", "items.parquet")
     if blocking is None:
-        blocking = Blocking.from_budget(memory_budget or _parse_bytes(MEMORY_BUDGET), n,
+        blocking = Blocking.from_budget(memory_budget or parse_size(MEMORY_BUDGET), n,
                                            len(metrics))
     return kinds, metrics, blocking
 
@@ -373,12 +374,6 @@ def neighbor_table(query_ids: pa.Array, keys: np.ndarray, candidate_ids: pa.Arra
 # several threads at once ("SystemError: AST constructor recursion depth mismatch"); with
 # mmap_mode the header is all a load reads, so one lock costs nothing.
 _NPY_HEADER_LOCK = threading.Lock()
-
-
-def _parse_bytes(text: str) -> int:
-    from bigcos.options import parse_size
-
-    return parse_size(text)
 
 
 def _scratch_loader(job: _Job):

@@ -7,6 +7,7 @@ import functools
 import click
 
 from bigcos.cluster import ClusterOptions
+from bigcos.errors import UserError
 from bigcos.options import default_of, help_of
 
 
@@ -72,3 +73,22 @@ def matrix_interactions(*directories) -> int:
         except (UserError, KeyError, TypeError, ValueError):
             continue
     return total
+
+
+def parse_lams(values: tuple[str, ...]) -> dict[int, float | None]:
+    """``--lam X`` (every objective) or ``--lam OBJ:X`` (objective OBJ) -> {objective: lam};
+    an objective not given keeps None: its λ is chosen on validation users."""
+    lams: dict[int, float | None] = {1: None, 2: None}
+    for text in values:
+        target, _, number = text.rpartition(":")
+        try:
+            lam = float(number)
+        except ValueError:
+            raise UserError(f"--lam '{text}': expected a number or OBJECTIVE:NUMBER") from None
+        if target == "":
+            lams = {1: lam, 2: lam}
+        elif target in ("1", "2"):
+            lams[int(target)] = lam
+        else:
+            raise UserError(f"--lam '{text}': objective must be 1 or 2")
+    return lams

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from bigcos.cli.common import overwrite_option
+from bigcos.cli.common import overwrite_option, parse_lams
 from bigcos.figures import Figure1Options
 from bigcos.figures import figure1 as run_figure1
 from bigcos.simulator import SimulationParams
@@ -49,14 +49,12 @@ def figure1(out, simulation, seed, k, lam, top_n, old_k, lam1, lam2, old_top_n, 
     """
     import dask
 
-    from bigcos.cli.fit import _parse_lams
-
     for old, new, value in (("--k", "-k", old_k), ("--lam1", "--lam 1:LAM", lam1),
                             ("--lam2", "--lam 2:LAM", lam2), ("--top-n", "-N", old_top_n)):
         if value not in (None, ()):
             click.echo(f"Warning: {old} is deprecated and will be removed in the next version; "
                        f"use {new}", err=True)
-    lams = _parse_lams(lam)
+    lams = parse_lams(lam)
     options = Figure1Options(
         k=old_k or k,
         lam1=lam1 if lam1 is not None else (_D.lam1 if lams[1] is None else lams[1]),

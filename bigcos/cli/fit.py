@@ -7,7 +7,7 @@ import re
 
 import click
 
-from bigcos.cli.common import dask_options, overwrite_option
+from bigcos.cli.common import dask_options, overwrite_option, parse_lams
 from bigcos.errors import UserError
 from bigcos.jobspec import FitConfig
 from bigcos.options import default_of, help_of
@@ -30,25 +30,6 @@ def _flag_error(exc: UserError) -> UserError:
     if match and match.group(1) in _FLAGS:
         text = _FLAGS[match.group(1)] + text[match.end():]
     return UserError(text)
-
-
-def _parse_lams(values: tuple[str, ...]) -> dict[int, float | None]:
-    """``--lam X`` (every objective) or ``--lam OBJ:X`` (objective OBJ) -> {objective: lam};
-    an objective not given keeps None: its λ is chosen on validation users."""
-    lams: dict[int, float | None] = {1: None, 2: None}
-    for text in values:
-        target, _, number = text.rpartition(":")
-        try:
-            lam = float(number)
-        except ValueError:
-            raise UserError(f"--lam '{text}': expected a number or OBJECTIVE:NUMBER") from None
-        if target == "":
-            lams = {1: lam, 2: lam}
-        elif target in ("1", "2"):
-            lams[int(target)] = lam
-        else:
-            raise UserError(f"--lam '{text}': objective must be 1 or 2")
-    return lams
 
 
 @click.command("fit")
@@ -193,7 +174,7 @@ def _fit(matrix_dir, out, model_kind, k, objective, lam, scaling, every, remedy,
         raise UserError("--remedy: standardize, popularity and rows are alternatives; pick one")
     if factors is not None:
         raise UserError("--factors: applies to --model als only (closed form: use -k)")
-    specs = models.model_specs(objective, _parse_lams(lam), scaling, every,
+    specs = models.model_specs(objective, parse_lams(lam), scaling, every,
                                "project-back" in remedy)
     fraction = cosine["validation_fraction"]
     selection = Selection(fraction=default_of(FitConfig, "validation_fraction")
@@ -234,7 +215,7 @@ def _fit_cosine(matrix_dir, out, k, lam, tol, seed, block_rows, scheduler, name,
     chosen = {key: value for key, value in given.items() if value is not None}
     if tol is not None:
         chosen["tol"] = tol
-    options = CosineOptions(k=k, seed=seed, lam=_parse_lams(lam)[1] or 0.0, block_rows=block_rows,
+    options = CosineOptions(k=k, seed=seed, lam=parse_lams(lam)[1] or 0.0, block_rows=block_rows,
                             **chosen)
     if cluster.scheduler is None and scheduler != "distributed":
         path = fit_cosine(matrix_dir, out, options, name=name or "cosine", overwrite=overwrite)
