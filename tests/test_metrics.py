@@ -229,3 +229,13 @@ def test_log_popularity_ratio_hand_computed():
     got = M.log_popularity_ratio(pop, np.array([0, 2]), np.array([[1, 2], [3, -1]]))
     # query 0 (log10 10 = 1): neighbours 2 and 3 -> (1 + 2) / 2 = 1.5; query 2: log10 1 - 3 = -3
     np.testing.assert_allclose(got, [1.5, -3.0])
+
+
+def test_jaccard_and_rbo_in_one_pass_equal_the_separate_metrics():
+    rng = np.random.default_rng(4)
+    a = random_lists(rng, 60, 10, 25)
+    b = random_lists(rng, 60, 10, 25)
+    b[::7, -3:] = M.PAD  # padded (shorter) lists too
+    jac, rbo = M.jaccard_and_rbo(a, b, 0.8)
+    np.testing.assert_array_equal(jac, M.jaccard(a, b))
+    np.testing.assert_array_equal(rbo, M.rbo(a, b, 0.8))

@@ -372,6 +372,37 @@ def test_agreement_pairs_and_identities(report_dir):
                                                    ] * len(d_sens)
 
 
+def test_agreement_on_a_query_sample_is_the_agreement_of_the_sampled_queries():
+    from bigcos.reports.tables import agreement, sample_queries
+
+    rng = np.random.default_rng(3)
+    ids = pa.array([str(i) for i in range(300)])
+    queries = np.arange(0, 300, 2)  # 150 queries, every config of a kind has the same ones
+    lists = [reports.NeighborLists(kind, model, metric, queries,
+                                   np.argsort(rng.random((150, 300)), axis=1)[:, :10])
+             for kind in ("item-item", "user-item") for model in ("m1", "m2")
+             for metric in ("cos", "dot")]
+    sampled = sample_queries(lists, 40, seed=5)
+    kept = {nl.kind: [] for nl in sampled}
+    for nl in sampled:
+        kept[nl.kind].append(nl.queries)
+        assert nl.queries.size == 40 and np.isin(nl.queries, queries).all()
+    for same in kept.values():  # one sample per kind, shared by every configuration
+        assert all(np.array_equal(same[0], q) for q in same)
+    assert sample_queries(lists, 150, seed=5) == lists  # small enough: kept whole
+    opts = reports.Options(max_queries=40, n_resamples=200, seed=5)
+    rows = agreement(lists, opts, ids).rows
+    assert {r["n_queries"] for r in rows} == {40}
+    full = {(nl.kind, nl.model, nl.metric): nl for nl in lists}
+    for r in rows[:6]:
+        a, b = full[r["kind"], r["model_a"], r["metric_a"]], full[r["kind"], r["model_b"],
+                                                                  r["metric_b"]]
+        rows_of = np.searchsorted(queries, kept[r["kind"]][0])
+        expected = metrics.jaccard(a.neighbors[rows_of], b.neighbors[rows_of]).mean()
+        assert r["jaccard_mean"] == pytest.approx(expected, rel=1e-12)
+        assert r["jaccard_lo"] <= r["jaccard_mean"] <= r["jaccard_hi"]
+
+
 def test_models_table_holds_parameters_and_folders(report_dir, inputs):
     models = pd.read_parquet(report_dir / "models.parquet").set_index("model")
     assert sorted(models.index) == sorted(d.name for d in inputs["models"])

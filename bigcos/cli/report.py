@@ -38,6 +38,9 @@ from bigcos.cli.common import overwrite_option
               help="Popularity bins of the popularity-matched random baseline.")
 @click.option("--auc-pairs", type=click.IntRange(min=1), default=200_000, show_default=True,
               help="Random item pairs for the within/between-label AUC.")
+@click.option("--max-queries", type=click.IntRange(min=1), default=5000, show_default=True,
+              help="Agreement and D-sensitivity on a seeded sample of at most this many "
+                   "queries per kind (intervals account for it).")
 @click.option("--example", "examples", multiple=True,
               help="Item id whose neighbour lists the page shows (repeatable; default: the "
                    "most popular items).")
@@ -45,8 +48,8 @@ from bigcos.cli.common import overwrite_option
               help="Seed of the random baseline and the AUC pairs.")
 @overwrite_option
 def report(matrix_dir, model_dirs, neighbors_dir, items_table, label_col, labels_deprecated,
-           title_col, dataset, job, out, depth, rbo_p, n_bins, auc_pairs, examples, seed,
-           overwrite):
+           title_col, dataset, job, out, depth, rbo_p, n_bins, auc_pairs, max_queries, examples,
+           seed, overwrite):
     """Compare neighbour lists and rankings of several models under cosine and dot.
 
     Writes OUT/models.parquet, agreement.parquet, agreement_per_item.parquet,
@@ -67,6 +70,7 @@ def report(matrix_dir, model_dirs, neighbors_dir, items_table, label_col, labels
             raise click.UsageError("--labels and --label-col disagree; give --label-col only")
         label_col = labels_deprecated
     options = Options(depth=depth, rbo_p=rbo_p, n_bins=n_bins, auc_pairs=auc_pairs, seed=seed,
+                      max_queries=max_queries,
                       examples=tuple(examples), label_col=label_col, title_col=title_col,
                       dataset=dataset, job=job)
     result = write_report(out, matrix_dir, model_dirs, neighbors_dir, items_table, options,

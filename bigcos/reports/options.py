@@ -25,6 +25,10 @@ class Options:
     seed : int
         Seed of the random baseline, the AUC pairs, the items of the heatmaps and the
         bootstrap resamples.
+    max_queries : int
+        Agreement and D-sensitivity compare every two configurations on one seeded sample of
+        at most this many queries per kind (all queries when there are fewer); their
+        intervals resample these queries, so they account for the sample.
     n_resamples : int
         Percentile bootstrap resamples of every interval (users for held-out figures and
         comparisons, queries for agreement figures).
@@ -53,6 +57,7 @@ class Options:
     n_bins: int = 10
     auc_pairs: int = 200_000
     seed: int = 0
+    max_queries: int = 5000
     n_resamples: int = 1000
     level: float = 0.95
     examples: tuple[str, ...] = ()
@@ -73,7 +78,8 @@ class Options:
                           DeprecationWarning, stacklevel=3)
             object.__setattr__(self, "label_col", self.labels)
             object.__setattr__(self, "labels", None)
-        for name in ("depth", "n_bins", "auc_pairs", "n_examples", "n_resamples"):
+        for name in ("depth", "n_bins", "auc_pairs", "n_examples", "n_resamples",
+                     "max_queries"):
             if getattr(self, name) < 1:
                 raise UserError(f"report {name}: must be at least 1, got {getattr(self, name)}")
         if not 0.0 < self.rbo_p < 1.0:

@@ -286,7 +286,9 @@ def validation_section(report) -> str:
 def render_html(report) -> str:
     """The self-contained page of a :class:`bigcos.reports.Report`."""
     n = report.options.depth
-    items = {name: m.item_embeddings for name, m in report.models.items()}
+    # figures of item embeddings skip the -lamcos variants (their family's D, another λ)
+    items = {name: m.item_embeddings for name, m in report.models.items()
+             if not name.endswith("-lamcos")}
     held_cols = [c for c in report.tables["heldout"].column_names
                  if c.startswith(("recall_at_", "ndcg_at_")) and not c.endswith(("_lo", "_hi"))]
     sens = [{**r, "family": _family(r).label} for r in _rows(report, "d_sensitivity")]
@@ -305,7 +307,8 @@ def render_html(report) -> str:
          f"item-item neighbours with a label in common with the query, next to random "
          f"neighbours of the same popularity bins (|), and the AUC of similarity for "
          f"same-label vs different-label item pairs (0.5 = chance). The heatmaps are the "
-         f"paper's Figure 1 on these data, on the scale of bigcos figure1.",
+         f"paper's Figure 1 on these data, on the scale of bigcos figure1 (without the -lamcos "
+         f"variants, whose D is their family's).",
          [_img(plots.plot_cos_vs_dot(_rows(report, "ground_truth"), ["precision", "auc"],
                                      f"label precision@{n} (| = popularity-matched random) "
                                      f"and AUC", baseline="baseline_precision"), "ground truth"),
@@ -321,8 +324,9 @@ def render_html(report) -> str:
          [_img(plots.plot_cos_vs_dot(_rows(report, "heldout"), held_cols,
                                      "ranking all unseen items of each test user"), "held-out")],
          "heldout"),
-        ("Popularity and norms", "How the item norm tracks popularity under each model, and "
-         "how popular the neighbours are relative to the query.",
+        ("Popularity and norms", "How the item norm tracks popularity under each model (the "
+         "-lamcos variants are in popularity.parquet), and how popular the neighbours are "
+         "relative to the query.",
          [_img(plots.plot_norm_vs_popularity(items, report.popularity), "norm vs popularity"),
           _img(plots.plot_relative_popularity(report.lists, report.popularity, n),
                "relative popularity")], "popularity"),

@@ -22,20 +22,21 @@ COS_COLOR, DOT_COLOR = "tab:red", "tab:blue"
 SIMILARITY_CMAP = "viridis"
 
 
-def new_figure(width: float, height: float, constrained: bool = False):
-    """A Figure of ``width`` x ``height`` inches on its own Agg canvas (no pyplot state)."""
+def new_figure(width: float, height: float):
+    """A Figure of ``width`` x ``height`` inches on its own Agg canvas (no pyplot state), laid
+    out by matplotlib's constrained layout when it is drawn (so saving draws once)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(width, height), layout="constrained" if constrained else None)
+    fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
     return fig
 
 
 def png_bytes(fig, dpi: int = 90) -> bytes:
-    """The figure as PNG bytes (tight bounding box)."""
+    """The figure as PNG bytes (its layout is set where it is drawn: one draw, no re-crop)."""
     buf = pyio.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=dpi)
     return buf.getvalue()
 
 
@@ -71,7 +72,7 @@ def similarity_panels(panels: dict[str, np.ndarray], titles: dict[str, str] | No
     """
     ncols = min(ncols or len(panels), len(panels))
     nrows = -(-len(panels) // ncols)
-    fig = new_figure(panel_size * ncols, panel_size * nrows + 0.4, constrained=True)
+    fig = new_figure(panel_size * ncols, panel_size * nrows + 0.4)
     axes = fig.subplots(nrows, ncols, squeeze=False)
     image = None
     for ax, (name, S) in zip(axes.flat, panels.items(), strict=False):
@@ -199,7 +200,6 @@ def plot_cos_vs_dot(rows: list[dict[str, Any]], columns: list[str], title: str,
     axes[0][0].invert_yaxis()
     axes[0][-1].legend(fontsize=7, loc="best")
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
     return fig
 
 
@@ -224,7 +224,6 @@ def plot_norm_vs_popularity(item_embeddings: dict[str, np.ndarray], popularity: 
         ax.set_ylabel("‖item embedding‖", fontsize=7)
     for ax in list(axes.flat)[len(names):]:
         ax.axis("off")
-    fig.tight_layout()
     return fig
 
 
@@ -285,5 +284,4 @@ def plot_lambda_path(rows: list[dict[str, Any]]):
             ax.set_xlabel("λ", fontsize=8)
             ax.grid(alpha=0.3)
         ax_row[1].legend(fontsize=6, loc="best")
-    fig.tight_layout()
     return fig
