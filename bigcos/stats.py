@@ -82,13 +82,10 @@ def _counts_times(counts: np.ndarray, values: np.ndarray) -> np.ndarray:
         return blas.nn(counts, values)
 
 
-def _resampled_means(x: np.ndarray, n_resamples: int, seed: int) -> np.ndarray:
-    """(n_resamples,) means of ``x`` over the resamples of ``seed``: the same draws for every
-    ``x`` of the same length, whichever way they are computed."""
+def _drawn_means(x: np.ndarray, n_resamples: int, seed: int) -> np.ndarray:
+    """(n_resamples,) means of ``x`` over the resamples of ``seed``, drawn block by block (for
+    inputs too large to keep their counts): the same draws as :func:`_resample_counts`."""
     n = len(x)
-    if n * n_resamples <= _COUNTS_MAX:
-        return _counts_times(_resample_counts(n, n_resamples, seed),
-                             x.astype(np.float32)[:, None])[:, 0] / n
     means = np.empty(n_resamples, np.float64)
     for start, stop, idx in _resample_blocks(n, n_resamples, seed):
         means[start:stop] = x[idx].mean(axis=1)
@@ -118,33 +115,54 @@ def bootstrap_mean(x: np.ndarray, n_resamples: int = 1000, level: float = 0.95,
     Interval (estimate, lo, hi, n). All NaN when no unit is left.
     """
     _check(n_resamples, level)
-    x = np.asarray(x, np.float64)
-    x = x[~np.isnan(x)]
-    if not len(x):
-        return Interval(float("nan"), float("nan"), float("nan"), 0)
-    means = _resampled_means(x, n_resamples, seed)
-    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
-    return Interval(float(x.mean()), float(lo), float(hi), len(x))
+    return resample_means([x], n_resamples, seed)[0].interval(level)
 
 
-def bootstrap_means(xs: list[np.ndarray], n_resamples: int = 1000, level: float = 0.95,
-                    seed: int = 0) -> list[Interval]:
-    """:func:`bootstrap_mean` of every array in ``xs``, the same intervals, computed together.
+@dataclass(frozen=True)
+class Resampled:
+    """A mean over ``n`` units with its ``n_resamples`` bootstrap means (kept, so intervals at
+    any level cost one quantile: Holm's step-down re-tests at several levels)."""
 
-    Inputs with the same number of units (after NaN dropping) share their resamples, so each
-    group costs one matrix product (n_resamples x n) @ (n x m) instead of m separate draws.
+    estimate: float
+    n: int
+    means: np.ndarray | None  # (n_resamples,); None when no unit is left
+
+    def interval(self, level: float) -> Interval:
+        """The percentile interval of coverage ``level``."""
+        if self.means is None:
+            return Interval(float("nan"), float("nan"), float("nan"), 0)
+        lo, hi = np.quantile(self.means, [(1 - level) / 2, (1 + level) / 2])
+        return Interval(self.estimate, float(lo), float(hi), self.n)
+
+    def comparison(self, level: float) -> Comparison:
+        """For per-unit differences a - b: the interval and the verdict (module docstring)."""
+        iv = self.interval(level)
+        verdict = ("a better" if iv.lo > 0 else "b better" if iv.hi < 0 else "no difference")
+        return Comparison(iv.estimate, iv.lo, iv.hi, verdict, iv.n)
+
+
+def resample_means(xs: list[np.ndarray], n_resamples: int = 1000, seed: int = 0
+                   ) -> list[Resampled]:
+    """The bootstrap means of every array in ``xs`` (NaN units dropped), computed together.
+
+    Inputs with the same number of units share their resamples (those of :func:`bootstrap_mean`
+    with ``seed``), so each group costs one matrix product (n_resamples x n) @ (n x m) instead
+    of m separate draws; a group of one is exactly :func:`bootstrap_mean`'s computation.
     """
-    _check(n_resamples, level)
-    out: list[Interval | None] = [None] * len(xs)
+    _check(n_resamples, 0.5)
+    out: list[Resampled | None] = [None] * len(xs)
     groups: dict[int, list[tuple[int, np.ndarray]]] = {}
     for i, x in enumerate(xs):
         x = np.asarray(x, np.float64)
         groups.setdefault(int((~np.isnan(x)).sum()), []).append((i, x[~np.isnan(x)]))
-    q = [(1 - level) / 2, (1 + level) / 2]
     for n, members in groups.items():
-        if n == 0 or n * n_resamples > _COUNTS_MAX:
+        if n == 0:
+            for i, _ in members:
+                out[i] = Resampled(float("nan"), 0, None)
+            continue
+        if n * n_resamples > _COUNTS_MAX:
             for i, x in members:
-                out[i] = bootstrap_mean(x, n_resamples, level, seed)
+                out[i] = Resampled(float(x.mean()), n, _drawn_means(x, n_resamples, seed))
             continue
         counts = _resample_counts(n, n_resamples, seed)
         means = np.empty((n_resamples, len(members)), np.float32)
@@ -152,9 +170,30 @@ def bootstrap_means(xs: list[np.ndarray], n_resamples: int = 1000, level: float 
             values = np.stack([x for _, x in members[c0:c0 + 256]], axis=1).astype(np.float32)
             means[:, c0:c0 + 256] = _counts_times(counts, values)
         means /= n
-        lo, hi = np.quantile(means, q, axis=0)
         for j, (i, x) in enumerate(members):
-            out[i] = Interval(float(x.mean()), float(lo[j]), float(hi[j]), n)
+            out[i] = Resampled(float(x.mean()), n, means[:, j])
+    return out
+
+
+def bootstrap_means(xs: list[np.ndarray], n_resamples: int = 1000, level: float = 0.95,
+                    seed: int = 0) -> list[Interval]:
+    """:func:`bootstrap_mean` of every array in ``xs``, the same intervals (to float32
+    rounding of the products), computed together by :func:`resample_means`."""
+    _check(n_resamples, level)
+    return [r.interval(level) for r in resample_means(xs, n_resamples, seed)]
+
+
+def paired_differences(pairs: list[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
+    """Per-unit a - b of each pair (equal 1-d shapes; NaN where either is NaN), for
+    :func:`resample_means` and :meth:`Resampled.comparison`."""
+    out = []
+    for a, b in pairs:
+        a = np.asarray(a, np.float64)
+        b = np.asarray(b, np.float64)
+        if a.shape != b.shape or a.ndim != 1:
+            raise ValueError(f"paired values need equal 1-d shapes, got {a.shape} and "
+                             f"{b.shape}")
+        out.append(a - b)
     return out
 
 
@@ -174,15 +213,5 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, n_resamples: int = 1000, leve
     "a better" when lo > 0, "b better" when hi < 0, else "no difference" (also when no unit is
     left, with NaN figures).
     """
-    a = np.asarray(a, np.float64)
-    b = np.asarray(b, np.float64)
-    if a.shape != b.shape or a.ndim != 1:
-        raise ValueError(f"paired values need equal 1-d shapes, got {a.shape} and {b.shape}")
-    diff = bootstrap_mean(a - b, n_resamples, level, seed)
-    if diff.lo > 0:
-        verdict = "a better"
-    elif diff.hi < 0:
-        verdict = "b better"
-    else:
-        verdict = "no difference"
-    return Comparison(diff.estimate, diff.lo, diff.hi, verdict, diff.n)
+    (diff,) = paired_differences([(a, b)])
+    return resample_means([diff], n_resamples, seed)[0].comparison(level)

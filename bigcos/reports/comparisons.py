@@ -31,7 +31,7 @@ from typing import Any
 from bigcos.reports.evaluation import HeldOutScores
 from bigcos.reports.model_params import NAMED_D, ModelParams
 from bigcos.reports.options import Options
-from bigcos.stats import paired_bootstrap
+from bigcos.stats import Resampled, paired_differences, resample_means
 
 LAMCOS = "-lamcos"
 _REMEDY_SUFFIX = re.compile(r"-(std|pop[0-9.]+|rows[0-9.]+)$")
@@ -115,7 +115,7 @@ def stated_comparisons(params: dict[str, ModelParams], scored: set[str]) -> list
     return unique
 
 
-def _holm(rows: list[dict[str, Any]], values: list[tuple[Any, Any]], opts: Options) -> None:
+def _holm(rows: list[dict[str, Any]], diffs: list[Resampled], opts: Options) -> None:
     """Fill ``verdict_holm`` of ``rows`` (one measure) by Holm's step-down (module docstring)."""
     alpha = 1.0 - opts.level
     remaining = list(range(len(rows)))
@@ -125,7 +125,7 @@ def _holm(rows: list[dict[str, Any]], values: list[tuple[Any, Any]], opts: Optio
         level = 1.0 - alpha / len(remaining)
         rejected = []
         for i in remaining:
-            c = paired_bootstrap(*values[i], opts.n_resamples, level, opts.seed)
+            c = diffs[i].comparison(level)
             if c.verdict != "no difference":
                 rows[i]["verdict_holm"] = c.verdict
                 rejected.append(i)
@@ -151,26 +151,27 @@ def comparisons(scores: HeldOutScores | None, params: dict[str, ModelParams],
     -------
     list of dict
         Columns of the ``comparisons`` table; ``n_comparisons`` is the number of comparisons
-        of that measure (Holm's family). Cost: O(n_resamples x users) per comparison and Holm
-        step.
+        of that measure (Holm's family). Cost: one (n_resamples x users) @ (users x
+        comparisons) product per measure; Holm's steps reuse its resampled means.
     """
     if scores is None:
         return []
     stated = stated_comparisons(params, {m for m, _ in scores.values})
     rows = []
     for measure in scores.measures:
-        mine, values = [], []
-        for s in stated:
-            a = scores.values[s.model_a, s.metric_a][measure]
-            b = scores.values[s.model_b, s.metric_b][measure]
-            c = paired_bootstrap(a, b, opts.n_resamples, opts.level, opts.seed)
+        diffs = resample_means(paired_differences(
+            [(scores.values[s.model_a, s.metric_a][measure],
+              scores.values[s.model_b, s.metric_b][measure]) for s in stated]),
+            opts.n_resamples, opts.seed)
+        mine = []
+        for s, diff in zip(stated, diffs, strict=True):
+            c = diff.comparison(opts.level)
             mine.append({"comparison": s.comparison, "measure": measure,
                          "model_a": s.model_a, "metric_a": s.metric_a, "model_b": s.model_b,
                          "metric_b": s.metric_b, "estimate": c.estimate, "lo": c.lo,
                          "hi": c.hi, "level": opts.level, "n_users": c.n,
                          "verdict": c.verdict, "n_comparisons": len(stated),
                          "identical_by_construction": s.identical_by_construction})
-            values.append((a, b))
-        _holm(mine, values, opts)
+        _holm(mine, diffs, opts)
         rows += mine
     return rows

@@ -13,7 +13,7 @@ from bigcos.blocked_topn import top_n
 from bigcos.reports.options import Options
 from bigcos.reports.schema import HELDOUT_KS, heldout_measures
 from bigcos.reports.scoring import EXPORTED, dot_factors, dot_scoring
-from bigcos.stats import bootstrap_mean
+from bigcos.stats import resample_means
 from bigcos.topn import METRICS
 
 
@@ -107,17 +107,20 @@ def heldout_rows(scores: HeldOutScores | None, lams: dict[str, tuple[float | Non
     Returns
     -------
     list of dict
-        Columns of :func:`bigcos.reports.schema.heldout_fields`; cost O(n_resamples x users)
-        per figure.
+        Columns of :func:`bigcos.reports.schema.heldout_fields`; cost one (n_resamples x
+        users) @ (users x figures) product.
     """
     if scores is None:
         return []
     rows = []
-    for (name, metric), per in scores.values.items():
+    resampled = iter(resample_means([per[measure] for per in scores.values.values()
+                                     for measure in scores.measures],
+                                    opts.n_resamples, opts.seed))
+    for name, metric in scores.values:
         row = {"model": name, "metric": metric, "protocol": scores.protocol,
                "n_users": int(scores.users.size)}
         for measure in scores.measures:
-            iv = bootstrap_mean(per[measure], opts.n_resamples, opts.level, opts.seed)
+            iv = next(resampled).interval(opts.level)
             row |= {measure: iv.estimate, f"{measure}_lo": iv.lo, f"{measure}_hi": iv.hi}
         lam, source = lams.get(name, (None, None))
         rows.append(row | {"level": opts.level, "lam": lam, "lam_source": source,
