@@ -38,10 +38,17 @@ class ClusterOptions:
     memory_limit: str = opt("auto", "Memory limit per LocalCluster worker, e.g. '4GiB'.")
     spill_dir: str | None = opt(None, "Where LocalCluster workers spill to disk.")
     processes: bool = opt(True, "LocalCluster workers are processes (else threads).")
+    parallel_stages: int | None = opt(None, "Stages of a job that run at once when it runs on "
+                                            "threads, each in a process of its own (default: "
+                                            "one per core, at most 4; 1: one after the other "
+                                            "in this process).")
 
     def __post_init__(self):
         if self.workers is not None and self.workers < 1:
             raise UserError(f"workers: must be >= 1, got {self.workers}", parameter="workers")
+        if self.parallel_stages is not None and self.parallel_stages < 1:
+            raise UserError(f"parallel_stages: must be >= 1, got {self.parallel_stages}",
+                            parameter="parallel_stages")
         if self.threads_per_worker < 1:
             raise UserError(f"threads_per_worker: must be >= 1, got {self.threads_per_worker}",
                             parameter="threads_per_worker")

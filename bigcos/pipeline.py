@@ -10,8 +10,10 @@ directory holds ``stage.json`` whose ``key`` matches the stage's key (parameters
 version, inputs, upstream keys). ``stage.json`` is written last, after the stage's own atomic
 directory rename, so an interrupted run (SIGINT, a killed process, a full disk) leaves either a
 complete stage or one that is redone; a re-run skips complete stages and redoes what changed.
-This module runs the stages: where (threads in this process or a Dask cluster, decided by
-:func:`bigcos.cluster.job_client`), with retries after lost workers, and with progress output.
+This module runs the stages: where (decided by :func:`bigcos.cluster.job_client`: on a Dask
+cluster one after the other, each spreading its work over the workers; for small jobs on
+threads, independent stages side by side in processes of their own, :mod:`bigcos.side_by_side`),
+with retries after lost workers, and with progress output.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from bigcos.jobspec import (  # noqa: F401 - the job API, importable from here a
     read_job_file,
 )
 from bigcos.progress import JobProgress
+from bigcos.side_by_side import default_processes, run_stages
 from bigcos.stages import Stage, is_complete, mark_complete, plan  # noqa: F401
 
 log = logging.getLogger(__name__)
@@ -80,6 +83,9 @@ k = 64
 kinds = ["item-item", "user-item"]
 n = 50
 
+[report]
+max_queries = 2000
+
 [[dataset]]
 name = "ml-latest-small"
 log = "{data}/interactions.parquet"
@@ -88,14 +94,15 @@ ingest = {{ threshold = 4.0, min_user = 5, min_item = 5, split = "users", seed =
 
 [[dataset]]
 name = "simulation"
-simulate = {{ n_users = 20000, n_items = 1000, seed = 0 }}
+simulate = {{ n_users = 5000, n_items = 1000, seed = 0 }}
 ingest = {{ split = "users", seed = 0 }}
-fit = {{ k = 50 }}
+fit = {{ k = 50, als = false }}
 """
 
 
 def default_job() -> Job:
-    """The README's main job: the bundled MovieLens data and the paper's default simulation."""
+    """The README's main job: the bundled MovieLens data and the paper's simulator at 5,000 users
+    (the paper's size, 20,000, is jobs/simulation-paper.toml)."""
     text = DEFAULT_JOB.format(data=bundled_data().as_posix())
     return parse_job(tomllib.loads(text), "built-in default job", Path.cwd())
 
@@ -177,33 +184,50 @@ def run_job(job: Job, cluster: ClusterOptions, force: bool = False,
     with job_client(cluster, estimated_interactions(job)) as client:
         if client is not None:
             echo(f"Dask dashboard: {client.dashboard_link}")
+        processes = 1 if client is not None else default_processes(cluster.parallel_stages)
         bar = JobProgress(len(stages_), progress and sys.stdout.isatty(), echo, client)
         try:
-            with _performance_report(client, job.out / "dask-performance-report.html"):
-                for stage in stages_:
-                    bar.start(stage.label)
-                    if not force and is_complete(stage):
-                        skipped.append(stage.label)
-                        bar.finish(stage.label, None)
-                        continue
-                    t0 = time.perf_counter()
-                    with timings(stage.label):
-                        _run_with_retries(stage, client, retries, echo)
-                    seconds = time.perf_counter() - t0
-                    mark_complete(stage, seconds)
-                    ran.append(stage.label)
-                    bar.finish(stage.label, seconds)
+            if processes > 1:  # threads: independent stages side by side, a process each
+                ran, skipped, seconds = run_stages(stages_, processes, force, bar,
+                                                   cluster.memory_limit)
+                timings.seconds.update(seconds)
+            else:
+                with _performance_report(client, job.out / "dask-performance-report.html"):
+                    ran, skipped = _run_in_order(stages_, client, force, bar, timings, retries,
+                                                 echo)
         finally:
             bar.close()
     reports = [s.directory / "report.html" for s in stages_ if s.name == "report"]
     io.write_manifest(job.out, "run", {"job": job.source, "force": force,
                                        "cluster": dataclasses.asdict(cluster),
-                                       "scheduler": "threads" if client is None else "distributed"},
+                                       "scheduler": "threads" if client is None else "distributed",
+                                       "parallel_stages": processes},
                       timings=timings, ran=ran, skipped=skipped,
                       stages={s.label: {"key": s.key, "directory": str(s.directory)}
                               for s in stages_},
                       reports=[str(r) for r in reports])
     return RunResult(job.out, ran, skipped, reports, timings.as_dict())
+
+
+def _run_in_order(stages_: list[Stage], client, force: bool, bar: JobProgress,
+                  timings: io.Timings, retries: int, echo: Callable[[str], None]
+                  ) -> tuple[list[str], list[str]]:
+    """Run the stages one after the other here (on ``client``, or threads when None)."""
+    ran, skipped = [], []
+    for stage in stages_:
+        bar.start(stage.label)
+        if not force and is_complete(stage):
+            skipped.append(stage.label)
+            bar.finish(stage.label, None)
+            continue
+        t0 = time.perf_counter()
+        with timings(stage.label):
+            _run_with_retries(stage, client, retries, echo)
+        seconds = time.perf_counter() - t0
+        mark_complete(stage, seconds)
+        ran.append(stage.label)
+        bar.finish(stage.label, seconds)
+    return ran, skipped
 
 
 def _performance_report(client, path: Path):

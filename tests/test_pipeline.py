@@ -108,7 +108,7 @@ def test_default_job_and_example_jobs_validate():
     job = load_job(None)
     assert [d.name for d in job.datasets] == ["ml-latest-small", "simulation"]
     sim = job.datasets[1]
-    assert (sim.simulate.n_users, sim.simulate.n_items) == (20_000, 1_000)
+    assert (sim.simulate.n_users, sim.simulate.n_items) == (5_000, 1_000)
     assert (sim.fit.k, sim.fit.lam1, sim.fit.lam2) == (50, None, None)  # validated λ
     checked = 0
     for path in sorted((ROOT / "jobs").glob("*.toml")):

@@ -1,0 +1,106 @@
+"""Independent stages of a job side by side, each in a worker process of its own.
+
+A job that runs on threads (small data: :func:`bigcos.cluster.job_client` yields no client)
+still has stages that do not depend on each other: the fits of one dataset, and every stage
+of two datasets. Much of a stage runs on one core (the report's tables and figures, the
+simulator's bookkeeping), so on threads alone a 2-core machine idles half the time. Here the
+stages become Dask tasks on a LocalCluster of single-threaded worker processes, a task per
+stage, each depending on its upstream stages' tasks; each stage runs whole inside its worker,
+on threads there (``client=None``), reading its inputs from and writing its outputs to the
+shared output directory, so nothing but the stage's duration travels back. Results are those
+of the stages run one after the other (each stage's output depends on its inputs only).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+from bigcos.stages import Stage, is_complete, mark_complete
+
+MAX_DEFAULT = 4  # default processes at most: a stage also uses threads of its own
+
+
+def default_processes(requested: int | None) -> int:
+    """Stages at once: ``requested``, else one per core (at most :data:`MAX_DEFAULT`)."""
+    return requested or max(1, min(os.cpu_count() or 1, MAX_DEFAULT))
+
+
+def _run_stage(stage: Stage, *upstream_seconds: float) -> float:
+    """The task: run ``stage`` on threads in this worker; its wall-clock seconds."""
+    t0 = time.perf_counter()
+    stage.run(stage.directory, None)
+    return time.perf_counter() - t0
+
+
+def run_stages(stages: list[Stage], processes: int, force: bool, progress,
+               memory_limit: str = "auto") -> tuple[list[str], list[str], dict[str, float]]:
+    """Run the incomplete ``stages`` (planned order; upstream before downstream) side by side.
+
+    Parameters
+    ----------
+    stages : list of Stage
+        Every stage of the job; complete ones (unless ``force``) are skipped.
+    processes : int
+        Worker processes, one stage each at a time.
+    force : bool
+        Redo complete stages too.
+    progress : bigcos.progress.JobProgress
+        Told which stages run, and each stage's end (skipped ones first).
+    memory_limit : str
+        Per worker process, as Dask takes it.
+
+    Returns
+    -------
+    ran, skipped : stage labels, in order of completion and of plan
+    seconds : label -> wall-clock seconds of each stage that ran
+
+    Raises
+    ------
+    The first error of a stage (a :class:`bigcos.errors.UserError` stays one line); stages
+    already complete stay complete, running ones are abandoned (their temporaries are
+    cleaned by the next run).
+    """
+    from distributed import as_completed
+
+    from bigcos.cluster import ClusterOptions, dask_client
+
+    skipped = [s.label for s in stages if not force and is_complete(s)]
+    for label in skipped:
+        progress.finish(label, None)
+    todo = [s for s in stages if s.label not in skipped]
+    ran: list[str] = []
+    seconds: dict[str, float] = {}
+    if not todo:
+        return ran, skipped, seconds
+    options = ClusterOptions(workers=min(processes, len(todo)), threads_per_worker=1,
+                             memory_limit=memory_limit)
+    # a loaded machine can take longer than the nanny's 4 s to tear a worker down: expected
+    logging.getLogger("distributed.nanny").setLevel(logging.ERROR)
+    with dask_client(options) as client:
+        futures, stage_of = {}, {}
+        for stage in todo:
+            upstream = [futures[u.label] for u in stage.upstream if u.label in futures]
+            future = client.submit(_run_stage, stage, *upstream, key=f"bigcos-{stage.label}",
+                                   pure=False)
+            futures[stage.label], stage_of[future.key] = future, stage
+        _show_running(todo, futures, progress)
+        for future in as_completed(list(futures.values())):
+            stage = stage_of[future.key]
+            seconds[stage.label] = future.result()  # raises the stage's own error
+            mark_complete(stage, seconds[stage.label])
+            ran.append(stage.label)
+            progress.finish(stage.label, seconds[stage.label])
+            _show_running(todo, futures, progress)
+    return ran, skipped, seconds
+
+
+def _show_running(todo: list[Stage], futures: dict, progress) -> None:
+    """Tell ``progress`` the stages whose upstream is done and that are not done yet."""
+    def done(label: str) -> bool:
+        return futures[label].done()
+
+    running = [s.label for s in todo if not done(s.label)
+               and all(done(u.label) for u in s.upstream if u.label in futures)]
+    progress.start(" + ".join(running) if running else "")
