@@ -43,6 +43,10 @@ def run(job_file, out, force, show, no_progress, cluster):
     from pathlib import Path
 
     from bigcos.pipeline import job_as_dict, load_job, run_job
+    from bigcos.redaction import redact_text
+
+    def echo(line: str) -> None:  # progress and summary lines never show a secret
+        click.echo(redact_text(line))
 
     try:
         job = load_job(job_file)
@@ -52,12 +56,12 @@ def run(job_file, out, force, show, no_progress, cluster):
             click.echo(json.dumps(job_as_dict(job), indent=2))
             return
         given = click.get_current_context().meta.get(CLUSTER_GIVEN, set())
-        result = run_job(job, _merge(cluster, job.dask, given), force=force, echo=click.echo,
+        result = run_job(job, _merge(cluster, job.dask, given), force=force, echo=echo,
                          progress=not no_progress)
     except KeyboardInterrupt:
         click.echo("interrupted; completed stages are kept, re-run to resume", err=True)
         raise click.exceptions.Exit(130) from None
-    click.echo(f"ran {len(result.ran)} stage(s), skipped {len(result.skipped)} complete "
-               f"stage(s) in {result.timings['total']:.1f} s; outputs in {result.out}")
+    echo(f"ran {len(result.ran)} stage(s), skipped {len(result.skipped)} complete "
+         f"stage(s) in {result.timings['total']:.1f} s; outputs in {result.out}")
     for report in result.reports:
-        click.echo(f"report: {report}")
+        echo(f"report: {report}")
