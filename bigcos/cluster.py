@@ -69,7 +69,8 @@ TLS_FIELDS = ("tls_ca_file", "tls_cert", "tls_key")
 def security(options: ClusterOptions):
     """Dask's ``Security`` for a client of ``options.scheduler``: the TLS files of
     ``options``, each missing one from Dask's config (``distributed.comm.tls.ca-file``,
-    ``.client.cert``, ``.client.key``); encryption is required when any is known.
+    ``.client.cert``, ``.client.key``). Encryption is required when a file is given here
+    (else as Dask's ``distributed.comm.require-encryption`` says).
 
     Raises
     ------
