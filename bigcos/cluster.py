@@ -7,7 +7,10 @@ for (``scheduler`` or ``workers``). That cluster is by default a ``LocalCluster`
 processes with one BLAS thread each (``distributed``'s nanny sets ``OMP_NUM_THREADS=1`` and
 friends for workers, so workers × BLAS threads never oversubscribe the cores); ``scheduler``
 connects to an existing cluster instead (``DASK_SCHEDULER_ADDRESS`` is the default), and
-bigcos launches nothing there.
+bigcos launches nothing there; a ``tls://`` address is reached with Dask's ``Security`` (CA,
+certificate and key from ``tls_ca_file``/``tls_cert``/``tls_key``, else Dask's own config
+``distributed.comm.tls.*``). The LocalCluster's scheduler and dashboard listen on 127.0.0.1
+only, unless ``dashboard_address`` says otherwise (the dashboard has no login).
 """
 
 from __future__ import annotations
@@ -42,6 +45,15 @@ class ClusterOptions:
                                             "threads, each in a process of its own (default: "
                                             "one per core, at most 4; 1: one after the other "
                                             "in this process).")
+    dashboard_address: str = opt("127.0.0.1:0", "Where the LocalCluster's dashboard listens: "
+                                                "this machine only unless set, e.g. ':8787' "
+                                                "for every interface.")
+    tls_ca_file: str | None = opt(None, "CA certificate (PEM) of a tls:// scheduler (default: "
+                                        "Dask's distributed.comm.tls.ca-file).")
+    tls_cert: str | None = opt(None, "Client certificate (PEM) for a tls:// scheduler "
+                                     "(default: Dask's distributed.comm.tls.client.cert).")
+    tls_key: str | None = opt(None, "Private key (PEM) of the client certificate (default: "
+                                    "Dask's distributed.comm.tls.client.key).")
 
     def __post_init__(self):
         if self.workers is not None and self.workers < 1:
@@ -52,6 +64,40 @@ class ClusterOptions:
         if self.threads_per_worker < 1:
             raise UserError(f"threads_per_worker: must be >= 1, got {self.threads_per_worker}",
                             parameter="threads_per_worker")
+        given = [name for name in TLS_FIELDS if getattr(self, name)]
+        if given and self.scheduler and not self.scheduler.startswith("tls://"):
+            raise UserError(f"{given[0]}: TLS files need a tls:// scheduler address, got "
+                            f"{self.scheduler}", parameter=given[0])
+
+
+TLS_FIELDS = ("tls_ca_file", "tls_cert", "tls_key")
+
+
+def security(options: ClusterOptions):
+    """Dask's ``Security`` for a client of ``options.scheduler``: the TLS files of
+    ``options``, each missing one from Dask's config (``distributed.comm.tls.ca-file``,
+    ``.client.cert``, ``.client.key``). Encryption is required when a file is given here
+    (else as Dask's ``distributed.comm.require-encryption`` says).
+
+    Raises
+    ------
+    UserError
+        Naming ``tls_ca_file`` or ``tls_cert`` when the scheduler is ``tls://`` and no CA or
+        no client certificate is known (a key may sit in the certificate's file).
+    """
+    from distributed.security import Security
+
+    files = {"tls_ca_file": options.tls_ca_file, "tls_client_cert": options.tls_cert,
+             "tls_client_key": options.tls_key}
+    sec = Security(**{name: path for name, path in files.items() if path})
+    if (options.scheduler or "").startswith("tls://"):
+        for name, known in (("tls_ca_file", sec.tls_ca_file), ("tls_cert", sec.tls_client_cert)):
+            if not known:
+                raise UserError(f"{name}: the scheduler {options.scheduler} needs a CA "
+                                "certificate and a client certificate (and its key, unless "
+                                "in the certificate's file), or Dask's config "
+                                "distributed.comm.tls.*", parameter=name)
+    return sec
 
 
 @contextlib.contextmanager
@@ -62,9 +108,14 @@ def dask_client(options: ClusterOptions | None = None) -> Iterator[object]:
     options = options or ClusterOptions()
     if options.scheduler:
         try:
-            client = Client(options.scheduler, timeout="10s")
+            client = Client(options.scheduler, timeout="10s", security=security(options))
         except (OSError, TimeoutError) as exc:
-            raise UserError(f"cannot reach Dask scheduler at {options.scheduler}: {exc}") from None
+            hint = ("" if options.scheduler.startswith("tls://") else
+                    " (a scheduler that requires TLS needs a tls:// address and its CA, "
+                    "certificate and key)")
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise UserError(f"cannot reach Dask scheduler at {options.scheduler}: "
+                            f"{reason}{hint}") from None
         with client, _quiet_on_interrupt():
             log.info("connected to %s (dashboard: %s)", options.scheduler, client.dashboard_link)
             yield client
@@ -77,7 +128,7 @@ def dask_client(options: ClusterOptions | None = None) -> Iterator[object]:
             processes=options.processes,
             memory_limit=options.memory_limit,
             local_directory=options.spill_dir,
-            dashboard_address="127.0.0.1:0",  # this machine only: the dashboard has no login
+            dashboard_address=options.dashboard_address,
         )
     with cluster, Client(cluster) as client, _quiet_on_interrupt():
         log.info("LocalCluster with %d workers (dashboard: %s)", n_workers, client.dashboard_link)

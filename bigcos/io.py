@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
+from bigcos import redaction
 from bigcos.errors import UserError
 
 MANIFEST = "manifest.json"
@@ -249,7 +250,7 @@ def write_manifest(directory: Path, command: str, parameters: dict[str, Any],
     manifest = {
         "command": command,
         "created_unix": round(time.time(), 3),
-        "argv": sys.argv,
+        "argv": redaction.redact_argv(sys.argv),
         "parameters": parameters,
         **sections,
         "versions": versions(),
@@ -263,7 +264,7 @@ def write_manifest(directory: Path, command: str, parameters: dict[str, Any],
 def write_json(path: Path, obj: Any) -> None:
     """Write JSON to ``path`` via a temporary file and an atomic rename."""
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.write_text(json.dumps(_jsonable(obj), indent=2, sort_keys=False) + "\n")
+    tmp.write_text(json.dumps(redaction.redact(_jsonable(obj)), indent=2, sort_keys=False) + "\n")
     os.replace(tmp, path)
 
 

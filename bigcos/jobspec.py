@@ -4,7 +4,8 @@ A job names datasets (a Parquet log, or a simulation) and the settings of each s
 Sections (unknown keys, wrong types and invalid combinations are errors before any work)::
 
     [job]        name, out (output root; relative paths are relative to the job file)
-    [dask]       scheduler, workers, threads_per_worker, memory_limit, spill_dir
+    [dask]       scheduler, workers, threads_per_worker, memory_limit, spill_dir, processes,
+                 dashboard_address, tls_ca_file, tls_cert, tls_key
     [fit]        FitConfig fields (defaults for every dataset)
     [neighbors]  NeighborsConfig fields
     [report]     bigcos.reports.Options fields
@@ -25,8 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from bigcos import io
-from bigcos.cluster import ClusterOptions
+from bigcos import io, redaction
+from bigcos.cluster import TLS_FIELDS, ClusterOptions
 from bigcos.cosine_fit import CosineOptions
 from bigcos.errors import UserError
 from bigcos.matrix import IngestOptions
@@ -195,7 +196,7 @@ class Job:
 def _path(value: Any, where: str, root: Path, must_exist: bool) -> Path:
     if not isinstance(value, str):
         raise UserError(f"{where}: expected a path string, got {value!r}")
-    p = Path(os.path.expandvars(os.path.expanduser(value)))
+    p = Path(redaction.expandvars(os.path.expanduser(value)))
     p = Path(os.path.normpath(p if p.is_absolute() else root / p))
     if must_exist and not p.exists():
         raise UserError(f"{where}: {p} does not exist")
@@ -222,6 +223,9 @@ def parse_job(raw: dict[str, Any], source: str, root: Path) -> Job:
         raise UserError(f"{source}: [job] name must be a non-empty string")
     out = _path(head.get("out", f"bigcos-out/{name}"), f"{source}: [job] out", root, False)
     dask_cfg = from_table(ClusterOptions, raw.get("dask", {}), f"{source}: [dask]")
+    dask_cfg = dataclasses.replace(dask_cfg, **{  # TLS files: relative to the job file
+        name: str(_path(getattr(dask_cfg, name), f"{source}: [dask] {name}", root, True))
+        for name in TLS_FIELDS if getattr(dask_cfg, name)})
     fit_default = from_table(FitConfig, raw.get("fit", {}), f"{source}: [fit]")
     neighbors = from_table(NeighborsConfig, raw.get("neighbors", {}),
                                    f"{source}: [neighbors]")
@@ -276,5 +280,6 @@ def read_job_file(path: str | os.PathLike) -> Job:
 
 
 def job_as_dict(job: Job) -> dict[str, Any]:
-    """The resolved job (defaults filled in), for manifests and `bigcos run --show`."""
-    return io._jsonable(dataclasses.asdict(job))
+    """The resolved job (defaults filled in, secrets redacted), for manifests and
+    `bigcos run --show`."""
+    return redaction.redact(io._jsonable(dataclasses.asdict(job)))

@@ -188,8 +188,7 @@ def run_job(job: Job, cluster: ClusterOptions, force: bool = False,
         bar = JobProgress(len(stages_), progress and sys.stdout.isatty(), echo, client)
         try:
             if processes > 1:  # threads: independent stages side by side, a process each
-                ran, skipped, seconds = run_stages(stages_, processes, force, bar,
-                                                   cluster.memory_limit)
+                ran, skipped, seconds = run_stages(stages_, processes, force, bar, cluster)
                 timings.seconds.update(seconds)
             else:
                 with _performance_report(client, job.out / "dask-performance-report.html"):

@@ -13,10 +13,12 @@ of the stages run one after the other (each stage's output depends on its inputs
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
 
+from bigcos.cluster import ClusterOptions
 from bigcos.stages import Stage, is_complete, mark_complete
 
 MAX_DEFAULT = 4  # default processes at most: a stage also uses threads of its own
@@ -35,7 +37,8 @@ def _run_stage(stage: Stage, *upstream_seconds: float) -> float:
 
 
 def run_stages(stages: list[Stage], processes: int, force: bool, progress,
-               memory_limit: str = "auto") -> tuple[list[str], list[str], dict[str, float]]:
+               cluster: ClusterOptions | None = None
+               ) -> tuple[list[str], list[str], dict[str, float]]:
     """Run the incomplete ``stages`` (planned order; upstream before downstream) side by side.
 
     Parameters
@@ -48,8 +51,8 @@ def run_stages(stages: list[Stage], processes: int, force: bool, progress,
         Redo complete stages too.
     progress : bigcos.progress.JobProgress
         Told which stages run, and each stage's end (skipped ones first).
-    memory_limit : str
-        Per worker process, as Dask takes it.
+    cluster : ClusterOptions, optional
+        The job's options: memory limit, spill directory and dashboard of the processes.
 
     Returns
     -------
@@ -64,7 +67,7 @@ def run_stages(stages: list[Stage], processes: int, force: bool, progress,
     """
     from distributed import as_completed
 
-    from bigcos.cluster import ClusterOptions, dask_client
+    from bigcos.cluster import dask_client
 
     skipped = [s.label for s in stages if not force and is_complete(s)]
     for label in skipped:
@@ -74,8 +77,8 @@ def run_stages(stages: list[Stage], processes: int, force: bool, progress,
     seconds: dict[str, float] = {}
     if not todo:
         return ran, skipped, seconds
-    options = ClusterOptions(workers=min(processes, len(todo)), threads_per_worker=1,
-                             memory_limit=memory_limit)
+    options = dataclasses.replace(cluster or ClusterOptions(), scheduler=None, processes=True,
+                                  workers=min(processes, len(todo)), threads_per_worker=1)
     # a loaded machine can take longer than the nanny's 4 s to tear a worker down: expected
     logging.getLogger("distributed.nanny").setLevel(logging.ERROR)
     with dask_client(options) as client:

@@ -16,6 +16,7 @@ import click
 
 from bigcos import __version__
 from bigcos.errors import UserError
+from bigcos.redaction import RedactingFilter, redact_text
 
 # (module in bigcos.cli, attribute): one entry per command, in the order of the pipeline.
 COMMANDS = [
@@ -38,7 +39,7 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except UserError as exc:
-            raise click.ClickException(_with_flag(ctx, exc)) from None
+            raise click.ClickException(redact_text(_with_flag(ctx, exc))) from None
 
 
 def _with_flag(ctx: click.Context, exc: UserError) -> str:
@@ -66,6 +67,8 @@ def main(verbose: int, quiet: bool) -> None:
     levels = (logging.WARNING, logging.INFO, logging.DEBUG)
     level = logging.ERROR if quiet else levels[min(verbose, 2)]
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:  # log lines never show a secret
+        handler.addFilter(RedactingFilter())
     # Dask's own INFO chatter only with -vv (the commands print the dashboard link): for this
     # process's distributed loggers, and via the environment for worker processes it starts
     dask_level = level if verbose >= 2 else max(level, logging.WARNING)

@@ -20,36 +20,42 @@ CLUSTER_GIVEN = "bigcos.cluster_given"  # ctx.meta key: ClusterOptions fields se
 
 
 def dask_options(f):
-    """Add --scheduler/--workers/--threads-per-worker/--memory-limit/--spill-dir (defaults and
-    help from :class:`~bigcos.cluster.ClusterOptions`) and pass a single
-    ``cluster: ClusterOptions`` argument to the command instead. The names of the fields the
-    user set (flag or environment) are kept in ``ctx.meta[CLUSTER_GIVEN]``."""
+    """Add --scheduler/--workers/--threads-per-worker/--memory-limit/--spill-dir/
+    --dashboard-address/--tls-ca-file/--tls-cert/--tls-key (defaults and help from
+    :class:`~bigcos.cluster.ClusterOptions`) and pass a single ``cluster: ClusterOptions``
+    argument to the command instead. The names of the fields the user set (flag or
+    environment) are kept in ``ctx.meta[CLUSTER_GIVEN]``."""
 
     def option(flag: str, name: str, **kwargs):
         return click.option(flag, name, help=help_of(ClusterOptions, name),
                             default=default_of(ClusterOptions, name),
                             show_default=default_of(ClusterOptions, name) is not None, **kwargs)
 
+    pem = click.Path(exists=True, dir_okay=False)
+    names = ("scheduler", "workers", "threads_per_worker", "memory_limit", "spill_dir",
+             "dashboard_address", "tls_ca_file", "tls_cert", "tls_key")
+
     @option("--scheduler", "scheduler", envvar="DASK_SCHEDULER_ADDRESS")
     @option("--workers", "workers", type=click.IntRange(min=1))
     @option("--threads-per-worker", "threads_per_worker", type=click.IntRange(min=1))
     @option("--memory-limit", "memory_limit")
     @option("--spill-dir", "spill_dir", type=click.Path(file_okay=False))
+    @option("--dashboard-address", "dashboard_address")
+    @option("--tls-ca-file", "tls_ca_file", type=pem)
+    @option("--tls-cert", "tls_cert", type=pem)
+    @option("--tls-key", "tls_key", type=pem)
     @functools.wraps(f)
-    def wrapper(*args, scheduler, workers, threads_per_worker, memory_limit, spill_dir,
-                **kwargs):
+    def wrapper(*args, **kwargs):
         from click.core import ParameterSource
 
         ctx = click.get_current_context()
         ctx.meta[CLUSTER_GIVEN] = {
-            name for name in ("scheduler", "workers", "threads_per_worker", "memory_limit",
-                              "spill_dir")
+            name for name in names
             if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE,
                                                   ParameterSource.ENVIRONMENT)}
-        cluster = ClusterOptions(scheduler=scheduler or None, workers=workers,
-                                 threads_per_worker=threads_per_worker,
-                                 memory_limit=memory_limit, spill_dir=spill_dir)
-        return f(*args, cluster=cluster, **kwargs)
+        values = {name: kwargs.pop(name) for name in names}
+        values["scheduler"] = values["scheduler"] or None
+        return f(*args, cluster=ClusterOptions(**values), **kwargs)
 
     return wrapper
 

@@ -9,6 +9,7 @@ import click
 
 from bigcos.cli.common import CLUSTER_GIVEN, dask_options
 from bigcos.cluster import ClusterOptions
+from bigcos.options import help_of
 
 
 def _merge(cli: ClusterOptions, job_dask: ClusterOptions, given: set[str]) -> ClusterOptions:
@@ -25,15 +26,18 @@ def _merge(cli: ClusterOptions, job_dask: ClusterOptions, given: set[str]) -> Cl
 @click.option("--show", is_flag=True, help="Print the resolved job as JSON and exit.")
 @click.option("--no-progress", is_flag=True,
               help="One line per stage instead of a progress bar (the default off a terminal).")
+@click.option("--parallel-stages", type=click.IntRange(min=1), default=None,
+              help=help_of(ClusterOptions, "parallel_stages"))
 @dask_options
-def run(job_file, out, force, show, no_progress, cluster):
+def run(job_file, out, force, show, no_progress, parallel_stages, cluster):
     """Run the pipeline (ingest → fit → neighbors → report) of JOB_FILE, a TOML job.
 
     Without JOB_FILE, runs the built-in default job: the bundled MovieLens data and the
-    paper's default simulation. Each stage writes its own directory under the output root;
+    paper's simulator (5,000 users). Each stage writes its own directory under the output root;
     a re-run skips stages that are complete and redoes only what changed (Ctrl-C keeps the
-    completed stages). Small jobs run on threads in this process; a LocalCluster starts for
-    large ones or when --workers/--scheduler is given. Example jobs and scheduled-run
+    completed stages). Small jobs run on threads, their independent stages side by side in
+    processes of their own (--parallel-stages); a LocalCluster starts for large ones or when
+    --workers/--scheduler is given. Example jobs and scheduled-run
     templates (cron, Slurm, Kubernetes) are in jobs/.
 
     \b
@@ -43,6 +47,10 @@ def run(job_file, out, force, show, no_progress, cluster):
     from pathlib import Path
 
     from bigcos.pipeline import job_as_dict, load_job, run_job
+    from bigcos.redaction import redact_text
+
+    def echo(line: str) -> None:  # progress and summary lines never show a secret
+        click.echo(redact_text(line))
 
     try:
         job = load_job(job_file)
@@ -51,13 +59,16 @@ def run(job_file, out, force, show, no_progress, cluster):
         if show:
             click.echo(json.dumps(job_as_dict(job), indent=2))
             return
-        given = click.get_current_context().meta.get(CLUSTER_GIVEN, set())
-        result = run_job(job, _merge(cluster, job.dask, given), force=force, echo=click.echo,
+        given = set(click.get_current_context().meta.get(CLUSTER_GIVEN, set()))
+        if parallel_stages is not None:
+            cluster = dataclasses.replace(cluster, parallel_stages=parallel_stages)
+            given.add("parallel_stages")
+        result = run_job(job, _merge(cluster, job.dask, given), force=force, echo=echo,
                          progress=not no_progress)
     except KeyboardInterrupt:
         click.echo("interrupted; completed stages are kept, re-run to resume", err=True)
         raise click.exceptions.Exit(130) from None
-    click.echo(f"ran {len(result.ran)} stage(s), skipped {len(result.skipped)} complete "
-               f"stage(s) in {result.timings['total']:.1f} s; outputs in {result.out}")
+    echo(f"ran {len(result.ran)} stage(s), skipped {len(result.skipped)} complete "
+         f"stage(s) in {result.timings['total']:.1f} s; outputs in {result.out}")
     for report in result.reports:
-        click.echo(f"report: {report}")
+        echo(f"report: {report}")
