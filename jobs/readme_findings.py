@@ -1,8 +1,9 @@
 """Print the README's "What bigcos finds" table (and the figures its bullets quote) from the
 report tables that `bigcos run` wrote, so every number there comes from a committed command.
 
-    bigcos run && bigcos run jobs/shared-datasets.toml
-    python jobs/readme_findings.py bigcos-out/simulation bigcos-out/ml-latest-small \
+    bigcos run && bigcos run jobs/simulation-paper.toml && bigcos run jobs/shared-datasets.toml
+    python jobs/readme_findings.py bigcos-out/simulation-paper/simulation \
+        bigcos-out/ml-latest-small \
         bigcos-out/shared-datasets/{ml-100k,ml-1m,lastfm-2k,gowalla,amazon-book,ciao,epinions}
 
 Each argument is one dataset's output directory (holding matrix/ and report/). Columns: the
