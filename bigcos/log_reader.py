@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 
 from bigcos import io
 from bigcos.errors import UserError
@@ -169,8 +171,9 @@ def map_batches(log: Path, dataset, cols: dict, need_time: bool, batch_rows: int
     pool, yielding ``(result, batch rows)`` in the order of the log.
 
     At most ``in_flight`` batches (default two per core) are in work, so memory holds that
-    many batches and results, plus arrow's read-ahead (several row groups; one with
-    ``readahead=False``). Unreadable files are UserErrors naming ``log``.
+    many batches and results, plus the reader's buffers: several row groups read ahead, or
+    with ``readahead=False`` one file at a time through a 1 MiB buffered stream (see
+    :func:`_record_batches`). Unreadable files are UserErrors naming ``log``.
     """
     wanted = [c for c in (cols["user"], cols["item"], cols["value"],
                           cols["time"] if need_time else None) if c]
@@ -180,8 +183,7 @@ def map_batches(log: Path, dataset, cols: dict, need_time: bool, batch_rows: int
         with ThreadPoolExecutor(min(workers, limit)) as pool:
             pending: deque = deque()
             offset = 0
-            ahead = {} if readahead else {"batch_readahead": 1, "fragment_readahead": 1}
-            for batch in dataset.to_batches(columns=wanted, batch_size=batch_rows, **ahead):
+            for batch in _record_batches(dataset, wanted, batch_rows, readahead):
                 if batch.num_rows:
                     pending.append((pool.submit(fn, log, batch, cols, offset), batch.num_rows))
                     offset += batch.num_rows
@@ -193,6 +195,32 @@ def map_batches(log: Path, dataset, cols: dict, need_time: bool, batch_rows: int
                 yield future.result(), n
     except (pa.ArrowInvalid, OSError) as exc:
         raise UserError(f"{log}: cannot be read as Parquet ({io._first_line(exc)})") from None
+
+
+def _record_batches(dataset, columns: list[str], batch_rows: int, readahead: bool
+                    ) -> Iterator[pa.RecordBatch]:
+    """The log's record batches in the order of its files.
+
+    With ``readahead``, arrow's dataset scanner (fast, holds several row groups). Without,
+    each file is read through a buffered stream without pre-buffering, which holds about one
+    column chunk per column (unless a column is a hive partition key: then the scanner)."""
+    if readahead or not isinstance(dataset, pads.FileSystemDataset):
+        yield from dataset.to_batches(columns=columns, batch_size=batch_rows)
+        return
+    schema = pa.schema([dataset.schema.field(c) for c in columns])
+    options = pads.ParquetFragmentScanOptions(use_buffered_stream=True, buffer_size=1 << 20,
+                                              pre_buffer=False)
+    for fragment in dataset.get_fragments():
+        if not set(columns) <= set(fragment.physical_schema.names):  # a partition key
+            yield from fragment.to_batches(schema=dataset.schema, columns=columns,
+                                           batch_size=batch_rows, batch_readahead=1,
+                                           fragment_scan_options=options)
+            continue
+        reader = pq.ParquetFile(fragment.path, buffer_size=1 << 20, pre_buffer=False,
+                                filesystem=dataset.filesystem)
+        for batch in reader.iter_batches(batch_size=batch_rows, columns=columns,
+                                         use_threads=False):
+            yield batch if batch.schema.equals(schema) else batch.cast(schema)
 
 
 def check_ids(log: Path, batch: pa.RecordBatch, cols: dict, offset: int) -> None:

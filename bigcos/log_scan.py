@@ -55,20 +55,51 @@ def _merge(reductions: list[tuple], value_type: pa.DataType | None) -> tuple:
 
 
 class _Counter:
-    """Running (distinct ids, counts) of one id column, merged whenever ``merge_rows`` pending
-    distinct ids accumulate."""
+    """Running (distinct ids, counts) of one id column.
 
-    def __init__(self, merge_rows: int):
-        self.merge_rows = merge_rows
+    Integer ids count into a dense array over their range while it takes at most
+    ``table_bytes`` (8 bytes per id in range); beyond that, and for strings, each batch's
+    (distinct ids, counts) is kept pending and merged whenever ``merge_rows`` accumulate.
+    """
+
+    def __init__(self, merge_rows: int, table_bytes: int):
+        self.merge_rows, self.table_bytes = merge_rows, table_bytes
         self.pending: list[tuple] = []
         self.pending_rows = 0
         self.id_type: pa.DataType | None = None
         self.value_type: pa.DataType | None = None
+        self.dense: np.ndarray | None = None
+        self.lo = 0
+        self.dense_ok = True
+
+    def _add_dense(self, part: IdPart) -> bool:
+        lo = part.base if self.dense is None else min(part.base, self.lo)
+        hi = part.base + part.top + 1 if self.dense is None else max(
+            part.base + part.top + 1, self.lo + len(self.dense))
+        if part.codes.dtype != np.uint32 or 8 * (hi - lo) > self.table_bytes:
+            return False
+        if self.dense is None or lo < self.lo or hi > self.lo + len(self.dense):
+            grown = np.zeros(hi - lo, np.int64)
+            if self.dense is not None:
+                grown[self.lo - lo:self.lo - lo + len(self.dense)] = self.dense
+            self.dense, self.lo = grown, lo
+        at = part.base - self.lo
+        self.dense[at:at + part.top + 1] += np.bincount(part.codes, minlength=part.top + 1)
+        return True
 
     def add(self, part: IdPart) -> None:
         if self.id_type is None:
             self.id_type = part.type
             self.value_type = part.dictionary.type if part.dictionary is not None else None
+        if self.value_type is None and self.dense_ok:
+            if self._add_dense(part):
+                return
+            self.dense_ok = False
+            if self.dense is not None:
+                present = np.flatnonzero(self.dense)
+                self.pending.append((present + self.lo, self.dense[present]))
+                self.pending_rows += len(present)
+                self.dense = None
         self.pending.append(_distinct(part))
         self.pending_rows += len(self.pending[-1][1])
         if self.pending_rows > self.merge_rows and len(self.pending) > 1:
@@ -76,8 +107,12 @@ class _Counter:
             self.pending_rows = len(self.pending[0][1])
 
     def result(self) -> tuple[pa.Array, np.ndarray]:
-        ids, counts = _merge(self.pending, self.value_type)
-        self.pending = []
+        if self.dense is not None:
+            present = np.flatnonzero(self.dense)
+            ids, counts = present.astype(np.int64) + self.lo, self.dense[present]
+        else:
+            ids, counts = _merge(self.pending, self.value_type)
+        self.pending, self.dense = [], None
         if self.value_type is None:
             ids = pa.array(ids).cast(self.id_type)
         return ids, counts
@@ -89,7 +124,7 @@ def _distinct_batch(log: Path, batch: pa.RecordBatch, cols: dict, offset: int) -
 
 
 def scan_vocabularies(log: Path, *, columns: dict[str, str | None], need_time: bool,
-                      batch_rows: int, merge_rows: int
+                      batch_rows: int, merge_rows: int, table_bytes: int
                       ) -> tuple[pa.Array, np.ndarray, pa.Array, int]:
     """Pass 1: the sorted vocabularies and log rows per user.
 
@@ -103,6 +138,8 @@ def scan_vocabularies(log: Path, *, columns: dict[str, str | None], need_time: b
         Rows per record batch.
     merge_rows : int
         Pending distinct ids (per side) before they are merged.
+    table_bytes : int
+        Largest dense count array over a range of integer ids (per side).
 
     Returns
     -------
@@ -112,7 +149,7 @@ def scan_vocabularies(log: Path, *, columns: dict[str, str | None], need_time: b
     dataset, cols = open_log(log, user_col=columns["user"], item_col=columns["item"],
                              value_col=columns["value"], time_col=columns["time"],
                              need_time=need_time)
-    users, items = _Counter(merge_rows), _Counter(merge_rows)
+    users, items = _Counter(merge_rows, table_bytes), _Counter(merge_rows, table_bytes)
     rows = 0
     for (user_part, item_part), n in map_batches(log, dataset, cols, False, batch_rows,
                                                  _distinct_batch, in_flight=2, readahead=False):
@@ -129,19 +166,19 @@ def scan_vocabularies(log: Path, *, columns: dict[str, str | None], need_time: b
 class CodeMap:
     """Original ids → int32 codes into a sorted vocabulary (every id must be in it).
 
-    Integer ids over a range at most four times the vocabulary use a direct-address table
-    (4 bytes per id in range), others a binary search; string ids a hash lookup of each
-    batch's dictionary.
+    Integer ids use a direct-address table (4 bytes per id in the vocabulary's range) when it
+    takes at most ``table_bytes``, else a binary search of the sorted batch; string ids a
+    hash lookup of each batch's dictionary.
     """
 
-    def __init__(self, vocab: pa.Array):
+    def __init__(self, vocab: pa.Array, table_bytes: int):
         self.strings = not pa.types.is_integer(vocab.type)
         self.vocab = vocab if self.strings else vocab.to_numpy().astype(np.int64)
         self.table = None
         if not self.strings and len(self.vocab):
             self.lo = int(self.vocab[0])
             span = int(self.vocab[-1]) - self.lo + 1
-            if span <= max(4 * len(self.vocab), 1 << 20):
+            if 4 * span <= max(table_bytes, 1 << 22):
                 self.table = np.full(span, -1, np.int32)
                 self.table[self.vocab - self.lo] = np.arange(len(self.vocab), dtype=np.int32)
 
@@ -153,7 +190,10 @@ class CodeMap:
         ids = column.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
         if self.table is not None:
             return self.table[ids - self.lo]
-        return np.searchsorted(self.vocab, ids).astype(np.int32)
+        order = np.argsort(ids)  # sorted queries search the vocabulary cache-friendly
+        codes = np.empty(len(ids), np.int32)
+        codes[order] = np.searchsorted(self.vocab, ids[order])
+        return codes
 
 
 def spill(log: Path, *, columns: dict[str, str | None], need_time: bool, batch_rows: int,

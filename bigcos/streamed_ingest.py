@@ -39,8 +39,9 @@ from bigcos.errors import UserError
 from bigcos.log_scan import CodeMap, scan_vocabularies, spill
 
 BATCH_BYTES_PER_ROW = 2000  # a batch in flight: arrow columns, codes, order, copies, readers
-SPILL_BYTES_PER_ROW = 80  # combining one partition: raw columns, sort keys, order, results
+SPILL_BYTES_PER_ROW = 120  # combining one partition: raw columns, sort keys, order, results
 SHARD_BYTES_PER_NNZ = 100  # building one shard: pairs, keys, ranks, two CSR matrices
+SHARD_SHARE = 2  # a shard's build takes at most 1 / SHARD_SHARE of memory_limit
 MEMORY_FRACTION = 0.5  # default memory_limit: this share of the machine's memory
 MIN_WORKING_BYTES = 32 << 20
 
@@ -57,9 +58,36 @@ def rss_bytes() -> int:
 
 
 def effective_shard_nnz(shard_nnz: int, memory_limit: int) -> int:
-    """Non-zeros per shard at most: ``shard_nnz``, fewer when one shard's build would not fit
-    ``memory_limit`` (``SHARD_BYTES_PER_NNZ`` bytes per non-zero)."""
-    return max(1, min(shard_nnz, memory_limit // SHARD_BYTES_PER_NNZ))
+    """Non-zeros per shard at most: ``shard_nnz``, fewer when one shard's build
+    (``SHARD_BYTES_PER_NNZ`` bytes per non-zero) would take more than half of
+    ``memory_limit``. Depends on the options only, so both ingest paths cut the same shards."""
+    return max(1, min(shard_nnz, memory_limit // (SHARD_SHARE * SHARD_BYTES_PER_NNZ)))
+
+
+def release_memory() -> None:
+    """Hand freed memory back to the system (arrow's pool, glibc's heaps), so the RSS of one
+    step does not carry over into the next."""
+    pa.default_memory_pool().release_unused()
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def _glibc():
+    """glibc, with a fixed 1 MiB mmap threshold: large numpy arrays then come from mmap and
+    return to the system when freed (glibc's adaptive threshold would keep them in heaps)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+        libc.malloc_trim.argtypes = [ctypes.c_size_t]
+        return libc
+    except (OSError, AttributeError):  # not glibc: nothing to tune
+        return None
+
+
+_LIBC = None
 
 
 def run_tasks(client: Any, fn, args: list[tuple], threads: int) -> Iterator:
@@ -240,6 +268,8 @@ def build_streamed(log: Path, out: Path, opts, memory_limit: int, client: Any = 
     -------
     StreamedMatrix
     """
+    global _LIBC
+    _LIBC = _LIBC or _glibc()
     need_time = opts.split == "time" or opts.duplicates == "last"
     columns = {"user": opts.user_col, "item": opts.item_col, "value": opts.value_col,
                "time": opts.time_col}
@@ -251,8 +281,8 @@ def build_streamed(log: Path, out: Path, opts, memory_limit: int, client: Any = 
     batch_rows = int(np.clip(budget // BATCH_BYTES_PER_ROW, 1 << 14, 1 << 20))
     user_vocab, user_rows, item_vocab, n_rows = scan_vocabularies(
         log, columns=columns, need_time=need_time, batch_rows=batch_rows,
-        merge_rows=max(budget // 256, 1 << 16))
-    pa.default_memory_pool().release_unused()
+        merge_rows=max(budget // 256, 1 << 16), table_bytes=budget // 8)
+    release_memory()
     threads = 1 if client is not None else max(1, min(os.cpu_count() or 1, 4))
     budget = max(memory_limit - rss_bytes(), MIN_WORKING_BYTES)
     rows_per_part = max(budget // threads // SPILL_BYTES_PER_ROW, 1)
@@ -264,9 +294,10 @@ def build_streamed(log: Path, out: Path, opts, memory_limit: int, client: Any = 
         Path(part.path).mkdir(parents=True)
     n_items_all = len(item_vocab)
     spill(log, columns=columns, need_time=need_time, batch_rows=batch_rows,
-          user_map=CodeMap(user_vocab), item_map=CodeMap(item_vocab), user_starts=starts,
+          user_map=CodeMap(user_vocab, budget // 8),
+          item_map=CodeMap(item_vocab, budget // 8), user_starts=starts,
           part_dirs=[Path(p.path) for p in parts])
-    pa.default_memory_pool().release_unused()
+    release_memory()
     n_pairs = below = 0
     user_counts, i_count = [], np.zeros(n_items_all, np.int64)
     for done in run_tasks(client, _combine_part,
@@ -281,6 +312,7 @@ def build_streamed(log: Path, out: Path, opts, memory_limit: int, client: Any = 
         counts["below_threshold"] = below
     u_count = np.concatenate(user_counts)
     del user_counts
+    release_memory()
     users_ok = items_ok = None
     if opts.min_user > 1 or opts.min_item > 1:  # the rounds of pairs.iterated_min_counts
         users_ok, items_ok = np.ones(len(u_count), bool), np.ones(n_items_all, bool)
@@ -326,8 +358,11 @@ def build_streamed(log: Path, out: Path, opts, memory_limit: int, client: Any = 
                               first, last, int(offsets[a]), str(out / train),
                               str(out / test) if test else None))
     filters = (users_ok, items_ok, remap_i)
+    release_memory()
+    largest = int(np.max(np.diff(offsets[bounds])))
+    shard_threads = int(np.clip(budget // max(largest * SHARD_BYTES_PER_NNZ, 1), 1, threads))
     nnz = list(run_tasks(client, _build_shard,
-                         [(j, remap_u, filters, n_items, split) for j in jobs], threads))
+                         [(j, remap_u, filters, n_items, split) for j in jobs], shard_threads))
     shutil.rmtree(spill_dir)
     heldout = split["heldout"]
     counts.update(users=n_users, items=n_items, train_nnz=sum(t for t, _ in nnz),
