@@ -1,8 +1,9 @@
 """Interaction logs to CSR matrices with id vocabularies, filters and held-out splits.
 
-Reading the log (streamed, into codes and vocabularies) is :mod:`bigcos.log_reader`; this module
-builds, filters, splits, saves and loads the matrices. Pipeline of :func:`ingest` (every step
-streams or works on compact arrays; no whole-log frame)::
+Reading the log (streamed, into codes and vocabularies) is :mod:`bigcos.log_reader`; the steps
+on pairs shared with the out-of-core build (:mod:`bigcos.streamed_ingest`) are
+:mod:`bigcos.pairs`; this module builds in memory, chooses the path, saves and loads.
+Pipeline of :func:`build`::
 
     Parquet record batches ──dictionary-encode ids per batch──▶ int32 codes + small dictionaries
         ──merge dictionaries (sorted vocabulary)──▶ global codes ──sort by (user, item[, time])──▶
@@ -10,19 +11,14 @@ streams or works on compact arrays; no whole-log frame)::
 
 Memory: per row of the log, 8 bytes of codes + 4 of value (+ 8 of timestamp when a split by time
 or ``--duplicates last`` needs it) + 16 during the sort, i.e. the size of the resulting COO
-matrix, plus one record batch. The log itself is never held whole.
+matrix, plus one record batch. :func:`ingest` streams instead when that exceeds
+``memory_limit``, with bitwise the same result.
 
 Vocabularies are sorted (integers numerically, strings lexicographically), so the matrix does
 not depend on the order of rows or files in the log. Row i of every matrix is ``user_ids[i]``,
-column j is ``item_ids[j]``.
-
-On disk (a *matrix directory*)::
-
-    train.npz        scipy.sparse CSR float32, (n_users, n_items)
-    test.npz         held-out interactions, same shape (only with a split)
-    users.parquet    index (int32), user_id (original type)[, heldout (bool)]
-    items.parquet    index (int32), item_id (original type)
-    manifest.json    inputs (sizes, sha256), parameters, counts, versions, timings
+column j is ``item_ids[j]``. On disk (a *matrix directory*; shard layout in
+:mod:`bigcos.shards`): train/test shards, users.parquet (index, user_id[, heldout]),
+items.parquet (index, item_id), manifest.json (inputs, parameters, counts, shards, timings).
 """
 
 from __future__ import annotations

@@ -215,6 +215,14 @@ class MatrixShards:
             m.indices = m.indices.astype(np.int32)
         return m
 
-    def data_files(self) -> list[str]:
-        """Relative paths of the train shards (in order): the content a model is fit on."""
-        return [os.path.relpath(s.train, self.directory) for s in self.shards]
+
+def train_files(directory: str | os.PathLike) -> list[str]:
+    """Relative paths of a matrix directory's train shards, in row order (``["train.npz"]``
+    for one shard or a directory from before shards): the content a model is fit on, e.g.
+    for a cache key. Reads the manifest only."""
+    path = Path(directory)
+    if (path / io.MANIFEST).is_file():
+        section = io.read_manifest(path).get("shards")
+        if section:
+            return [f["train"] for f in section["files"]]
+    return ["train.npz"]

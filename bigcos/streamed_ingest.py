@@ -128,16 +128,12 @@ def _combine_part(part: _Part, n_items: int, how: str, threshold: float | None,
     has times (``how == "last"`` or a time split); ``keep_time``: the pairs keep them."""
     d = Path(part.path)
     n = part.stop - part.start
-    if (d / "users.i32").exists():
-        users = _load(part, "users.i32", np.int32) - np.int32(part.start)
-        times = _load(part, "times.i64", np.int64) if read_time else None
-        rows, items, vals, times = pairs.combine(
-            users, _load(part, "items.i32", np.int32), _load(part, "values.f32", np.float32),
-            times, (n, n_items), how)
-        del users
-    else:  # no row of the log fell in this partition (cannot happen: users come from the log)
-        rows = items = np.zeros(0, np.int32)
-        vals, times = np.zeros(0, np.float32), np.zeros(0, np.int64)
+    users = _load(part, "users.i32", np.int32) - np.int32(part.start)  # every user has rows
+    times = _load(part, "times.i64", np.int64) if read_time else None
+    rows, items, vals, times = pairs.combine(
+        users, _load(part, "items.i32", np.int32), _load(part, "values.f32", np.float32),
+        times, (n, n_items), how)
+    del users
     for name in ("users.i32", "items.i32", "values.f32", "times.i64"):
         (d / name).unlink(missing_ok=True)
     keep = np.ones(len(rows), bool)

@@ -325,3 +325,33 @@ def test_in_memory_estimate_is_an_upper_bound_of_the_build(bundled_log):
         assert m.peak_extra_rss_bytes < estimate + (8 << 20), (opts, m.peak_extra_rss_bytes)
     assert pd.read_parquet(bundled_log).shape[0] * 60 == bigcos.matrix.in_memory_bytes(
         bundled_log, IngestOptions())
+
+
+def test_matrix_digest_covers_every_shard(bundled_log, tmp_path):
+    """The SVD cache key of a sharded matrix changes with its content and not with the path."""
+    from bigcos.models import matrix_digest
+
+    opts = dict(shard_nnz=20_000, streaming="on")
+    ingest(bundled_log, tmp_path / "a", IngestOptions(**opts))
+    ingest(bundled_log, tmp_path / "b", IngestOptions(**opts))
+    ingest(bundled_log, tmp_path / "c", IngestOptions(threshold=2.0, **opts))
+    assert not (tmp_path / "a" / "train.npz").exists()
+    assert matrix_digest(tmp_path / "a") == matrix_digest(tmp_path / "b")
+    assert matrix_digest(tmp_path / "a") != matrix_digest(tmp_path / "c")
+
+
+def test_bench_sharded_ingest_compares_identical_shards(tmp_path):
+    from click.testing import CliRunner
+
+    from bigcos.cli import main
+
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(main, ["bench", "ingest", "--sharded", "--rows", "30000",
+                                       "--users", "2000", "--items", "500", "--repeat", "1",
+                                       "--shard-nnz", "5000", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "identical shards: True" in result.output
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["name"] for r in rows] == ["bigcos ingest, in memory",
+                                         "bigcos ingest, streamed (out of core)"]
+    assert all(r["nnz_per_s"] > 0 for r in rows) and rows[0]["time_vs_in_memory"] == 1

@@ -65,7 +65,7 @@ def ingest(log, out, user_col, item_col, value_col, time_col, duplicates, thresh
     Example:
       bigcos ingest data/ml-latest-small/interactions.parquet --out out/matrix \\
           --threshold 4 --split users --items data/ml-latest-small/items.parquet
-      bigcos ingest big-log/ --out out/big --memory-limit 4GiB --shard-nnz 20000000
+      bigcos ingest big-log/ --out out/big --memory-limit 4GiB
     """
     options = IngestOptions(user_col=user_col, item_col=item_col, value_col=value_col or None,
                             time_col=time_col or None, duplicates=duplicates,
