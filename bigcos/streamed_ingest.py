@@ -16,9 +16,12 @@ Tasks run on ``client`` (a ``distributed.Client``; the spill files live in the o
 directory, so workers must see it) or, with ``client=None``, on threads in this process.
 Memory: the working budget is ``memory_limit`` minus this process's RSS at the start; pass 1
 and 2 hold a few record batches of ``budget / BATCH_BYTES_PER_ROW`` rows; partitions hold
-``budget / threads / SPILL_BYTES_PER_ROW`` log rows and shards at most
-``memory_limit / SHARD_BYTES_PER_NNZ`` non-zeros (see :func:`effective_shard_nnz`).
-The vocabularies and per-user counts (about 30 bytes per user) stay in this process.
+``budget / threads / SPILL_BYTES_PER_ROW`` log rows; shards at most
+``memory_limit / (SHARD_SHARE · SHARD_BYTES_PER_NNZ)`` non-zeros (:func:`effective_shard_nnz`),
+built as many at a time as fit the budget. The vocabularies and per-user counts (about 30
+bytes per user) stay in this process. With a ``client``, each task is sized the same way for
+the worker that runs it (give workers at least the budget). Spill I/O: the log's codes are
+written once and read about (3 + filter rounds) times.
 """
 
 from __future__ import annotations
@@ -117,8 +120,11 @@ class _Part:
 
 
 # --------------------------------------------------------------------------- tasks
-def _load(part: _Part, name: str, dtype) -> np.ndarray:
-    return np.fromfile(Path(part.path) / name, dtype=dtype)
+def _load(part: _Part, name: str, dtype, lo: int = 0, hi: int = -1) -> np.ndarray:
+    """Elements ``lo:hi`` (default all) of one column file of a partition."""
+    itemsize = np.dtype(dtype).itemsize
+    return np.fromfile(Path(part.path) / name, dtype=dtype, offset=lo * itemsize,
+                       count=hi - lo if hi >= 0 else -1)
 
 
 def _combine_part(part: _Part, n_items: int, how: str, threshold: float | None,
@@ -201,19 +207,21 @@ def _build_shard(job: _ShardJob, remap_u: np.ndarray, filters: tuple, n_items: i
     users_ok, items_ok, remap_i = filters
     cols: dict[str, list] = {"rows": [], "items": [], "values": [], "times": []}
     for part in job.parts:
-        rows = _load(part, "rows.i32", np.int32)
-        lo, hi = np.searchsorted(rows, [job.first_user - part.start,
-                                        job.last_user - part.start + 1])
-        rows = rows[lo:hi].astype(np.int64) + part.start
-        items = _load(part, "items.i32", np.int32)[lo:hi]
-        keep = _load(part, "keep.bool", bool)[lo:hi]
+        # the shard's users are a contiguous run of the partition's sorted rows
+        sorted_rows = np.memmap(Path(part.path) / "rows.i32", np.int32, mode="r")
+        lo, hi = (int(x) for x in np.searchsorted(
+            sorted_rows, [job.first_user - part.start, job.last_user - part.start + 1]))
+        del sorted_rows
+        rows = _load(part, "rows.i32", np.int32, lo, hi).astype(np.int64) + part.start
+        items = _load(part, "items.i32", np.int32, lo, hi)
+        keep = _load(part, "keep.bool", bool, lo, hi)
         if users_ok is not None:
             keep &= users_ok[rows] & items_ok[items]
         cols["rows"].append(remap_u[rows[keep]] - np.int32(job.start))
         cols["items"].append(remap_i[items[keep]])
-        cols["values"].append(_load(part, "values.f32", np.float32)[lo:hi][keep])
+        cols["values"].append(_load(part, "values.f32", np.float32, lo, hi)[keep])
         if split["protocol"] == "time":
-            cols["times"].append(_load(part, "times.i64", np.int64)[lo:hi][keep])
+            cols["times"].append(_load(part, "times.i64", np.int64, lo, hi)[keep])
     rows, items, vals = (np.concatenate(cols[c]) for c in ("rows", "items", "values"))
     shape = (job.stop - job.start, n_items)
     test = np.zeros(len(rows), bool)
@@ -281,7 +289,9 @@ def build_streamed(log: Path, out: Path, opts, memory_limit: int, client: Any = 
     release_memory()
     threads = 1 if client is not None else max(1, min(os.cpu_count() or 1, 4))
     budget = max(memory_limit - rss_bytes(), MIN_WORKING_BYTES)
-    rows_per_part = max(budget // threads // SPILL_BYTES_PER_ROW, 1)
+    # partitions fit the budget, and there are at least two per thread to keep them busy
+    rows_per_part = max(min(budget // threads // SPILL_BYTES_PER_ROW, n_rows // (2 * threads)),
+                        1)
     starts = shards.shard_bounds(user_rows, rows_per_part)
     spill_dir = out / ".spill"
     parts = [_Part(str(spill_dir / f"p{p:05d}"), int(starts[p]), int(starts[p + 1]))
