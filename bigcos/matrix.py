@@ -243,12 +243,13 @@ def _validate(opts: IngestOptions) -> None:
 
 
 def memory_limit_bytes(opts: IngestOptions) -> int:
-    """``opts.memory_limit`` in bytes (default: ``MEMORY_FRACTION`` of the machine)."""
+    """``opts.memory_limit`` in bytes (default: :func:`bigcos.memory.default_limit`, half of
+    the machine)."""
+    from bigcos.memory import default_limit
     from bigcos.options import parse_size
-    from bigcos.streamed_ingest import MEMORY_FRACTION, machine_memory
 
     if opts.memory_limit is None:
-        return int(MEMORY_FRACTION * machine_memory())
+        return default_limit()
     try:
         return parse_size(opts.memory_limit)
     except ValueError as exc:
@@ -335,7 +336,8 @@ def ingest(log: str | os.PathLike, out: str | os.PathLike, options: IngestOption
         peak memory about the COO form of the log plus the CSR result. Built out of core:
         ``train``/``test`` are read from the shards when first used (peak: ``memory_limit``).
     """
-    from bigcos.streamed_ingest import build_streamed, effective_shard_nnz, rss_bytes
+    from bigcos.memory import rss_bytes
+    from bigcos.streamed_ingest import build_streamed, effective_shard_nnz
 
     opts = options or IngestOptions()
     _validate(opts)

@@ -40,24 +40,13 @@ import pyarrow as pa
 from bigcos import pairs, shards
 from bigcos.errors import UserError
 from bigcos.log_scan import CodeMap, scan_vocabularies, spill
+from bigcos.memory import release_memory, rss_bytes
 
 BATCH_BYTES_PER_ROW = 2000  # a batch in flight: arrow columns, codes, order, copies, readers
 SPILL_BYTES_PER_ROW = 120  # combining one partition: raw columns, sort keys, order, results
 SHARD_BYTES_PER_NNZ = 100  # building one shard: pairs, keys, ranks, two CSR matrices
 SHARD_SHARE = 2  # a shard's build takes at most 1 / SHARD_SHARE of memory_limit
-MEMORY_FRACTION = 0.5  # default memory_limit: this share of the machine's memory
 MIN_WORKING_BYTES = 32 << 20
-
-
-def machine_memory() -> int:
-    """Physical memory of this machine in bytes."""
-    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-
-
-def rss_bytes() -> int:
-    """Resident set size of this process in bytes."""
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def effective_shard_nnz(shard_nnz: int, memory_limit: int) -> int:
@@ -65,32 +54,6 @@ def effective_shard_nnz(shard_nnz: int, memory_limit: int) -> int:
     (``SHARD_BYTES_PER_NNZ`` bytes per non-zero) would take more than half of
     ``memory_limit``. Depends on the options only, so both ingest paths cut the same shards."""
     return max(1, min(shard_nnz, memory_limit // (SHARD_SHARE * SHARD_BYTES_PER_NNZ)))
-
-
-def release_memory() -> None:
-    """Hand freed memory back to the system (arrow's pool, glibc's heaps), so the RSS of one
-    step does not carry over into the next."""
-    pa.default_memory_pool().release_unused()
-    if _LIBC is not None:
-        _LIBC.malloc_trim(0)
-
-
-def _glibc():
-    """glibc, with a fixed 1 MiB mmap threshold: large numpy arrays then come from mmap and
-    return to the system when freed (glibc's adaptive threshold would keep them in heaps)."""
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
-        libc.malloc_trim.argtypes = [ctypes.c_size_t]
-        return libc
-    except (OSError, AttributeError):  # not glibc: nothing to tune
-        return None
-
-
-_LIBC = None
 
 
 def run_tasks(client: Any, fn, args: list[tuple], threads: int) -> Iterator:
@@ -272,8 +235,7 @@ def build_streamed(log: Path, out: Path, opts, memory_limit: int, client: Any = 
     -------
     StreamedMatrix
     """
-    global _LIBC
-    _LIBC = _LIBC or _glibc()
+    release_memory()  # also tunes glibc to return large arrays to the system
     need_time = opts.split == "time" or opts.duplicates == "last"
     columns = {"user": opts.user_col, "item": opts.item_col, "value": opts.value_col,
                "time": opts.time_col}
@@ -304,38 +266,11 @@ def build_streamed(log: Path, out: Path, opts, memory_limit: int, client: Any = 
           item_map=CodeMap(item_vocab, budget // 8), user_starts=starts,
           part_dirs=[Path(p.path) for p in parts])
     release_memory()
-    n_pairs = below = 0
-    user_counts, i_count = [], np.zeros(n_items_all, np.int64)
-    for done in run_tasks(client, _combine_part,
-                          [(p, n_items_all, opts.duplicates, opts.threshold, need_time,
-                            opts.split == "time") for p in parts], threads):
-        n_pairs += done["pairs"]
-        below += done["below_threshold"]
-        user_counts.append(done["users"])
-        i_count += done["items"]
-    counts = {"log_rows": n_rows, "pairs": n_pairs, "duplicate_rows": n_rows - n_pairs}
-    if opts.threshold is not None:
-        counts["below_threshold"] = below
-    u_count = np.concatenate(user_counts)
-    del user_counts
+    counts, u_count, i_count = _combine_all(parts, n_rows, n_items_all, opts, need_time,
+                                            client, threads)
     release_memory()
-    users_ok = items_ok = None
-    if opts.min_user > 1 or opts.min_item > 1:  # the rounds of pairs.iterated_min_counts
-        users_ok, items_ok = np.ones(len(u_count), bool), np.ones(n_items_all, bool)
-        total = int(u_count.sum())
-        while True:
-            users_ok &= u_count >= opts.min_user
-            items_ok &= i_count >= opts.min_item
-            user_counts, i_count = [], np.zeros(n_items_all, np.int64)
-            for part_users, part_items in run_tasks(
-                    client, _count_part, [(p, users_ok[p.start:p.stop], items_ok, n_items_all)
-                                          for p in parts], threads):
-                user_counts.append(part_users)
-                i_count += part_items
-            u_count = np.concatenate(user_counts)
-            if int(u_count.sum()) == total:
-                break
-            total = int(u_count.sum())
+    u_count, i_count, users_ok, items_ok = _filter_rounds(parts, u_count, i_count, opts,
+                                                          client, threads)
     if u_count.sum() == 0:
         shutil.rmtree(spill_dir)
         raise UserError(f"{log}: no interactions left after threshold and minimum-count filters")
@@ -350,19 +285,8 @@ def build_streamed(log: Path, out: Path, opts, memory_limit: int, client: Any = 
                           client, threads)
     shard_nnz = effective_shard_nnz(opts.shard_nnz, memory_limit)
     bounds = shards.shard_bounds(row_nnz, shard_nnz)
-    n_shards = len(bounds) - 1
-    if n_shards > 1:
-        (out / shards.SHARD_DIR).mkdir()
     offsets = np.concatenate(([0], np.cumsum(row_nnz, dtype=np.int64)))
-    jobs = []
-    for s in range(n_shards):
-        a, b = int(bounds[s]), int(bounds[s + 1])
-        first, last = int(used_u[a]), int(used_u[b - 1])
-        train, test = shards.file_names(n_shards, s, opts.split != "none")
-        jobs.append(_ShardJob(s, a, b, tuple(p for p in parts
-                                             if p.start <= last and p.stop > first),
-                              first, last, int(offsets[a]), str(out / train),
-                              str(out / test) if test else None))
+    jobs = _shard_jobs(out, bounds, offsets, used_u, parts, opts.split != "none")
     filters = (users_ok, items_ok, remap_i)
     release_memory()
     largest = int(np.max(np.diff(offsets[bounds])))
@@ -378,6 +302,68 @@ def build_streamed(log: Path, out: Path, opts, memory_limit: int, client: Any = 
                                       bounds, [t for t, _ in nnz], [t for _, t in nnz])
     return StreamedMatrix(user_vocab.take(pa.array(used_u)), item_vocab.take(pa.array(used_i)),
                           heldout, section, counts)
+
+
+def _combine_all(parts: list[_Part], n_rows: int, n_items: int, opts, need_time: bool,
+                 client: Any, threads: int) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Run :func:`_combine_part` on every partition. Returns the counts so far (log rows,
+    pairs, duplicates[, below threshold]) and the pairs kept per user and per item."""
+    n_pairs = below = 0
+    user_counts, i_count = [], np.zeros(n_items, np.int64)
+    for done in run_tasks(client, _combine_part,
+                          [(p, n_items, opts.duplicates, opts.threshold, need_time,
+                            opts.split == "time") for p in parts], threads):
+        n_pairs += done["pairs"]
+        below += done["below_threshold"]
+        user_counts.append(done["users"])
+        i_count += done["items"]
+    counts = {"log_rows": n_rows, "pairs": n_pairs, "duplicate_rows": n_rows - n_pairs}
+    if opts.threshold is not None:
+        counts["below_threshold"] = below
+    return counts, np.concatenate(user_counts), i_count
+
+
+def _filter_rounds(parts: list[_Part], u_count: np.ndarray, i_count: np.ndarray, opts,
+                   client: Any, threads: int) -> tuple:
+    """The rounds of :func:`bigcos.pairs.iterated_min_counts`, one counting pass over the
+    partitions each. Returns the final (pairs per user, pairs per item, users kept, items
+    kept), the masks None without filters."""
+    if opts.min_user <= 1 and opts.min_item <= 1:
+        return u_count, i_count, None, None
+    users_ok, items_ok = np.ones(len(u_count), bool), np.ones(len(i_count), bool)
+    total = int(u_count.sum())
+    while True:
+        users_ok &= u_count >= opts.min_user
+        items_ok &= i_count >= opts.min_item
+        user_counts, i_count = [], np.zeros(len(items_ok), np.int64)
+        for part_users, part_items in run_tasks(
+                client, _count_part, [(p, users_ok[p.start:p.stop], items_ok, len(items_ok))
+                                      for p in parts], threads):
+            user_counts.append(part_users)
+            i_count += part_items
+        u_count = np.concatenate(user_counts)
+        if int(u_count.sum()) == total:  # a round that drops nothing: stable
+            return u_count, i_count, users_ok, items_ok
+        total = int(u_count.sum())
+
+
+def _shard_jobs(out: Path, bounds: np.ndarray, offsets: np.ndarray, used_u: np.ndarray,
+                parts: list[_Part], split: bool) -> list[_ShardJob]:
+    """One job per shard [bounds[s], bounds[s + 1]) of the final rows, with the partitions
+    holding its users; ``offsets[r]`` is the number of pairs before row r."""
+    n_shards = len(bounds) - 1
+    if n_shards > 1:
+        (out / shards.SHARD_DIR).mkdir()
+    jobs = []
+    for s in range(n_shards):
+        a, b = int(bounds[s]), int(bounds[s + 1])
+        first, last = int(used_u[a]), int(used_u[b - 1])
+        train, test = shards.file_names(n_shards, s, split)
+        jobs.append(_ShardJob(s, a, b, tuple(p for p in parts
+                                             if p.start <= last and p.stop > first),
+                              first, last, int(offsets[a]), str(out / train),
+                              str(out / test) if test else None))
+    return jobs
 
 
 def _split_inputs(opts, n_users: int, parts: list[_Part], users_ok, items_ok, n_pairs: int,

@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import bigcos
-from bigcos import streamed_ingest
+from bigcos import memory, streamed_ingest
 from bigcos.log_reader import read_log
 from bigcos.log_scan import scan_vocabularies
 from bigcos.matrix import IngestOptions, build, ingest, load_matrix
@@ -36,7 +36,7 @@ def many_partitions(monkeypatch):
     """About 20k log rows per spill partition; a memory limit giving a 64 MiB working budget
     from now (small record batches)."""
     monkeypatch.setattr(streamed_ingest, "SPILL_BYTES_PER_ROW", 1600)
-    return lambda: f"{streamed_ingest.rss_bytes() + (64 << 20)}"
+    return lambda: f"{memory.rss_bytes() + (64 << 20)}"
 
 
 def assert_same_csr(a: sp.csr_matrix | None, b: sp.csr_matrix | None) -> None:
@@ -252,7 +252,7 @@ def test_memory_limit_option_errors_name_the_flag(bundled_log, tmp_path):
     assert "already uses" in result.output
     assert IngestOptions().memory_limit is None  # default: a share of the machine
     assert bigcos.matrix.memory_limit_bytes(IngestOptions()) == int(
-        streamed_ingest.MEMORY_FRACTION * streamed_ingest.machine_memory())
+        memory.MEMORY_FRACTION * memory.machine_memory())
 
 
 def _write_big_log(path: Path, rows: int) -> None:
