@@ -12,13 +12,17 @@ from __future__ import annotations
 
 import os
 from collections import deque
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 
 from bigcos import io
 from bigcos.errors import UserError
@@ -80,7 +84,7 @@ def _check_schema(log: Path, schema: pa.Schema, wanted: dict[str, str | None],
 
 
 @dataclass
-class _IdPart:
+class IdPart:
     """One record batch's ids in a compact form, mapped to global codes by :func:`_merge_vocab`.
 
     Integer ids: ``codes`` are ``id - base`` as uint32 when the batch's id range fits, else the
@@ -94,21 +98,21 @@ class _IdPart:
     dictionary: pa.Array | None = None
 
 
-def _encode(column: pa.ChunkedArray | pa.Array) -> _IdPart:
+def encode_ids(column: pa.ChunkedArray | pa.Array) -> IdPart:
     if pa.types.is_integer(column.type):
         ids = column.to_numpy(zero_copy_only=False)
         lo, hi = int(ids.min()), int(ids.max())
         if hi - lo < 2**32:
-            return _IdPart((ids - lo).astype(np.uint32), column.type, lo, hi - lo)
-        return _IdPart(ids.astype(np.int64), column.type, 0, hi)
+            return IdPart((ids - lo).astype(np.uint32), column.type, lo, hi - lo)
+        return IdPart(ids.astype(np.int64), column.type, 0, hi)
     encoded = pc.dictionary_encode(column)
     if isinstance(encoded, pa.ChunkedArray):
         encoded = encoded.combine_chunks()
-    return _IdPart(encoded.indices.to_numpy(zero_copy_only=False).astype(np.int32),
+    return IdPart(encoded.indices.to_numpy(zero_copy_only=False).astype(np.int32),
                    column.type, dictionary=encoded.dictionary)
 
 
-def _merge_vocab(parts: list[_IdPart]) -> tuple[np.ndarray, pa.Array]:
+def _merge_vocab(parts: list[IdPart]) -> tuple[np.ndarray, pa.Array]:
     """Map every batch's ids onto one sorted vocabulary: (global int32 codes, vocabulary).
 
     Integer ids whose overall range is at most twice the number of rows use a
@@ -135,7 +139,7 @@ def _merge_vocab(parts: list[_IdPart]) -> tuple[np.ndarray, pa.Array]:
     return codes.astype(np.int32), pa.array(vocab).cast(parts[0].type)
 
 
-def _merge_dictionaries(parts: list[_IdPart]) -> tuple[np.ndarray, pa.Array]:
+def _merge_dictionaries(parts: list[IdPart]) -> tuple[np.ndarray, pa.Array]:
     dicts = [p.dictionary.cast(parts[0].dictionary.type) for p in parts]
     vocab = pc.unique(pa.concat_arrays(dicts))
     vocab = vocab.take(pc.sort_indices(vocab))
@@ -146,6 +150,94 @@ def _merge_dictionaries(parts: list[_IdPart]) -> tuple[np.ndarray, pa.Array]:
         out[start:start + len(p.codes)] = mapping.astype(np.int32)[p.codes]
         start += len(p.codes)
     return out, vocab
+
+
+def open_log(log: Path, *, user_col: str, item_col: str, value_col: str | None,
+             time_col: str | None, need_time: bool) -> tuple:
+    """Open ``log`` and check its columns. Returns (dataset, ``{role: column or None}``) with
+    roles user, item, value, time (None when absent or not needed)."""
+    dataset = io.open_dataset(log)
+    cols = _check_schema(log, dataset.schema, {"user": user_col, "item": item_col,
+                                               "value": value_col, "time": time_col}, need_time)
+    if not need_time:
+        cols["time"] = None
+    return dataset, cols
+
+
+def map_batches(log: Path, dataset, cols: dict, need_time: bool, batch_rows: int,
+                fn: Callable, in_flight: int | None = None, readahead: bool = True
+                ) -> Iterator[tuple[Any, int]]:
+    """Apply ``fn(log, batch, cols, offset)`` to every record batch of ``dataset`` on a thread
+    pool, yielding ``(result, batch rows)`` in the order of the log.
+
+    At most ``in_flight`` batches (default two per core) are in work, so memory holds that
+    many batches and results, plus the reader's buffers: several row groups read ahead, or
+    with ``readahead=False`` one file at a time through a 1 MiB buffered stream (see
+    :func:`_record_batches`). Unreadable files are UserErrors naming ``log``.
+    """
+    wanted = [c for c in (cols["user"], cols["item"], cols["value"],
+                          cols["time"] if need_time else None) if c]
+    workers = os.cpu_count() or 1
+    limit = in_flight or 2 * workers
+    try:
+        with ThreadPoolExecutor(min(workers, limit)) as pool:
+            pending: deque = deque()
+            offset = 0
+            for batch in _record_batches(dataset, wanted, batch_rows, readahead):
+                if batch.num_rows:
+                    pending.append((pool.submit(fn, log, batch, cols, offset), batch.num_rows))
+                    offset += batch.num_rows
+                while len(pending) > limit:
+                    future, n = pending.popleft()
+                    yield future.result(), n
+            while pending:
+                future, n = pending.popleft()
+                yield future.result(), n
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise UserError(f"{log}: cannot be read as Parquet ({io._first_line(exc)})") from None
+
+
+def _record_batches(dataset, columns: list[str], batch_rows: int, readahead: bool
+                    ) -> Iterator[pa.RecordBatch]:
+    """The log's record batches in the order of its files.
+
+    With ``readahead``, arrow's dataset scanner (fast, holds several row groups). Without,
+    each file is read through a buffered stream without pre-buffering, which holds about one
+    column chunk per column (unless a column is a hive partition key: then the scanner)."""
+    if readahead or not isinstance(dataset, pads.FileSystemDataset):
+        yield from dataset.to_batches(columns=columns, batch_size=batch_rows)
+        return
+    schema = pa.schema([dataset.schema.field(c) for c in columns])
+    options = pads.ParquetFragmentScanOptions(use_buffered_stream=True, buffer_size=1 << 20,
+                                              pre_buffer=False)
+    for fragment in dataset.get_fragments():
+        if not set(columns) <= set(fragment.physical_schema.names):  # a partition key
+            yield from fragment.to_batches(schema=dataset.schema, columns=columns,
+                                           batch_size=batch_rows, batch_readahead=1,
+                                           fragment_scan_options=options)
+            continue
+        reader = pq.ParquetFile(fragment.path, buffer_size=1 << 20, pre_buffer=False,
+                                filesystem=dataset.filesystem)
+        for batch in reader.iter_batches(batch_size=batch_rows, columns=columns,
+                                         use_threads=False):
+            yield batch if batch.schema.equals(schema) else batch.cast(schema)
+
+
+def check_ids(log: Path, batch: pa.RecordBatch, cols: dict, offset: int) -> None:
+    """UserError naming the column and row of the first null id of ``batch``."""
+    for role in ("user", "item"):
+        col = batch.column(cols[role])
+        if col.null_count:
+            raise UserError(f"{log}: column '{cols[role]}' has null ids "
+                            f"(first at row {offset + _first_null(col)})")
+
+
+def encode_batch(log: Path, batch: pa.RecordBatch, cols: dict, offset: int) -> tuple:
+    """One batch's (user IdPart, item IdPart, float32 values, int64 times or None)."""
+    check_ids(log, batch, cols, offset)
+    return (encode_ids(batch.column(cols["user"])), encode_ids(batch.column(cols["item"])),
+            values_of(log, batch, cols["value"], offset),
+            times_of(batch, cols["time"]) if cols["time"] else None)
 
 
 def read_log(log: Path, *, user_col: str, item_col: str, value_col: str | None,
@@ -177,37 +269,13 @@ def read_log(log: Path, *, user_col: str, item_col: str, value_col: str | None,
     rows : int
         Rows read, m.
     """
-    dataset = io.open_dataset(log)
-    cols = _check_schema(log, dataset.schema, {"user": user_col, "item": item_col,
-                                               "value": value_col, "time": time_col}, need_time)
-    wanted = [c for c in (cols["user"], cols["item"], cols["value"],
-                          cols["time"] if need_time else None) if c]
-
-    def encode(batch: pa.RecordBatch, offset: int) -> tuple:
-        for role in ("user", "item"):
-            col = batch.column(cols[role])
-            if col.null_count:
-                raise UserError(f"{log}: column '{cols[role]}' has null ids "
-                                f"(first at row {offset + _first_null(col)})")
-        return (_encode(batch.column(cols["user"])), _encode(batch.column(cols["item"])),
-                _values(log, batch, cols["value"], offset),
-                _times(batch, cols["time"]) if need_time else None)
-
+    dataset, cols = open_log(log, user_col=user_col, item_col=item_col, value_col=value_col,
+                             time_col=time_col, need_time=need_time)
     parts: list[tuple] = []
     rows = 0
-    workers = os.cpu_count() or 1
-    try:
-        with ThreadPoolExecutor(workers) as pool:
-            pending: deque = deque()
-            for batch in dataset.to_batches(columns=wanted, batch_size=BATCH_ROWS):
-                if batch.num_rows:
-                    pending.append(pool.submit(encode, batch, rows))
-                    rows += batch.num_rows
-                while len(pending) > 2 * workers:
-                    parts.append(pending.popleft().result())
-            parts.extend(f.result() for f in pending)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise UserError(f"{log}: cannot be read as Parquet ({io._first_line(exc)})") from None
+    for part, n in map_batches(log, dataset, cols, need_time, BATCH_ROWS, encode_batch):
+        parts.append(part)
+        rows += n
     if rows == 0:
         raise UserError(f"{log}: the log has no rows")
     user_parts, item_parts, values, times = (list(x) for x in zip(*parts, strict=True))
@@ -224,7 +292,7 @@ def _first_null(col: pa.Array) -> int:
     return int(pc.index(pc.is_null(col), True).as_py())
 
 
-def _values(log: Path, batch: pa.RecordBatch, name: str | None, offset: int) -> np.ndarray:
+def values_of(log: Path, batch: pa.RecordBatch, name: str | None, offset: int) -> np.ndarray:
     if name is None:
         return np.ones(batch.num_rows, np.float32)
     col = batch.column(name)
@@ -244,7 +312,7 @@ def _values(log: Path, batch: pa.RecordBatch, name: str | None, offset: int) -> 
     return v
 
 
-def _times(batch: pa.RecordBatch, name: str) -> np.ndarray:
+def times_of(batch: pa.RecordBatch, name: str) -> np.ndarray:
     col = batch.column(name)
     if pa.types.is_date(col.type):
         col = col.cast(pa.date64())

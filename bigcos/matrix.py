@@ -1,8 +1,9 @@
 """Interaction logs to CSR matrices with id vocabularies, filters and held-out splits.
 
-Reading the log (streamed, into codes and vocabularies) is :mod:`bigcos.log_reader`; this module
-builds, filters, splits, saves and loads the matrices. Pipeline of :func:`ingest` (every step
-streams or works on compact arrays; no whole-log frame)::
+Reading the log (streamed, into codes and vocabularies) is :mod:`bigcos.log_reader`; the steps
+on pairs shared with the out-of-core build (:mod:`bigcos.streamed_ingest`) are
+:mod:`bigcos.pairs`; this module builds in memory, chooses the path, saves and loads.
+Pipeline of :func:`build`::
 
     Parquet record batches ──dictionary-encode ids per batch──▶ int32 codes + small dictionaries
         ──merge dictionaries (sorted vocabulary)──▶ global codes ──sort by (user, item[, time])──▶
@@ -10,19 +11,14 @@ streams or works on compact arrays; no whole-log frame)::
 
 Memory: per row of the log, 8 bytes of codes + 4 of value (+ 8 of timestamp when a split by time
 or ``--duplicates last`` needs it) + 16 during the sort, i.e. the size of the resulting COO
-matrix, plus one record batch. The log itself is never held whole.
+matrix, plus one record batch. :func:`ingest` streams instead when that exceeds
+``memory_limit``, with bitwise the same result.
 
 Vocabularies are sorted (integers numerically, strings lexicographically), so the matrix does
 not depend on the order of rows or files in the log. Row i of every matrix is ``user_ids[i]``,
-column j is ``item_ids[j]``.
-
-On disk (a *matrix directory*)::
-
-    train.npz        scipy.sparse CSR float32, (n_users, n_items)
-    test.npz         held-out interactions, same shape (only with a split)
-    users.parquet    index (int32), user_id (original type)[, heldout (bool)]
-    items.parquet    index (int32), item_id (original type)
-    manifest.json    inputs (sizes, sha256), parameters, counts, versions, timings
+column j is ``item_ids[j]``. On disk (a *matrix directory*; shard layout in
+:mod:`bigcos.shards`): train/test shards, users.parquet (index, user_id[, heldout]),
+items.parquet (index, item_id), manifest.json (inputs, parameters, counts, shards, timings).
 """
 
 from __future__ import annotations
@@ -36,9 +32,9 @@ import numpy as np
 import pyarrow as pa
 import scipy.sparse as sp
 
-from bigcos import io
+from bigcos import io, pairs, shards
 from bigcos.errors import UserError
-from bigcos.log_reader import LogColumns, read_log
+from bigcos.log_reader import read_log
 from bigcos.options import opt
 
 Duplicates = Literal["sum", "max", "last"]
@@ -73,7 +69,7 @@ class Interactions:
         """Rows a model may be fit on: every row but the held-out users' (strong
         generalisation), as sorted int64 indices of shape (n_fit,). The one definition used by
         every model and report."""
-        n = self.train.shape[0]
+        n = self.shape[0]
         if self.heldout_users is None:
             return np.arange(n)
         return np.flatnonzero(~np.asarray(self.heldout_users, bool))
@@ -101,7 +97,8 @@ class Interactions:
 
 @dataclass(frozen=True)
 class IngestOptions:
-    """Parameters of :func:`ingest`; every one changes the resulting matrix."""
+    """Parameters of :func:`ingest`: the first twelve decide the matrices, ``shard_nnz`` their
+    layout on disk, ``memory_limit`` and ``streaming`` only speed and memory."""
 
     user_col: str = opt("user_id", "Column of user ids.")
     item_col: str = opt("item_id", "Column of item ids.")
@@ -122,58 +119,19 @@ class IngestOptions:
                                     "random/users, overall for time).")
     heldout_users: float = opt(0.2, "Fraction of users held out (split users).")
     seed: int = opt(0, "Seed of the split.")
+    shard_nnz: int = opt(50_000_000, "Non-zeros (train + test) per shard at most; a shard "
+                                     "holds whole users (one user above it is a shard alone).",
+                         minimum=1)
+    memory_limit: str | None = opt(None, "Peak memory of ingest, e.g. 4GiB (default: half of "
+                                         "this machine's memory); a log beyond it is streamed "
+                                         "through spill files.", speed_only=True)
+    streaming: Literal["auto", "on", "off"] = opt("auto", "Out-of-core build: auto (when the "
+                                                          "in-memory one would exceed "
+                                                          "memory_limit), on or off.",
+                                                  speed_only=True)
 
 
 # --------------------------------------------------------------------------- building
-def _combine(cols: LogColumns, how: Duplicates) -> tuple[np.ndarray, np.ndarray, np.ndarray,
-                                                       np.ndarray | None]:
-    """Order by (user, item) and combine duplicate pairs. Returns rows, cols, vals, times.
-
-    Within one (user, item) pair: ``sum`` adds values, ``max`` keeps the largest, ``last`` keeps
-    the value of the latest timestamp (ties: the row read last). ``times`` of a pair is its
-    latest timestamp. Without timestamps, ``sum`` is scipy's O(nnz) COO→CSR conversion; the
-    other rules sort the (user, item) keys once and reduce over runs of equal keys.
-    """
-    shape = (len(cols.user_vocab), len(cols.item_vocab))
-    if cols.times is None and how == "sum":
-        csr = sp.coo_matrix((cols.values, (cols.users, cols.items)), shape=shape).tocsr()
-        rows = np.repeat(np.arange(shape[0], dtype=np.int32), np.diff(csr.indptr))
-        return rows, csr.indices.astype(np.int32, copy=False), csr.data, None
-    n_items = max(shape[1], 1)
-    key = cols.users.astype(np.int64) * n_items + cols.items
-    order = np.argsort(key)  # not stable: ties within a pair are resolved explicitly below
-    key = key[order]
-    first = np.flatnonzero(np.concatenate(([True], key[1:] != key[:-1])))
-    if how == "sum":
-        vals = np.add.reduceat(cols.values[order].astype(np.float64), first).astype(np.float32)
-    elif how == "max":
-        vals = np.maximum.reduceat(cols.values[order], first)
-    else:  # last: the latest timestamp, and among equal times the row read last
-        t = cols.times[order]
-        latest = np.maximum.reduceat(t, first)
-        is_latest = t == np.repeat(latest, np.diff(np.append(first, len(key))))
-        winner = np.maximum.reduceat(np.where(is_latest, order, -1), first)
-        vals = cols.values[winner]
-    times = np.maximum.reduceat(cols.times[order], first) if cols.times is not None else None
-    key = key[first]
-    return (key // n_items).astype(np.int32), (key % n_items).astype(np.int32), vals, times
-
-
-def _iterated_min_counts(rows: np.ndarray, cols: np.ndarray, n_users: int, n_items: int,
-                         min_user: int, min_item: int) -> np.ndarray:
-    """Boolean mask of interactions kept after dropping sparse users/items until stable."""
-    keep = np.ones(len(rows), bool)
-    if min_user <= 1 and min_item <= 1:
-        return keep
-    while True:
-        u_count = np.bincount(rows[keep], minlength=n_users)
-        i_count = np.bincount(cols[keep], minlength=n_items)
-        new = keep & (u_count[rows] >= min_user) & (i_count[cols] >= min_item)
-        if new.sum() == keep.sum():
-            return new
-        keep = new
-
-
 def _split(rows: np.ndarray, n_users: int, times: np.ndarray | None, opts: IngestOptions
            ) -> tuple[np.ndarray, np.ndarray | None]:
     """Decide which interactions are held out. Returns (test mask, held-out users mask or None).
@@ -184,8 +142,9 @@ def _split(rows: np.ndarray, n_users: int, times: np.ndarray | None, opts: Inges
     - time: the globally latest ``fraction`` of interactions (one cut-off time for everyone);
     - users: a ``heldout_users`` fraction of users; for each, ``test_fraction`` of their
       interactions is test and the rest their fold-in (the strong-generalisation protocol).
+
+    The streamed path (:mod:`bigcos.streamed_ingest`) computes the same masks shard by shard.
     """
-    rng = np.random.default_rng(opts.seed)
     test = np.zeros(len(rows), bool)
     if opts.split == "none":
         return test, None
@@ -194,36 +153,10 @@ def _split(rows: np.ndarray, n_users: int, times: np.ndarray | None, opts: Inges
             raise UserError("--split time needs a timestamp column")
         cutoff = np.quantile(times, 1.0 - opts.test_fraction, method="higher")
         return times >= cutoff if opts.test_fraction > 0 else test, None
-    counts = np.bincount(rows, minlength=n_users)
-    heldout = None
-    eligible = np.ones(n_users, bool)
-    if opts.split == "users":
-        order = rng.permutation(n_users)
-        heldout = np.zeros(n_users, bool)
-        heldout[order[: int(round(opts.heldout_users * n_users))]] = True
-        eligible = heldout
-    elif opts.split != "random":
-        raise UserError(f"split: unknown protocol '{opts.split}' (none, random, time, users)")
-    # rank of each interaction within its user by a random key; the lowest ranks are held out
-    noise = rng.random(len(rows))
-    order = np.lexsort((noise, rows))
-    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
-    rank = np.empty(len(rows), np.int64)
-    rank[order] = np.arange(len(rows)) - np.repeat(starts, counts)
-    n_test = np.where(counts > 1, np.round(opts.test_fraction * counts), 0).astype(np.int64)
-    test = (rank < n_test[rows]) & eligible[rows]
-    return test, heldout
-
-
-def _csr(rows, cols, vals, shape) -> sp.csr_matrix:
-    indptr = np.zeros(shape[0] + 1, np.int64)
-    np.cumsum(np.bincount(rows, minlength=shape[0]), out=indptr[1:])
-    if indptr[-1] < np.iinfo(np.int32).max:
-        indptr = indptr.astype(np.int32)
-    m = sp.csr_matrix((vals.astype(np.float32, copy=False), cols.astype(np.int32), indptr),
-                      shape=shape)
-    m.has_sorted_indices = True
-    return m
+    heldout, state = pairs.split_rng_state(n_users, opts.split, opts.heldout_users, opts.seed)
+    eligible = heldout if heldout is not None else np.ones(n_users, bool)
+    noise = pairs.split_noise(state, 0, len(rows))
+    return pairs.heldout_by_rank(rows, noise, n_users, opts.test_fraction, eligible), heldout
 
 
 def build(log: str | os.PathLike, opts: IngestOptions = IngestOptions()
@@ -249,7 +182,9 @@ def build(log: str | os.PathLike, opts: IngestOptions = IngestOptions()
     cols, n_rows = read_log(log, user_col=opts.user_col, item_col=opts.item_col,
                             value_col=opts.value_col, time_col=opts.time_col,
                             need_time=need_time)
-    rows, items, vals, times = _combine(cols, opts.duplicates)
+    rows, items, vals, times = pairs.combine(cols.users, cols.items, cols.values, cols.times,
+                                             (len(cols.user_vocab), len(cols.item_vocab)),
+                                             opts.duplicates)
     counts = {"log_rows": n_rows, "pairs": len(rows), "duplicate_rows": n_rows - len(rows)}
     del cols.users, cols.items, cols.values, cols.times
     keep = np.ones(len(rows), bool)
@@ -260,8 +195,8 @@ def build(log: str | os.PathLike, opts: IngestOptions = IngestOptions()
     n_users, n_items = len(cols.user_vocab), len(cols.item_vocab)
     if opts.min_user > 1 or opts.min_item > 1:
         sub = np.flatnonzero(keep)
-        kept = _iterated_min_counts(rows[sub], items[sub], n_users, n_items,
-                                    opts.min_user, opts.min_item)
+        kept = pairs.iterated_min_counts(rows[sub], items[sub], n_users, n_items,
+                                         opts.min_user, opts.min_item)
         keep[sub[~kept]] = False
     rows, items, vals = rows[keep], items[keep], vals[keep]
     times = times[keep] if times is not None else None
@@ -279,8 +214,8 @@ def build(log: str | os.PathLike, opts: IngestOptions = IngestOptions()
     rows, items = remap_u[rows], remap_i[items]
     shape = (len(used_u), len(used_i))
     test_mask, heldout = _split(rows, shape[0], times, opts)
-    train = _csr(rows[~test_mask], items[~test_mask], vals[~test_mask], shape)
-    test = (_csr(rows[test_mask], items[test_mask], vals[test_mask], shape)
+    train = pairs.csr(rows[~test_mask], items[~test_mask], vals[~test_mask], shape)
+    test = (pairs.csr(rows[test_mask], items[test_mask], vals[test_mask], shape)
             if opts.split != "none" else None)
     counts.update(users=shape[0], items=shape[1], train_nnz=int(train.nnz),
                   test_nnz=int(test.nnz) if test is not None else 0,
@@ -299,34 +234,83 @@ def _validate(opts: IngestOptions) -> None:
         raise UserError(f"held-out user fraction must be in (0, 1), got {opts.heldout_users}")
     if opts.min_user < 1 or opts.min_item < 1:
         raise UserError("minimum interaction counts must be >= 1")
+    if opts.shard_nnz < 1:
+        raise UserError(f"shard_nnz must be >= 1, got {opts.shard_nnz}", parameter="shard_nnz")
+    if opts.streaming not in ("auto", "on", "off"):
+        raise UserError(f"streaming: unknown mode '{opts.streaming}' (auto, on or off)",
+                        parameter="streaming")
+    memory_limit_bytes(opts)
+
+
+def memory_limit_bytes(opts: IngestOptions) -> int:
+    """``opts.memory_limit`` in bytes (default: :func:`bigcos.memory.default_limit`, half of
+    the machine)."""
+    from bigcos.memory import default_limit
+    from bigcos.options import parse_size
+
+    if opts.memory_limit is None:
+        return default_limit()
+    try:
+        return parse_size(opts.memory_limit)
+    except ValueError as exc:
+        raise UserError(f"memory_limit: {exc}", parameter="memory_limit") from None
 
 
 # --------------------------------------------------------------------------- disk
-def save(directory: Path, data: Interactions) -> None:
+def save(directory: Path, data: Interactions, shard_nnz: int | None = None) -> dict:
     """Write ``data`` into an existing ``directory`` (see :func:`ingest` for atomicity).
 
     Parameters
     ----------
     directory : Path
     data : Interactions
-        Written as train.npz[, test.npz], users.parquet, items.parquet (no manifest).
+        Written as train/test shards (:mod:`bigcos.shards`), users.parquet, items.parquet (no
+        manifest).
+    shard_nnz : int, optional
+        Non-zeros per shard at most (default: one shard).
+
+    Returns
+    -------
+    dict
+        The manifest's ``shards`` section.
     """
-    sp.save_npz(directory / "train.npz", data.train, compressed=False)
-    if data.test is not None:
-        sp.save_npz(directory / "test.npz", data.test, compressed=False)
-    users = {"index": pa.array(np.arange(len(data.user_ids), dtype=np.int32)),
-             "user_id": data.user_ids}
-    if data.heldout_users is not None:
-        users["heldout"] = pa.array(data.heldout_users)
+    section = shards.write_in_memory(directory, data.train, data.test,
+                                     shard_nnz or max(data.train.nnz, 1) + (
+                                         data.test.nnz if data.test is not None else 0))
+    save_vocabularies(directory, data.user_ids, data.item_ids, data.heldout_users)
+    return section
+
+
+def save_vocabularies(directory: Path, user_ids: pa.Array, item_ids: pa.Array,
+                      heldout_users: np.ndarray | None) -> None:
+    """Write users.parquet (index, user_id[, heldout]) and items.parquet (index, item_id)."""
+    users = {"index": pa.array(np.arange(len(user_ids), dtype=np.int32)), "user_id": user_ids}
+    if heldout_users is not None:
+        users["heldout"] = pa.array(heldout_users)
     io.write_table(directory / "users.parquet", pa.table(users))
     io.write_table(directory / "items.parquet", pa.table({
-        "index": pa.array(np.arange(len(data.item_ids), dtype=np.int32)),
-        "item_id": data.item_ids}))
+        "index": pa.array(np.arange(len(item_ids), dtype=np.int32)), "item_id": item_ids}))
+
+
+def in_memory_bytes(log: Path, opts: IngestOptions) -> int:
+    """Estimated peak memory of :func:`build` on ``log`` (from the row count in its Parquet
+    metadata): ``IN_MEMORY_BYTES_PER_ROW`` per row, more with timestamps."""
+    rows = io.open_dataset(log).count_rows()
+    need_time = opts.split == "time" or opts.duplicates == "last"
+    return rows * IN_MEMORY_BYTES_PER_ROW[need_time]
+
+
+IN_MEMORY_BYTES_PER_ROW = {False: 60, True: 110}
 
 
 def ingest(log: str | os.PathLike, out: str | os.PathLike, options: IngestOptions | None = None,
-           overwrite: bool = False, items: str | os.PathLike | None = None) -> Interactions:
+           overwrite: bool = False, items: str | os.PathLike | None = None,
+           client=None) -> Interactions:
     """Build the matrices of ``log`` and write a matrix directory at ``out`` atomically.
+
+    The matrices are built in memory when that fits ``options.memory_limit`` (or
+    ``streaming="off"``), else out of core (:mod:`bigcos.streamed_ingest`); both give the
+    same vocabularies, split and CSR arrays, written as row-range shards (:mod:`bigcos.shards`).
 
     Parameters
     ----------
@@ -335,39 +319,90 @@ def ingest(log: str | os.PathLike, out: str | os.PathLike, options: IngestOption
     out : str or path
         The matrix directory to write.
     options : IngestOptions, optional
-        Column names, duplicate rule, threshold, minimum counts, split (default: all defaults).
+        Column names, duplicate rule, threshold, minimum counts, split, shard size, memory
+        limit (default: all defaults).
     overwrite : bool
         Replace an existing ``out``.
     items : str or path, optional
         An item metadata table (e.g. titles and genres); its path is recorded in the manifest
         for later commands (reports, ``bigcos similar``).
+    client : distributed.Client, optional
+        Where the out-of-core build's partition and shard tasks run (None: threads here).
 
     Returns
     -------
     Interactions
-        ``train`` (and ``test``) CSR float32 of shape (n_users, n_items). Peak memory: about
-        the COO form of the log (see the module docstring) plus the CSR result.
+        ``train`` (and ``test``) CSR float32 of shape (n_users, n_items). Built in memory:
+        peak memory about the COO form of the log plus the CSR result. Built out of core:
+        ``train``/``test`` are read from the shards when first used (peak: ``memory_limit``).
     """
+    from bigcos.memory import rss_bytes
+    from bigcos.streamed_ingest import build_streamed, effective_shard_nnz
+
     opts = options or IngestOptions()
+    _validate(opts)
     timings = io.Timings()
     log = Path(log)
     if items is not None and not Path(items).is_file():
         raise UserError(f"{items}: no such item metadata file")
+    limit = memory_limit_bytes(opts)
+    shard_nnz = effective_shard_nnz(opts.shard_nnz, limit)
+    streamed = opts.streaming == "on" or (
+        opts.streaming == "auto" and in_memory_bytes(log, opts) > limit - rss_bytes())
     with io.atomic_output_dir(out, overwrite=overwrite) as tmp:
-        with timings("read_and_build"):
-            data, counts = build(log, opts)
-        with timings("write"):
-            save(tmp, data)
+        if streamed:
+            with timings("streamed_build"):
+                result = build_streamed(log, tmp, opts, limit, client)
+            with timings("write"):
+                save_vocabularies(tmp, result.user_ids, result.item_ids, result.heldout_users)
+            section, counts = result.shards, result.counts
+        else:
+            with timings("read_and_build"):
+                data, counts = build(log, opts)
+            with timings("write"):
+                section = save(tmp, data, shard_nnz)
         inputs = {"log": str(log.resolve()), "files": io.fingerprint(log)}
         if items is not None:
             inputs["items"] = str(Path(items).resolve())
         io.write_manifest(tmp, "ingest", parameters=opts.__dict__, timings=timings,
-                          inputs=inputs, counts=counts)
+                          inputs=inputs, counts=counts, shards=section,
+                          build={"streamed": streamed, "memory_limit_bytes": limit})
+    if streamed:
+        return _ShardedInteractions(Path(out), result.user_ids, result.item_ids,
+                                    result.heldout_users)
     return data
 
 
+class _ShardedInteractions(Interactions):
+    """:class:`Interactions` of a matrix directory whose ``train``/``test`` are read from its
+    shards (and kept) on first access."""
+
+    def __init__(self, directory: Path, user_ids: pa.Array, item_ids: pa.Array,
+                 heldout_users: np.ndarray | None):
+        self._shards = shards.MatrixShards(directory)
+        self._loaded: dict[str, sp.csr_matrix | None] = {}
+        self.user_ids, self.item_ids, self.heldout_users = user_ids, item_ids, heldout_users
+
+    def _part(self, part: str) -> sp.csr_matrix | None:
+        if part not in self._loaded:
+            self._loaded[part] = self._shards.load_matrix(part)
+        return self._loaded[part]
+
+    @property
+    def train(self) -> sp.csr_matrix:
+        return self._part("train")
+
+    @property
+    def test(self) -> sp.csr_matrix | None:
+        return self._part("test")
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self._shards.shape
+
+
 def load_matrix(directory: str | os.PathLike) -> Interactions:
-    """Read a matrix directory written by :func:`ingest`.
+    """Read a matrix directory written by :func:`ingest` (its shards stacked).
 
     Parameters
     ----------
@@ -378,14 +413,15 @@ def load_matrix(directory: str | os.PathLike) -> Interactions:
     Interactions
         ``train`` CSR (n_users, n_items) (and ``test`` CSR or None) with index-aligned
         ``user_ids`` / ``item_ids`` (pyarrow arrays of the original ids) and ``heldout_users``
-        (bool (n_users,) or None).
+        (bool (n_users,) or None). Memory: the whole matrices; stages that run per shard use
+        :class:`bigcos.shards.MatrixShards` instead.
     """
-    d = io.require_dir(directory, "matrix", "train.npz")
-    train = sp.load_npz(d / "train.npz").tocsr()
-    test = sp.load_npz(d / "test.npz").tocsr() if (d / "test.npz").exists() else None
+    matrix = shards.MatrixShards(directory)
+    d = matrix.directory
     users = io.read_table(d / "users.parquet")
     items = io.read_table(d / "items.parquet")
     heldout = (users.column("heldout").to_numpy().astype(bool)
                if "heldout" in users.column_names else None)
-    return Interactions(train, test, users.column("user_id").combine_chunks(),
+    return Interactions(matrix.load_matrix("train"), matrix.load_matrix("test"),
+                        users.column("user_id").combine_chunks(),
                         items.column("item_id").combine_chunks(), heldout)

@@ -110,10 +110,13 @@ def matrix_digest(matrix_dir: Path) -> str:
     Returns
     -------
     str
-        sha256 (hex) over the content of train.npz and users.parquet (rows, held-out flags).
+        sha256 (hex) over the content of the train shards and users.parquet (rows, held-out
+        flags); the same as before shards for a one-shard matrix (train.npz).
     """
+    from bigcos.shards import train_files
+
     h = hashlib.sha256()
-    for name in ("train.npz", "users.parquet"):
+    for name in (*train_files(matrix_dir), "users.parquet"):
         f = matrix_dir / name
         h.update(name.encode() + (_file_digest(f) if f.exists() else "-").encode())
     return h.hexdigest()

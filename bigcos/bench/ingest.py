@@ -1,4 +1,6 @@
-"""``bigcos bench ingest``: log → CSR, beside pandas ``read_parquet`` + ``scipy.sparse.coo_matrix``.
+"""``bigcos bench ingest``: log → CSR, beside pandas ``read_parquet`` + ``scipy.sparse.coo_matrix``;
+with ``--sharded``, the whole ``bigcos ingest`` (to a sharded matrix directory) in memory beside
+the out-of-core streamed build.
 
 The generated log has power-law users and items, a share of repeated (user, item) rows, float32
 ratings and int64 timestamps, written as one Parquet file with row groups of 1M rows.
@@ -16,6 +18,7 @@ import pyarrow.parquet as pq
 
 from bigcos.bench.common import json_option, measure, report
 from bigcos.matrix import IngestOptions, build
+from bigcos.matrix import ingest as ingest_log
 
 
 def generate_log(path: Path, rows: int, n_users: int, n_items: int, seed: int = 0) -> None:
@@ -87,18 +90,29 @@ def _median_runs(methods: dict, repeat: int) -> tuple[dict, dict]:
 @click.option("--repeat", type=click.IntRange(min=1), default=3, show_default=True,
               help="Timed runs per method (median reported), after one warm-up each.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--sharded", is_flag=True,
+              help="Instead: `bigcos ingest` in memory vs streamed (out of core), both "
+                   "writing shards; nnz/s and peak extra memory of each.")
+@click.option("--shard-nnz", type=click.IntRange(min=1), default=2_000_000, show_default=True,
+              help="--sharded: non-zeros per shard.")
+@click.option("--memory-limit", default=None,
+              help="--sharded: memory_limit of the streamed build (default: ingest's).")
 @json_option
-def ingest(rows, n_users, n_items, repeat, seed, json_path):
+def ingest(rows, n_users, n_items, repeat, seed, sharded, shard_nnz, memory_limit, json_path):
     """Ingest a generated log: rows/s and peak extra memory, bigcos beside pandas + scipy.
 
     \b
     Example:
       bigcos bench ingest --rows 2000000
+      bigcos bench ingest --sharded --rows 10000000
     """
     with tempfile.TemporaryDirectory(prefix="bigcos-bench-") as tmp:
         log = Path(tmp) / "log.parquet"
         click.echo(f"generating {rows:,} rows ...")
         generate_log(log, rows, n_users, n_items, seed)
+        if sharded:
+            return _sharded(log, Path(tmp), rows, repeat, shard_nnz, memory_limit, json_path,
+                            {"rows": rows, "users": n_users, "items": n_items, "seed": seed})
         methods = {
             "bigcos build (sum duplicates)": lambda: build(log)[0].train,
             "bigcos build (last by time)":
@@ -130,3 +144,40 @@ def ingest(rows, n_users, n_items, repeat, seed, json_path):
                f" (same matrix as pandas: {agree}; median of {repeat})", rows_out, json_path,
                {"rows": rows, "users": n_users, "items": n_items, "seed": seed,
                 "repeat": repeat})
+
+
+def _sharded(log: Path, tmp: Path, rows: int, repeat: int, shard_nnz: int,
+             memory_limit: str | None, json_path: str | None, context: dict) -> None:
+    """``bigcos ingest`` of ``log`` in memory and streamed: the same shards, nnz/s of each."""
+    import json
+
+    from bigcos.shards import MatrixShards
+
+    def run(streaming: str) -> Path:
+        out = tmp / streaming
+        ingest_log(log, out, IngestOptions(streaming=streaming, shard_nnz=shard_nnz,
+                                           memory_limit=memory_limit), overwrite=True)
+        return out
+
+    methods = {"bigcos ingest, in memory": lambda: run("off"),
+               "bigcos ingest, streamed (out of core)": lambda: run("on")}
+    measured, results = _median_runs(methods, repeat)
+    memory, streamed = (results[name] for name in methods)
+    same = (json.loads((memory / "manifest.json").read_text())["shards"]
+            == json.loads((streamed / "manifest.json").read_text())["shards"])
+    shards = MatrixShards(streamed)
+    for a, b in zip(shards.shards, MatrixShards(memory).shards, strict=True):
+        x, y = a.load(), b.load()
+        same &= all(np.array_equal(getattr(x, f), getattr(y, f))
+                    for f in ("indptr", "indices", "data"))
+    nnz = shards.nnz["train"] + shards.nnz["test"]
+    base = measured["bigcos ingest, in memory"]
+    rows_out = []
+    for m in measured.values():
+        m.extra.update(nnz_per_s=round(nnz / m.seconds), rows_per_s=round(rows / m.seconds),
+                       time_vs_in_memory=round(m.seconds / base.seconds, 2))
+        rows_out.append(m.row())
+    report(f"ingest {rows:,} rows -> {shards.shape[0]:,} x {shards.shape[1]:,}, nnz {nnz:,} in "
+           f"{len(shards.shards)} shards (identical shards: {same}; median of {repeat})",
+           rows_out, json_path, {**context, "repeat": repeat, "shard_nnz": shard_nnz,
+                                 "memory_limit": memory_limit})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from bigcos.cli.common import overwrite_option
+from bigcos.io import read_manifest
 from bigcos.matrix import IngestOptions
 from bigcos.matrix import ingest as ingest_log
 from bigcos.options import defaults, help_of
@@ -38,28 +39,43 @@ def _h(name: str) -> str:
 @click.option("--heldout-users", type=click.FloatRange(0, 1, min_open=True, max_open=True),
               default=_D["heldout_users"], show_default=True, help=_h("heldout_users"))
 @click.option("--seed", type=int, default=_D["seed"], show_default=True, help=_h("seed"))
+@click.option("--shard-nnz", type=click.IntRange(min=1), default=_D["shard_nnz"],
+              show_default=True, help=_h("shard_nnz"))
+@click.option("--memory-limit", default=_D["memory_limit"], metavar="SIZE",
+              help=_h("memory_limit"))
+@click.option("--streaming", type=click.Choice(["auto", "on", "off"]), default=_D["streaming"],
+              show_default=True, help=_h("streaming"))
 @click.option("--items", "items_table", type=click.Path(path_type=str), default=None,
               help="Item metadata Parquet (titles, genres) to record for reports and `similar`.")
 @overwrite_option
 def ingest(log, out, user_col, item_col, value_col, time_col, duplicates, threshold, min_user,
-           min_item, split, test_fraction, heldout_users, seed, items_table, overwrite):
+           min_item, split, test_fraction, heldout_users, seed, shard_nnz, memory_limit,
+           streaming, items_table, overwrite):
     """Load the interaction log LOG (a Parquet file or a directory of Parquet files, hive
     partitions included) into CSR matrices with id vocabularies.
 
-    Writes OUT/train.npz (and test.npz with a split), users.parquet, items.parquet and
-    manifest.json. Ids may be integers or strings; rows and columns follow their sorted order.
+    Writes the train (and, with a split, test) matrices as row-range shards of whole users
+    (one shard: OUT/train.npz, test.npz; several: OUT/shards/train-00000.npz ...),
+    users.parquet, items.parquet and manifest.json (its "shards" section lists each shard's
+    rows and non-zeros). Ids may be integers or strings; rows and columns follow their sorted
+    order. A log whose in-memory build would exceed --memory-limit is streamed through spill
+    files in OUT, with the same result.
 
     \b
     Example:
       bigcos ingest data/ml-latest-small/interactions.parquet --out out/matrix \\
           --threshold 4 --split users --items data/ml-latest-small/items.parquet
+      bigcos ingest big-log/ --out out/big --memory-limit 4GiB
     """
     options = IngestOptions(user_col=user_col, item_col=item_col, value_col=value_col or None,
                             time_col=time_col or None, duplicates=duplicates,
                             threshold=threshold, min_user=min_user, min_item=min_item,
                             split=split, test_fraction=test_fraction,
-                            heldout_users=heldout_users, seed=seed)
-    data = ingest_log(log, out, options, overwrite=overwrite, items=items_table)
-    n, p = data.shape
-    test = f", test nnz {data.test.nnz:,}" if data.test is not None else ""
-    click.echo(f"wrote {out}: {n:,} users x {p:,} items, train nnz {data.train.nnz:,}{test}")
+                            heldout_users=heldout_users, seed=seed, shard_nnz=shard_nnz,
+                            memory_limit=memory_limit, streaming=streaming)
+    ingest_log(log, out, options, overwrite=overwrite, items=items_table)
+    manifest = read_manifest(out)
+    counts, n_shards = manifest["counts"], len(manifest["shards"]["files"])
+    test = f", test nnz {counts['test_nnz']:,}" if split != "none" else ""
+    click.echo(f"wrote {out}: {counts['users']:,} users x {counts['items']:,} items, train nnz "
+               f"{counts['train_nnz']:,}{test}, {n_shards} shard{'s' * (n_shards > 1)}")
