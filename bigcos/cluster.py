@@ -101,8 +101,12 @@ def security(options: ClusterOptions):
 
 
 @contextlib.contextmanager
-def dask_client(options: ClusterOptions | None = None) -> Iterator[object]:
-    """Yield a ``distributed.Client``; close it (and any cluster it started) afterwards."""
+def dask_client(options: ClusterOptions | None = None,
+                worker_log_level: int = logging.WARNING) -> Iterator[object]:
+    """Yield a ``distributed.Client``; close it (and any cluster it started) afterwards.
+
+    ``worker_log_level``: what a started LocalCluster's processes print (Dask's
+    ``silence_logs``)."""
     from distributed import Client, LocalCluster
 
     options = options or ClusterOptions()
@@ -129,6 +133,7 @@ def dask_client(options: ClusterOptions | None = None) -> Iterator[object]:
             memory_limit=options.memory_limit,
             local_directory=options.spill_dir,
             dashboard_address=options.dashboard_address,
+            silence_logs=worker_log_level,
         )
     with cluster, Client(cluster) as client, _quiet_on_interrupt():
         log.info("LocalCluster with %d workers (dashboard: %s)", n_workers, client.dashboard_link)

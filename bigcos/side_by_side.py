@@ -13,10 +13,14 @@ of the stages run one after the other (each stage's output depends on its inputs
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
+import signal
+import threading
 import time
+from collections.abc import Iterator
 
 from bigcos.cluster import ClusterOptions
 from bigcos.stages import Stage, is_complete, mark_complete
@@ -65,8 +69,6 @@ def run_stages(stages: list[Stage], processes: int, force: bool, progress,
     already complete stay complete, running ones are abandoned (their temporaries are
     cleaned by the next run).
     """
-    from distributed import as_completed
-
     from bigcos.cluster import dask_client
 
     skipped = [s.label for s in stages if not force and is_complete(s)]
@@ -79,24 +81,54 @@ def run_stages(stages: list[Stage], processes: int, force: bool, progress,
         return ran, skipped, seconds
     options = dataclasses.replace(cluster or ClusterOptions(), scheduler=None, processes=True,
                                   workers=min(processes, len(todo)), threads_per_worker=1)
-    # a loaded machine can take longer than the nanny's 4 s to tear a worker down: expected
+    # a stage cancelled by Ctrl-C and a slow teardown on a loaded machine are expected: quiet
     logging.getLogger("distributed.nanny").setLevel(logging.ERROR)
-    with dask_client(options) as client:
+    with dask_client(options, worker_log_level=logging.CRITICAL) as client, \
+            _interrupt_flag() as interrupted:
         futures, stage_of = {}, {}
         for stage in todo:
             upstream = [futures[u.label] for u in stage.upstream if u.label in futures]
             future = client.submit(_run_stage, stage, *upstream, key=f"bigcos-{stage.label}",
                                    pure=False)
             futures[stage.label], stage_of[future.key] = future, stage
+        pending = list(futures.values())
         _show_running(todo, futures, progress)
-        for future in as_completed(list(futures.values())):
-            stage = stage_of[future.key]
-            seconds[stage.label] = future.result()  # raises the stage's own error
-            mark_complete(stage, seconds[stage.label])
-            ran.append(stage.label)
-            progress.finish(stage.label, seconds[stage.label])
+        while pending:  # polled, so that Ctrl-C is seen whatever Dask's waits do with it
+            if interrupted.is_set():
+                raise KeyboardInterrupt
+            finished = [f for f in pending if f.done()]
+            if not finished:
+                time.sleep(0.05)
+                continue
+            for future in finished:
+                pending.remove(future)
+                stage = stage_of[future.key]
+                seconds[stage.label] = future.result()  # raises the stage's own error
+                mark_complete(stage, seconds[stage.label])
+                ran.append(stage.label)
+                progress.finish(stage.label, seconds[stage.label])
             _show_running(todo, futures, progress)
     return ran, skipped, seconds
+
+
+@contextlib.contextmanager
+def _interrupt_flag() -> Iterator[threading.Event]:
+    """An event set by SIGINT while the block runs (in the main thread; elsewhere never set),
+    besides Python's own KeyboardInterrupt."""
+    flag = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def interrupted(signum, frame):
+        flag.set()
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, interrupted)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _show_running(todo: list[Stage], futures: dict, progress) -> None:
