@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from bigcos import io
+from bigcos import io, storage
 from bigcos.cluster import ClusterOptions
 from bigcos.cosine_fit import CosineOptions
 from bigcos.errors import UserError
@@ -195,6 +195,11 @@ class Job:
 def _path(value: Any, where: str, root: Path, must_exist: bool) -> Path:
     if not isinstance(value, str):
         raise UserError(f"{where}: expected a path string, got {value!r}")
+    if storage.is_url(os.path.expandvars(value)):  # s3://, gs://, abfs://, file:// ...
+        p = storage.as_path(os.path.expandvars(value))
+        if must_exist and not p.exists():
+            raise UserError(f"{where}: {p} does not exist")
+        return p
     p = Path(os.path.expandvars(os.path.expanduser(value)))
     p = Path(os.path.normpath(p if p.is_absolute() else root / p))
     if must_exist and not p.exists():

@@ -36,7 +36,7 @@ import numpy as np
 import pyarrow as pa
 import scipy.sparse as sp
 
-from bigcos import io
+from bigcos import io, storage
 from bigcos.errors import UserError
 from bigcos.log_reader import LogColumns, read_log
 from bigcos.options import opt
@@ -243,7 +243,7 @@ def build(log: str | os.PathLike, opts: IngestOptions = IngestOptions()
     counts : dict
         Rows read, pairs, duplicates, filtered, users, items, non-zeros, held-out users.
     """
-    log = Path(log)
+    log = storage.as_path(log)
     _validate(opts)
     need_time = opts.split == "time" or opts.duplicates == "last"
     cols, n_rows = read_log(log, user_col=opts.user_col, item_col=opts.item_col,
@@ -311,9 +311,9 @@ def save(directory: Path, data: Interactions) -> None:
     data : Interactions
         Written as train.npz[, test.npz], users.parquet, items.parquet (no manifest).
     """
-    sp.save_npz(directory / "train.npz", data.train, compressed=False)
+    io.save_npz(directory / "train.npz", data.train)
     if data.test is not None:
-        sp.save_npz(directory / "test.npz", data.test, compressed=False)
+        io.save_npz(directory / "test.npz", data.test)
     users = {"index": pa.array(np.arange(len(data.user_ids), dtype=np.int32)),
              "user_id": data.user_ids}
     if data.heldout_users is not None:
@@ -350,8 +350,8 @@ def ingest(log: str | os.PathLike, out: str | os.PathLike, options: IngestOption
     """
     opts = options or IngestOptions()
     timings = io.Timings()
-    log = Path(log)
-    if items is not None and not Path(items).is_file():
+    log = storage.as_path(log)
+    if items is not None and not storage.as_path(items).is_file():
         raise UserError(f"{items}: no such item metadata file")
     with io.atomic_output_dir(out, overwrite=overwrite) as tmp:
         with timings("read_and_build"):
@@ -360,7 +360,7 @@ def ingest(log: str | os.PathLike, out: str | os.PathLike, options: IngestOption
             save(tmp, data)
         inputs = {"log": str(log.resolve()), "files": io.fingerprint(log)}
         if items is not None:
-            inputs["items"] = str(Path(items).resolve())
+            inputs["items"] = str(storage.resolve(items))
         io.write_manifest(tmp, "ingest", parameters=opts.__dict__, timings=timings,
                           inputs=inputs, counts=counts)
     return data
@@ -381,8 +381,8 @@ def load_matrix(directory: str | os.PathLike) -> Interactions:
         (bool (n_users,) or None).
     """
     d = io.require_dir(directory, "matrix", "train.npz")
-    train = sp.load_npz(d / "train.npz").tocsr()
-    test = sp.load_npz(d / "test.npz").tocsr() if (d / "test.npz").exists() else None
+    train = io.load_npz(d / "train.npz").tocsr()
+    test = io.load_npz(d / "test.npz").tocsr() if (d / "test.npz").exists() else None
     users = io.read_table(d / "users.parquet")
     items = io.read_table(d / "items.parquet")
     heldout = (users.column("heldout").to_numpy().astype(bool)

@@ -16,6 +16,7 @@ This module runs the stages: where (threads in this process or a Dask cluster, d
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bigcos import io
+from bigcos import io, storage
 from bigcos.cluster import ClusterOptions
 from bigcos.errors import UserError
 from bigcos.jobspec import (  # noqa: F401 - the job API, importable from here as before
@@ -103,10 +104,10 @@ def default_job() -> Job:
 # --------------------------------------------------------------------------- the run
 @dataclass
 class RunResult:
-    out: Path
+    out: Path | storage.StorePath
     ran: list[str]
     skipped: list[str]
-    reports: list[Path]
+    reports: list[Path | storage.StorePath]
     timings: dict[str, float]
 
 
@@ -206,12 +207,14 @@ def run_job(job: Job, cluster: ClusterOptions, force: bool = False,
     return RunResult(job.out, ran, skipped, reports, timings.as_dict())
 
 
-def _performance_report(client, path: Path):
-    """Dask's performance report of a run on a cluster (nothing on threads)."""
-    import contextlib
-
+@contextlib.contextmanager
+def _performance_report(client, path: Path | storage.StorePath):
+    """Dask's performance report of a run on a cluster (nothing on threads); written
+    locally and uploaded when the job's output is in a store."""
     if client is None:
-        return contextlib.nullcontext()
+        yield
+        return
     from distributed import performance_report
 
-    return performance_report(filename=str(path))
+    with storage.local_file(path) as local, performance_report(filename=str(local)):
+        yield
