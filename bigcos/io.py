@@ -436,14 +436,13 @@ def read_table(path: str | os.PathLike, columns: list[str] | None = None,
 
 
 def save_npz(path: Path | StorePath, matrix) -> None:
-    """Write a scipy sparse matrix as an uncompressed ``.npz`` (local or into a store)."""
+    """Write a scipy sparse matrix as an uncompressed ``.npz`` (local, or into a store through
+    a local temporary file: a zip written to a stream differs in bytes from one written to a
+    file, and outputs must not depend on where they are written)."""
     import scipy.sparse as sp
 
-    if isinstance(path, StorePath):
-        with path.open("wb") as fh:
-            sp.save_npz(fh, matrix, compressed=False)
-    else:
-        sp.save_npz(path, matrix, compressed=False)
+    with storage.local_file(path) as local:
+        sp.save_npz(local, matrix, compressed=False)
 
 
 def load_npz(path: Path | StorePath):

@@ -67,8 +67,8 @@ def save_spectrum(directory: Path, spectrum: Spectrum) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     arrays = {"sigma": spectrum.sigma, "V": spectrum.V, "residuals": spectrum.residuals}
     if isinstance(directory, storage.StorePath):  # one upload: atomic in an object store
-        with (directory / SPECTRUM_ARRAYS).open("wb") as fh:
-            np.savez(fh, **arrays)
+        with storage.local_file(directory / SPECTRUM_ARRAYS) as local:
+            np.savez(local, **arrays)
     else:
         tmp = directory / f".{SPECTRUM_ARRAYS}.tmp-{uuid.uuid4().hex[:8]}.npz"
         np.savez(tmp, **arrays)

@@ -137,8 +137,8 @@ class StorePath:
     def __hash__(self) -> int:
         return hash(self.url)
 
-    def __lt__(self, other: StorePath) -> bool:
-        return self.url < other.url
+    def __lt__(self, other: StorePath) -> bool:  # by components, as Paths sort
+        return (self._root, self.parts) < (other._root, other.parts)
 
     def __reduce__(self):
         return StorePath, (self.url,)
