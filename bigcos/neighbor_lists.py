@@ -41,8 +41,11 @@ output directory, which is renamed into place only when every task has succeeded
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import os
+import tempfile
 import threading
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -167,8 +170,8 @@ def neighbors(model_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, *
         raise UserError(f"model name '{dup}' appears twice among the model directories")
     timings = io.Timings()
     counts: dict[str, Any] = {}
-    with io.atomic_output_dir(out, overwrite=overwrite) as tmp:
-        scratch_root = tmp / ".scratch"
+    with io.atomic_output_dir(out, overwrite=overwrite) as tmp, \
+            _scratch_root(tmp, client) as scratch_root:
         tasks, task_keys = [], []
         with timings("prepare"):
             for model in models:
@@ -201,6 +204,18 @@ def neighbors(model_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, *
         return io.write_manifest(tmp, "neighbors", parameters, timings,
                                  filename=io.DATASET_MANIFEST, inputs=inputs,
                                  counts=counts, scheduler=_scheduler_info(client))
+
+
+@contextlib.contextmanager
+def _scratch_root(tmp: Path | storage.StorePath, client):
+    """Where the tasks' operands are kept: beside the output (every worker sees it), but in a
+    local temporary directory when the output is in a store and the tasks run on threads in
+    this process (memory-mapped there, not downloaded by every task)."""
+    if client is None and isinstance(tmp, storage.StorePath):
+        with tempfile.TemporaryDirectory(prefix="bigcos-neighbors-") as local:
+            yield Path(local) / ".scratch"
+    else:
+        yield tmp / ".scratch"
 
 
 def check_request(model_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, *,
@@ -377,9 +392,20 @@ _NPY_HEADER_LOCK = threading.Lock()
 
 def _scratch_loader(job: _Job):
     def load(name: str) -> np.ndarray:
+        if isinstance(job.scratch, storage.StorePath):
+            return _load_from_store(job.scratch / name)
         with _NPY_HEADER_LOCK:
             return io.load_npy(job.scratch / name, mmap=True)
     return load
+
+
+@functools.lru_cache(maxsize=4)
+def _load_from_store(path: storage.StorePath) -> np.ndarray:
+    """An operand in a store, downloaded once per worker process (the last few are kept)."""
+    with _NPY_HEADER_LOCK:
+        array = io.load_npy(path)
+    array.flags.writeable = False  # shared by every task of this process
+    return array
 
 
 def _write_ids(path: Path, ids: pa.Array) -> None:
