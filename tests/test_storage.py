@@ -233,8 +233,9 @@ out = "OUT"
 
 [fit]
 k = 6
-scalings = ["symmetric", "sigma"]   # few models: the report's page is the slow part
+scalings = ["symmetric"]   # few models: the report's page is the slow part
 random_d = 0
+objective2 = false
 project_back = false
 remedies = ["popularity"]
 als_iterations = 2
@@ -253,7 +254,7 @@ auc_pairs = 2000
 name = "ml"
 log = "LOG"
 items = "ITEMS"
-ingest = { threshold = 3.0, min_user = 5, min_item = 5, heldout_users = 0.2 }
+ingest = { threshold = 3.0, min_user = 5, min_item = 5, split = "users", heldout_users = 0.2 }
 """
 
 
