@@ -219,6 +219,10 @@ def test_single_commands_take_urls_for_every_input_and_output(s3, tmp_path):
     (local, shown_local), (remote, shown_remote) = outputs["local"], outputs["s3"]
     assert tables(remote) == tables(local) and len(tables(remote)) > 5
     assert shown_remote == shown_local and "  [" in shown_remote  # titles read from S3
+    job = CliRunner().invoke(main, ["init", str(tmp_path / "job"), "--log",
+                                    f"{bucket}/input/log.parquet"])  # checked: columns read
+    assert job.exit_code == 0, job.output
+    assert f'log = "{bucket}/input/log.parquet"' in (tmp_path / "job" / "job.toml").read_text()
     with pytest.raises(UserError, match="already exists"):
         from bigcos.matrix import ingest
 
