@@ -57,11 +57,6 @@ def resolve(value: str | os.PathLike | StorePath) -> Path | StorePath:
     return p.resolve() if isinstance(p, Path) else p
 
 
-def is_store(value: Any) -> bool:
-    """Whether ``value`` is (or names) a :class:`StorePath`."""
-    return isinstance(value, StorePath) or is_url(value)
-
-
 @functools.lru_cache(maxsize=32)
 def _filesystem(root: str):
     """The filesystem of ``scheme://netloc`` (cached: one client per bucket and process)."""
