@@ -22,6 +22,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from importlib import metadata
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -450,8 +451,7 @@ def load_npz(path: Path | StorePath):
     import scipy.sparse as sp
 
     if isinstance(path, StorePath):
-        with path.open("rb") as fh:
-            return sp.load_npz(fh)
+        return sp.load_npz(in_memory(path))
     return sp.load_npz(path)
 
 
@@ -467,9 +467,14 @@ def save_npy(path: Path | StorePath, array: np.ndarray) -> None:
 def load_npy(path: Path | StorePath, mmap: bool = False) -> np.ndarray:
     """Read a ``.npy`` file; ``mmap``: memory-map a local one (a store's is read whole)."""
     if isinstance(path, StorePath):
-        with path.open("rb") as fh:
-            return np.load(fh)
+        return np.load(in_memory(path))
     return np.load(path, mmap_mode="r" if mmap else None)
+
+
+def in_memory(path: StorePath) -> BytesIO:
+    """A store's file read whole with one request, for readers that make many small reads
+    (numpy's zip and .npy readers: one range request each, straight from the store)."""
+    return BytesIO(path.read_bytes())
 
 
 # --------------------------------------------------------------------------- embeddings

@@ -101,8 +101,10 @@ def load_spectrum(directory: Path) -> Spectrum:
             raise UserError(f"{f}: missing (not a directory written by save_spectrum)")
     try:
         header = json.loads(meta.read_text())
-        with (arrays.open("rb") if isinstance(arrays, storage.StorePath) else open(arrays, "rb")
-              ) as fh, np.load(fh) as z:
+        from bigcos.io import in_memory
+
+        source = in_memory(arrays) if isinstance(arrays, storage.StorePath) else arrays
+        with np.load(source) as z:
             sigma, V, residuals = z["sigma"], z["V"], z["residuals"]
     except (json.JSONDecodeError, KeyError, ValueError, OSError) as exc:
         raise UserError(f"{directory}: unreadable spectrum ({exc})") from None
