@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bigcos import io
+from bigcos import io, storage
 from bigcos.errors import UserError
 from bigcos.model_dir import check_out, write_model
 
@@ -200,7 +200,7 @@ def fit_als(matrix_dir: str | os.PathLike, out: str | os.PathLike, als: ALSOptio
     from bigcos.matrix import load_matrix
 
     timings = io.Timings()
-    matrix_dir = Path(matrix_dir).resolve()
+    matrix_dir = storage.resolve(matrix_dir)
     check_out(out, overwrite)
     with timings("load_matrix"):
         data = load_matrix(matrix_dir)
@@ -230,4 +230,4 @@ def fit_als(matrix_dir: str | os.PathLike, out: str | os.PathLike, als: ALSOptio
         io.write_manifest(tmp, "fit", {"model": "als", **asdict(als), **source},
                           timings=timings, model_name=name, matrix_dir=str(matrix_dir),
                           counts=counts)
-    return Path(out)
+    return storage.as_path(out)

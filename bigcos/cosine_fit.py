@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from bigcos import cosine_model, io
+from bigcos import cosine_model, io, storage
 from bigcos.errors import UserError
 from bigcos.evaluation import validation_split
 from bigcos.model_dir import check_out, write_model
@@ -170,7 +170,7 @@ def fit_cosine(matrix_dir: str | os.PathLike, out: str | os.PathLike,
     from bigcos.svd import truncated_svd
 
     timings = io.Timings()
-    matrix_dir = Path(matrix_dir).resolve()
+    matrix_dir = storage.resolve(matrix_dir)
     check_out(out, overwrite)
     with timings("load_matrix"):
         data = load_matrix(matrix_dir)
@@ -232,4 +232,4 @@ def fit_cosine(matrix_dir: str | os.PathLike, out: str | os.PathLike,
                                        "validation_rows_given": validation_rows is not None},
                           timings=timings, model_name=name, matrix_dir=str(matrix_dir),
                           counts=counts, optimisation=optimisation, svd=svd_section)
-    return Path(out)
+    return storage.as_path(out)

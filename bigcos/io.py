@@ -2,7 +2,9 @@
 
 Everything bigcos writes goes through :func:`atomic_output_dir`: outputs are built in a hidden
 temporary sibling directory and renamed into place only when complete, so a failed or
-interrupted run leaves the previous result or nothing, never a mix.
+interrupted run leaves the previous result or nothing, never a mix. On an object store (a URL,
+see :mod:`bigcos.storage`), which has no rename, the temporary prefix is copied into place with
+the manifests last: a directory counts as written only once its manifest exists.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from importlib import metadata
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +31,9 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from bigcos import redaction
+from bigcos import redaction, storage
 from bigcos.errors import UserError
+from bigcos.storage import StorePath
 
 MANIFEST = "manifest.json"
 # a Parquet dataset directory keeps its manifest under a name that dataset readers skip
@@ -45,7 +49,8 @@ LEASE_TIMEOUT_S = 600.0  # a lease not refreshed for this long belongs to a dead
 
 
 @contextlib.contextmanager
-def atomic_output_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+def atomic_output_dir(path: str | os.PathLike, overwrite: bool = False
+                      ) -> Iterator[Path | StorePath]:
     """Yield a fresh temporary directory that replaces ``path`` when the block succeeds.
 
     The temporary directory is a hidden sibling of ``path`` (same filesystem, so the final
@@ -55,8 +60,17 @@ def atomic_output_dir(path: str | os.PathLike, overwrite: bool = False) -> Itera
     is refreshed every :data:`LEASE_HEARTBEAT_S` seconds by a daemon thread, so that
     :func:`remove_stale_temporaries` on any host sharing the filesystem can tell a live run
     from a dead one.
+
+    ``path`` may be a URL (:mod:`bigcos.storage`); an object store has no rename, so the
+    temporary prefix is committed by :func:`commit_store_dir` instead: ``path`` becomes
+    visible to readers (:func:`require_dir`, :func:`output_exists`) only when its manifest,
+    copied last, exists.
     """
-    final = Path(path)
+    final = storage.as_path(path)
+    if isinstance(final, StorePath):
+        with _atomic_store_dir(final, overwrite) as tmp:
+            yield tmp
+        return
     if final.exists() and not overwrite:
         raise UserError(f"{final}: output already exists (pass --overwrite to replace it)")
     if final.exists() and not final.is_dir():
@@ -74,6 +88,66 @@ def atomic_output_dir(path: str | os.PathLike, overwrite: bool = False) -> Itera
     lease.stop()
     (tmp / LEASE).unlink(missing_ok=True)
     replace_dir(tmp, final)
+
+
+# files whose presence makes a directory in a store committed (written last by a commit)
+COMMIT_MARKERS = (MANIFEST, DATASET_MANIFEST)
+
+
+@contextlib.contextmanager
+def _atomic_store_dir(final: StorePath, overwrite: bool) -> Iterator[StorePath]:
+    """:func:`atomic_output_dir` on a store: a leased temporary prefix, then a commit."""
+    if output_exists(final) and not overwrite:
+        raise UserError(f"{final}: output already exists (pass --overwrite to replace it)")
+    if final.is_file():
+        raise UserError(f"{final}: exists and is not a directory")
+    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(parents=True)
+    lease = _Lease(tmp / LEASE)
+    try:
+        yield tmp
+        commit_store_dir(tmp, final)
+    finally:
+        lease.stop()
+        tmp.rmtree()
+
+
+def commit_store_dir(tmp: StorePath, final: StorePath, threads: int = 8) -> None:
+    """Make the files below ``tmp`` (but its lease) the content of ``final``, manifests last.
+
+    First every manifest below an old ``final`` is deleted (readers stop trusting it), then the
+    rest of it; the new files are copied inside the store (server-side on S3, GCS, Azure: the
+    data does not pass through this process), then the manifests, deepest first, so every
+    directory is complete when its manifest appears and ``final``'s own manifest comes last. A
+    run killed in between leaves ``final`` without a manifest: not an output to any reader.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    for old in final.files():
+        if old.name in COMMIT_MARKERS:
+            old.unlink(missing_ok=True)
+    final.rmtree()
+    files = [f for f in tmp.files() if f.name != LEASE]
+    data = [f for f in files if f.name not in COMMIT_MARKERS]
+    markers = sorted((f for f in files if f.name in COMMIT_MARKERS),
+                     key=lambda f: (-len(f.parts), f.url))
+
+    def target(f: StorePath) -> StorePath:
+        return final / f.path[len(tmp.path):].strip("/")
+
+    with ThreadPoolExecutor(max(1, min(threads, len(data)))) as pool:
+        list(pool.map(lambda f: f.copy_to(target(f)), data))
+    for f in markers:
+        f.copy_to(target(f))
+
+
+def output_exists(path: str | os.PathLike | StorePath) -> bool:
+    """Whether an output directory is at ``path``: a local path that exists, or a store
+    directory that is committed (holds its manifest, see :func:`commit_store_dir`)."""
+    p = storage.as_path(path)
+    if isinstance(p, StorePath):
+        return any((p / marker).exists() for marker in COMMIT_MARKERS)
+    return p.exists()
 
 
 class _Lease:
@@ -105,7 +179,8 @@ class _Lease:
             self._thread.join()
 
 
-def is_stale(tmp: Path, timeout: float = LEASE_TIMEOUT_S, now: float | None = None) -> bool:
+def is_stale(tmp: Path | StorePath, timeout: float = LEASE_TIMEOUT_S,
+             now: float | None = None) -> bool:
     """Whether temporary ``tmp`` belongs to a run that is over.
 
     Stale: its lease's heartbeat is older than ``timeout`` seconds (any host; clocks of hosts
@@ -115,6 +190,7 @@ def is_stale(tmp: Path, timeout: float = LEASE_TIMEOUT_S, now: float | None = No
     is stale when it was last modified more than ``timeout`` seconds ago.
     """
     now = time.time() if now is None else now
+    tmp = storage.as_path(tmp)
     try:
         lease = json.loads((tmp / LEASE).read_text()) if tmp.is_dir() else None
     except (OSError, ValueError):
@@ -129,19 +205,21 @@ def is_stale(tmp: Path, timeout: float = LEASE_TIMEOUT_S, now: float | None = No
     return lease.get("host") == socket.gethostname() and not _pid_alive(int(lease["pid"]))
 
 
-def remove_stale_temporaries(root: Path, timeout: float = LEASE_TIMEOUT_S) -> list[Path]:
+def remove_stale_temporaries(root: Path | StorePath, timeout: float = LEASE_TIMEOUT_S
+                             ) -> list[Path | StorePath]:
     """Delete temporaries (``.NAME.tmp-*``) below ``root`` left by runs that are over.
 
     See :func:`is_stale`; a temporary of a live run, on this host or another one sharing the
-    filesystem, is never removed. Returns the removed paths.
+    filesystem (or the store), is never removed. Returns the removed paths.
     """
-    removed: list[Path] = []
+    root = storage.as_path(root)
+    removed: list[Path | StorePath] = []
     if not root.exists():
         return removed
     for tmp in sorted(root.rglob(".*.tmp-*")):
         if any(t in tmp.parents for t in removed) or not is_stale(tmp, timeout):
             continue
-        shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+        storage.rmtree(tmp) if tmp.is_dir() else tmp.unlink(missing_ok=True)
         removed.append(tmp)
     return removed
 
@@ -167,13 +245,18 @@ def replace_dir(src: Path, dst: Path) -> None:
         os.replace(src, dst)
 
 
-def require_dir(path: str | os.PathLike, what: str, must_contain: str = MANIFEST) -> Path:
-    """Return ``path`` as a Path after checking it is a bigcos output directory of kind ``what``."""
-    p = Path(path)
+def require_dir(path: str | os.PathLike, what: str, must_contain: str = MANIFEST
+                ) -> Path | StorePath:
+    """Return ``path`` as a Path (a StorePath for a URL) after checking it is a bigcos output
+    directory of kind ``what``; in a store, only a committed one (its manifest exists)."""
+    p = storage.as_path(path)
     if not p.is_dir():
         raise UserError(f"{p}: no such {what} directory")
     if not (p / must_contain).exists():
         raise UserError(f"{p}: not a {what} directory ({must_contain} is missing)")
+    if isinstance(p, StorePath) and not output_exists(p):
+        raise UserError(f"{p}: not a committed {what} directory (no {MANIFEST}: a run that "
+                        "wrote it did not finish)")
     return p
 
 
@@ -191,12 +274,15 @@ def versions() -> dict[str, str]:
 
 def fingerprint(path: str | os.PathLike) -> list[dict[str, Any]]:
     """Size and sha256 of a file, or of every file below a directory (sorted by path)."""
-    p = Path(path)
-    files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file())
+    p = storage.as_path(path)
+    if isinstance(p, StorePath):
+        files = [p] if p.is_file() else p.files()
+    else:
+        files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file())
     out = []
     for f in files:
         digest = hashlib.sha256()
-        with open(f, "rb") as fh:
+        with f.open("rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 digest.update(chunk)
         out.append({"path": str(f.resolve()), "bytes": f.stat().st_size,
@@ -229,7 +315,7 @@ def _jsonable(obj: Any) -> Any:
         return {str(k): _jsonable(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
         return [_jsonable(v) for v in obj]
-    if isinstance(obj, Path):
+    if isinstance(obj, Path | StorePath):
         return str(obj)
     if isinstance(obj, np.generic):
         return obj.item()
@@ -261,19 +347,34 @@ def write_manifest(directory: Path, command: str, parameters: dict[str, Any],
     return manifest
 
 
-def write_json(path: Path, obj: Any) -> None:
-    """Write JSON to ``path`` via a temporary file and an atomic rename."""
+def write_json(path: Path | StorePath, obj: Any) -> None:
+    """Write JSON to ``path`` via a temporary file and an atomic rename (in an object store,
+    where one upload is atomic, directly)."""
+    text = json.dumps(redaction.redact(_jsonable(obj)), indent=2, sort_keys=False) + "\n"
+    if isinstance(path, StorePath):
+        import pyarrow.fs as pafs
+
+        if not isinstance(path.fs, pafs.LocalFileSystem):
+            path.write_text(text)
+            return
+        tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+        tmp.write_text(text)
+        path.fs.move(tmp.path, path.path)
+        return
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.write_text(json.dumps(redaction.redact(_jsonable(obj)), indent=2, sort_keys=False) + "\n")
+    tmp.write_text(text)
     os.replace(tmp, path)
 
 
 def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
     """The manifest of an output directory: ``manifest.json``, or a dataset's ``_manifest.json``."""
-    path = Path(directory) / MANIFEST
-    if not path.exists() and (Path(directory) / DATASET_MANIFEST).exists():
-        path = Path(directory) / DATASET_MANIFEST
+    directory = storage.as_path(directory)
+    path = directory / MANIFEST
+    if not path.exists() and (directory / DATASET_MANIFEST).exists():
+        path = directory / DATASET_MANIFEST
     try:
+        if not path.exists():
+            raise FileNotFoundError(str(path))
         return json.loads(path.read_text())
     except FileNotFoundError:
         raise UserError(f"{path}: missing") from None
@@ -287,18 +388,19 @@ def open_dataset(path: str | os.PathLike) -> pads.Dataset:
 
     Raises :class:`UserError` naming the path when it does not exist or is not Parquet.
     """
-    p = Path(path)
+    p = storage.as_path(path)
+    fs, where = storage.filesystem_and_path(p)
     if not p.exists():
         raise UserError(f"{p}: no such file or directory")
     try:
         if p.is_dir():
-            dataset = pads.dataset(p, format="parquet", partitioning="hive",
-                                   exclude_invalid_files=False,
+            dataset = pads.dataset(where, format="parquet", partitioning="hive",
+                                   exclude_invalid_files=False, filesystem=fs,
                                    ignore_prefixes=[".", "_"])
             if not dataset.files:
                 raise UserError(f"{p}: the directory holds no Parquet file")
             return dataset
-        return pads.dataset(p, format="parquet")
+        return pads.dataset(where, format="parquet", filesystem=fs)
     except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
         raise UserError(f"{p}: cannot be read as Parquet ({_first_line(exc)})") from None
 
@@ -308,19 +410,71 @@ def _first_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-def write_table(path: Path, table: pa.Table) -> None:
-    """Write one zstd-compressed Parquet file."""
-    pq.write_table(table, path, compression=PARQUET_COMPRESSION)
+def write_table(path: Path | StorePath, table: pa.Table) -> None:
+    """Write one zstd-compressed Parquet file (local, or straight into a store)."""
+    fs, where = storage.filesystem_and_path(path)
+    pq.write_table(table, where, compression=PARQUET_COMPRESSION, filesystem=fs)
 
 
-def read_table(path: str | os.PathLike, columns: list[str] | None = None) -> pa.Table:
-    p = Path(path)
+def parquet_writer(path: Path | StorePath, schema: pa.Schema) -> pq.ParquetWriter:
+    """A zstd ``ParquetWriter`` streaming row groups into ``path`` (local or in a store)."""
+    fs, where = storage.filesystem_and_path(path)
+    return pq.ParquetWriter(where, schema, compression=PARQUET_COMPRESSION, filesystem=fs)
+
+
+def read_table(path: str | os.PathLike, columns: list[str] | None = None,
+               **options: Any) -> pa.Table:
+    """Read a Parquet file (local or in a store); ``options`` go to ``pq.read_table``
+    (e.g. ``filters``). Raises :class:`UserError` naming the path when it cannot."""
+    p = storage.as_path(path)
+    fs, where = storage.filesystem_and_path(p)
     if not p.exists():
         raise UserError(f"{p}: no such file")
     try:
-        return pq.read_table(p, columns=columns)
+        return pq.read_table(where, columns=columns, filesystem=fs, **options)
     except (pa.ArrowInvalid, OSError, KeyError) as exc:
         raise UserError(f"{p}: cannot be read as Parquet ({_first_line(exc)})") from None
+
+
+def save_npz(path: Path | StorePath, matrix) -> None:
+    """Write a scipy sparse matrix as an uncompressed ``.npz`` (local, or into a store through
+    a local temporary file: a zip written to a stream differs in bytes from one written to a
+    file, and outputs must not depend on where they are written)."""
+    import scipy.sparse as sp
+
+    with storage.local_file(path) as local:
+        sp.save_npz(local, matrix, compressed=False)
+
+
+def load_npz(path: Path | StorePath):
+    """Read a scipy sparse matrix written by :func:`save_npz`."""
+    import scipy.sparse as sp
+
+    if isinstance(path, StorePath):
+        return sp.load_npz(in_memory(path))
+    return sp.load_npz(path)
+
+
+def save_npy(path: Path | StorePath, array: np.ndarray) -> None:
+    """Write one array as ``.npy`` (local or into a store)."""
+    if isinstance(path, StorePath):
+        with path.open("wb") as fh:
+            np.save(fh, array)
+    else:
+        np.save(path, array)
+
+
+def load_npy(path: Path | StorePath, mmap: bool = False) -> np.ndarray:
+    """Read a ``.npy`` file; ``mmap``: memory-map a local one (a store's is read whole)."""
+    if isinstance(path, StorePath):
+        return np.load(in_memory(path))
+    return np.load(path, mmap_mode="r" if mmap else None)
+
+
+def in_memory(path: StorePath) -> BytesIO:
+    """A store's file read whole with one request, for readers that make many small reads
+    (numpy's zip and .npy readers: one range request each, straight from the store)."""
+    return BytesIO(path.read_bytes())
 
 
 # --------------------------------------------------------------------------- embeddings

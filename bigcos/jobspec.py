@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from bigcos import io, redaction
+from bigcos import io, redaction, storage
 from bigcos.cluster import TLS_FIELDS, ClusterOptions
 from bigcos.cosine_fit import CosineOptions
 from bigcos.errors import UserError
@@ -196,6 +196,11 @@ class Job:
 def _path(value: Any, where: str, root: Path, must_exist: bool) -> Path:
     if not isinstance(value, str):
         raise UserError(f"{where}: expected a path string, got {value!r}")
+    if storage.is_url(redaction.expandvars(value)):  # s3://, gs://, abfs://, file:// ...
+        p = storage.as_path(redaction.expandvars(value))
+        if must_exist and not p.exists():
+            raise UserError(f"{where}: {p} does not exist")
+        return p
     p = Path(redaction.expandvars(os.path.expanduser(value)))
     p = Path(os.path.normpath(p if p.is_absolute() else root / p))
     if must_exist and not p.exists():

@@ -32,7 +32,7 @@ import numpy as np
 import pyarrow as pa
 import scipy.sparse as sp
 
-from bigcos import io, pairs, shards
+from bigcos import io, pairs, shards, storage
 from bigcos.errors import UserError
 from bigcos.log_reader import read_log
 from bigcos.options import opt
@@ -176,7 +176,7 @@ def build(log: str | os.PathLike, opts: IngestOptions = IngestOptions()
     counts : dict
         Rows read, pairs, duplicates, filtered, users, items, non-zeros, held-out users.
     """
-    log = Path(log)
+    log = storage.as_path(log)
     _validate(opts)
     need_time = opts.split == "time" or opts.duplicates == "last"
     cols, n_rows = read_log(log, user_col=opts.user_col, item_col=opts.item_col,
@@ -342,13 +342,17 @@ def ingest(log: str | os.PathLike, out: str | os.PathLike, options: IngestOption
     opts = options or IngestOptions()
     _validate(opts)
     timings = io.Timings()
-    log = Path(log)
-    if items is not None and not Path(items).is_file():
+    log = storage.as_path(log)
+    if items is not None and not storage.as_path(items).is_file():
         raise UserError(f"{items}: no such item metadata file")
     limit = memory_limit_bytes(opts)
     shard_nnz = effective_shard_nnz(opts.shard_nnz, limit)
     streamed = opts.streaming == "on" or (
         opts.streaming == "auto" and in_memory_bytes(log, opts) > limit - rss_bytes())
+    if streamed and isinstance(storage.as_path(out), storage.StorePath):
+        raise UserError(f"{out}: the out-of-core ingest (streaming '{opts.streaming}', a log "
+                        f"beyond the memory limit) writes a local directory; give a local out "
+                        f"and copy it to the store", parameter="streaming")
     with io.atomic_output_dir(out, overwrite=overwrite) as tmp:
         if streamed:
             with timings("streamed_build"):
@@ -363,7 +367,7 @@ def ingest(log: str | os.PathLike, out: str | os.PathLike, options: IngestOption
                 section = save(tmp, data, shard_nnz)
         inputs = {"log": str(log.resolve()), "files": io.fingerprint(log)}
         if items is not None:
-            inputs["items"] = str(Path(items).resolve())
+            inputs["items"] = str(storage.resolve(items))
         io.write_manifest(tmp, "ingest", parameters=opts.__dict__, timings=timings,
                           inputs=inputs, counts=counts, shards=section,
                           build={"streamed": streamed, "memory_limit_bytes": limit})

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from bigcos import io
+from bigcos import io, storage
 from bigcos.closed_form import Solution
 from bigcos.errors import UserError
 
@@ -80,7 +80,7 @@ def load_model(directory: str | os.PathLike) -> Model:
     columns = io.read_table(d / COLUMNS) if (d / COLUMNS).exists() else None
     matrix_dir = manifest.get("matrix_dir")
     return Model(manifest["model_name"], item_ids, items, user_ids, users, manifest,
-                 Path(matrix_dir) if matrix_dir else None, dims, columns)
+                 storage.as_path(matrix_dir) if matrix_dir else None, dims, columns)
 
 
 def dimensions_table(solution: Solution, residuals: np.ndarray | None = None) -> pa.Table:
@@ -158,5 +158,5 @@ def check_out(out: str | os.PathLike, overwrite: bool) -> None:
     overwrite : bool
         Whether an existing ``out`` may be replaced.
     """
-    if Path(out).exists() and not overwrite:
+    if io.output_exists(out) and not overwrite:
         raise UserError(f"{out}: output already exists (pass --overwrite to replace it)")

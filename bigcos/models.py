@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from bigcos import io
+from bigcos import io, storage
 from bigcos.als import ALSOptions, als_factors, fit_als
 from bigcos.closed_form import (
     NAMED_SCALINGS,
@@ -96,8 +96,11 @@ class SVDOptions:
 
 
 def _file_digest(path: Path) -> str:
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def matrix_digest(matrix_dir: Path) -> str:
@@ -354,7 +357,7 @@ def fit(matrix_dir: str | os.PathLike, out: str | os.PathLike, specs: Sequence[M
     from bigcos.matrix import load_matrix
 
     timings = io.Timings()
-    matrix_dir = Path(matrix_dir).resolve()
+    matrix_dir = storage.resolve(matrix_dir)
     check_out(out, overwrite)
     specs = list(specs)
     _model_names(specs, preprocessing, name)  # fail fast on clashing names
@@ -376,7 +379,7 @@ def fit(matrix_dir: str | os.PathLike, out: str | os.PathLike, specs: Sequence[M
         raise UserError(f"k: must be >= 1, not {svd.k}")
     if cache_dir == "default":
         cache_dir = matrix_dir / "svd-cache"
-    cache_dir = Path(cache_dir) if cache_dir is not None else None
+    cache_dir = storage.as_path(cache_dir) if cache_dir is not None else None
     with timings("svd"):
         digest = matrix_digest(matrix_dir) if cache_dir is not None else "not-hashed"
         rows_key = None if selection is None else {
@@ -445,7 +448,8 @@ def fit(matrix_dir: str | os.PathLike, out: str | os.PathLike, specs: Sequence[M
                               matrix_dir=str(matrix_dir), counts=counts, svd=svd_section,
                               losses=losses(sol, sq_norm, p_sq), warnings=warnings,
                               run_timings_s=timings.as_dict())
-            written[model_name] = Path(out) if single else Path(out) / model_name
+            written[model_name] = (storage.as_path(out) if single
+                                   else storage.as_path(out) / model_name)
         if not single:
             if path_rows:
                 write_lambda_path(root / LAMBDA_PATH, path_rows)

@@ -41,9 +41,11 @@ output directory, which is renamed into place only when every task has succeeded
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import os
-import shutil
+import tempfile
 import threading
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -56,7 +58,7 @@ import pyarrow.dataset as pads
 import pyarrow.ipc as ipc
 import scipy.sparse as sp
 
-from bigcos import io
+from bigcos import io, storage
 from bigcos.blocked_topn import Blocking, check_metrics, group_keys
 from bigcos.errors import UserError
 from bigcos.options import parse_size
@@ -168,8 +170,8 @@ def neighbors(model_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, *
         raise UserError(f"model name '{dup}' appears twice among the model directories")
     timings = io.Timings()
     counts: dict[str, Any] = {}
-    with io.atomic_output_dir(out, overwrite=overwrite) as tmp:
-        scratch_root = tmp / ".scratch"
+    with io.atomic_output_dir(out, overwrite=overwrite) as tmp, \
+            _scratch_root(tmp, client) as scratch_root:
         tasks, task_keys = [], []
         with timings("prepare"):
             for model in models:
@@ -191,17 +193,29 @@ def neighbors(model_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, *
         for key, result in zip(task_keys, results, strict=True):
             for name, value in result.items():
                 counts[key][name] = counts[key].get(name, 0) + value
-        shutil.rmtree(scratch_root, ignore_errors=True)
+        storage.rmtree(scratch_root)
         parameters = {"kinds": list(kinds), "metrics": list(metrics), "n": n,
                       "exclude_train": exclude_train, "blocking": asdict(blocking),
                       "symmetric": symmetric,
                       "task_peak_bytes": blocking.peak_bytes(n, len(metrics))}
-        inputs = {"models": {m.name: {"dir": str(Path(d).resolve()),
+        inputs = {"models": {m.name: {"dir": str(storage.resolve(d)),
                                       "matrix_dir": str(m.matrix_dir) if m.matrix_dir else None}
                              for m, d in zip(models, model_dirs, strict=True)}}
         return io.write_manifest(tmp, "neighbors", parameters, timings,
                                  filename=io.DATASET_MANIFEST, inputs=inputs,
                                  counts=counts, scheduler=_scheduler_info(client))
+
+
+@contextlib.contextmanager
+def _scratch_root(tmp: Path | storage.StorePath, client):
+    """Where the tasks' operands are kept: beside the output (every worker sees it), but in a
+    local temporary directory when the output is in a store and the tasks run on threads in
+    this process (memory-mapped there, not downloaded by every task)."""
+    if client is None and isinstance(tmp, storage.StorePath):
+        with tempfile.TemporaryDirectory(prefix="bigcos-neighbors-") as local:
+            yield Path(local) / ".scratch"
+    else:
+        yield tmp / ".scratch"
 
 
 def check_request(model_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, *,
@@ -217,7 +231,7 @@ def check_request(model_dirs: Sequence[str | os.PathLike], out: str | os.PathLik
     for kind in kinds:
         if kind not in KINDS:
             raise UserError(f"--kind: unknown kind '{kind}' (choose from {', '.join(KINDS)})")
-    if Path(out).exists() and not overwrite:
+    if io.output_exists(out) and not overwrite:
         raise UserError(f"{out}: output already exists (pass --overwrite to replace it)")
     for model_dir in model_dirs:
         io.require_dir(model_dir, "model", "items.parquet")
@@ -239,15 +253,15 @@ def _prepare(scratch: Path, out: Path, ops: Operands, kind: str, model: str, n: 
              metrics: tuple[str, ...], blocking: Blocking) -> _Job:
     scratch.mkdir(parents=True)
     same = ops.candidates is ops.queries
-    np.save(scratch / "queries.npy", np.ascontiguousarray(ops.queries, dtype=np.float32))
-    np.save(scratch / "inv_queries.npy", inverse_norms(ops.queries))
+    io.save_npy(scratch / "queries.npy", np.ascontiguousarray(ops.queries, dtype=np.float32))
+    io.save_npy(scratch / "inv_queries.npy", inverse_norms(ops.queries))
     _write_ids(scratch / "query_ids.arrow", ops.query_ids)
     if not same:
-        np.save(scratch / "candidates.npy", np.ascontiguousarray(ops.candidates, np.float32))
-        np.save(scratch / "inv_candidates.npy", inverse_norms(ops.candidates))
+        io.save_npy(scratch / "candidates.npy", np.ascontiguousarray(ops.candidates, np.float32))
+        io.save_npy(scratch / "inv_candidates.npy", inverse_norms(ops.candidates))
         _write_ids(scratch / "candidate_ids.arrow", ops.candidate_ids)
     if ops.exclude is not None:
-        sp.save_npz(scratch / "exclude.npz", ops.exclude.tocsr(), compressed=False)
+        io.save_npz(scratch / "exclude.npz", ops.exclude.tocsr())
     for metric in metrics:
         (out / f"kind={kind}" / f"model={model}" / f"metric={metric}").mkdir(parents=True)
     return _Job(scratch, out, kind, model, n, metrics, blocking, ops.exclude_self, same,
@@ -318,7 +332,7 @@ def _run_group(job: _Job, part: int, g0: int, g1: int) -> dict[str, int]:
     inv_candidates = inv_queries if job.same_operands else load("inv_candidates.npy")
     exclude = None
     if (job.scratch / "exclude.npz").exists():
-        exclude = sp.load_npz(job.scratch / "exclude.npz").tocsr()[g0:g1]
+        exclude = io.load_npz(job.scratch / "exclude.npz").tocsr()[g0:g1]
     keys = group_keys(queries[g0:g1], inv_queries[g0:g1], candidates, inv_candidates, job.n,
                        job.metrics, job.blocking, g0 if job.exclude_self else None, exclude)
     return _write_group(job, part, g0, g1, keys)
@@ -378,19 +392,33 @@ _NPY_HEADER_LOCK = threading.Lock()
 
 def _scratch_loader(job: _Job):
     def load(name: str) -> np.ndarray:
+        if isinstance(job.scratch, storage.StorePath):
+            return _load_from_store(job.scratch / name)
         with _NPY_HEADER_LOCK:
-            return np.load(job.scratch / name, mmap_mode="r")
+            return io.load_npy(job.scratch / name, mmap=True)
     return load
+
+
+@functools.lru_cache(maxsize=4)
+def _load_from_store(path: storage.StorePath) -> np.ndarray:
+    """An operand in a store, downloaded once per worker process (the last few are kept)."""
+    with _NPY_HEADER_LOCK:
+        array = io.load_npy(path)
+    array.flags.writeable = False  # shared by every task of this process
+    return array
 
 
 def _write_ids(path: Path, ids: pa.Array) -> None:
     table = pa.table({"id": ids})
-    with pa.OSFile(str(path), "wb") as sink, ipc.new_file(sink, table.schema) as writer:
+    sink = path.open("wb") if isinstance(path, storage.StorePath) else pa.OSFile(str(path), "wb")
+    with sink, ipc.new_file(sink, table.schema) as writer:
         writer.write_table(table)
 
 
 def _read_ids(path: Path) -> pa.Array:
-    with pa.memory_map(str(path), "r") as source:
+    source = path.open("rb") if isinstance(path, storage.StorePath) else pa.memory_map(
+        str(path), "r")
+    with source:
         return ipc.open_file(source).read_all().column("id").combine_chunks()
 
 
@@ -406,7 +434,8 @@ def _scheduler_info(client) -> dict[str, Any]:
 def read_neighbors(path: str | os.PathLike) -> pa.Table:
     """The whole neighbour dataset at ``path`` as one table (with kind, model, metric columns)."""
     p = io.require_dir(path, "neighbours", io.DATASET_MANIFEST)
-    dataset = pads.dataset(p, format="parquet", partitioning="hive",
+    fs, where = storage.filesystem_and_path(p)
+    dataset = pads.dataset(where, format="parquet", partitioning="hive", filesystem=fs,
                            ignore_prefixes=[".", "_"])
     return dataset.to_table()
 

@@ -18,6 +18,7 @@ with retries after lost workers, and with progress output.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -29,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bigcos import io
+from bigcos import io, storage
 from bigcos.cluster import ClusterOptions
 from bigcos.errors import UserError
 from bigcos.jobspec import (  # noqa: F401 - the job API, importable from here as before
@@ -110,10 +111,10 @@ def default_job() -> Job:
 # --------------------------------------------------------------------------- the run
 @dataclass
 class RunResult:
-    out: Path
+    out: Path | storage.StorePath
     ran: list[str]
     skipped: list[str]
-    reports: list[Path]
+    reports: list[Path | storage.StorePath]
     timings: dict[str, float]
 
 
@@ -229,12 +230,14 @@ def _run_in_order(stages_: list[Stage], client, force: bool, bar: JobProgress,
     return ran, skipped
 
 
-def _performance_report(client, path: Path):
-    """Dask's performance report of a run on a cluster (nothing on threads)."""
-    import contextlib
-
+@contextlib.contextmanager
+def _performance_report(client, path: Path | storage.StorePath):
+    """Dask's performance report of a run on a cluster (nothing on threads); written
+    locally and uploaded when the job's output is in a store."""
     if client is None:
-        return contextlib.nullcontext()
+        yield
+        return
     from distributed import performance_report
 
-    return performance_report(filename=str(path))
+    with storage.local_file(path) as local, performance_report(filename=str(local)):
+        yield

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from bigcos import io
+from bigcos import io, storage
 
 LAYOUT_VERSION = 1
 SHARD_DIR = "shards"
@@ -59,13 +59,13 @@ class Shard:
 
 
 def read_shard(path: str | os.PathLike) -> sp.csr_matrix:
-    """Read one shard file (CSR float32 with sorted indices)."""
-    return sp.load_npz(path).tocsr()
+    """Read one shard file (CSR float32 with sorted indices); a path or a store URL."""
+    return io.load_npz(storage.as_path(path)).tocsr()
 
 
-def write_shard(path: Path, matrix: sp.csr_matrix) -> None:
+def write_shard(path: Path | storage.StorePath, matrix: sp.csr_matrix) -> None:
     """Write one shard file (uncompressed .npz, as ``scipy.sparse.save_npz``)."""
-    sp.save_npz(path, matrix, compressed=False)
+    io.save_npz(path, matrix)
 
 
 def shard_bounds(row_nnz: np.ndarray, shard_nnz: int) -> np.ndarray:
@@ -165,7 +165,7 @@ class MatrixShards:
     """
 
     def __init__(self, directory: str | os.PathLike):
-        path = Path(directory)
+        path = storage.as_path(directory)
         section = (io.read_manifest(path).get("shards") if (path / io.MANIFEST).is_file()
                    else None)
         self.directory = io.require_dir(path, "matrix", io.MANIFEST if section else "train.npz")
@@ -181,7 +181,8 @@ class MatrixShards:
 
     def _single_file_section(self) -> dict:
         def shape_nnz(path: Path) -> tuple[tuple[int, int], int]:
-            with np.load(path) as npz:  # reads the small arrays only
+            source = io.in_memory(path) if isinstance(path, storage.StorePath) else path
+            with np.load(source) as npz:  # reads the small arrays only
                 return tuple(int(x) for x in npz["shape"]), int(npz["indptr"][-1])
 
         shape, train_nnz = shape_nnz(self.directory / "train.npz")
@@ -220,7 +221,7 @@ def train_files(directory: str | os.PathLike) -> list[str]:
     """Relative paths of a matrix directory's train shards, in row order (``["train.npz"]``
     for one shard or a directory from before shards): the content a model is fit on, e.g.
     for a cache key. Reads the manifest only."""
-    path = Path(directory)
+    path = storage.as_path(directory)
     if (path / io.MANIFEST).is_file():
         section = io.read_manifest(path).get("shards")
         if section:

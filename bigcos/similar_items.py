@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from bigcos import io
+from bigcos import io, storage
 from bigcos.errors import UserError
 from bigcos.topn import METRICS, decode_keys, inverse_norms, query_block_topn
 
@@ -168,7 +168,8 @@ class ItemTitles:
                                 "with its matrix; give items")
             return cls(f"model '{model.name}' (no items table)")
         try:
-            columns = pq.read_schema(items).names
+            fs, where = storage.filesystem_and_path(items)
+            columns = pq.read_schema(where, filesystem=fs).names
         except FileNotFoundError:
             raise UserError(f"{items}: no such file") from None
         except (pa.ArrowInvalid, OSError) as exc:

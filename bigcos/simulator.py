@@ -73,9 +73,8 @@ from typing import Literal
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from bigcos import io
+from bigcos import io, storage
 from bigcos.errors import UserError
 
 Law = Literal["zipf", "power"]
@@ -471,7 +470,7 @@ def write_block(params: SimulationParams, items: ItemModel, block: int, director
                 ) -> dict[str, int]:
     """Write ``directory/part-<block:05d>.parquet`` (one Dask task); return the block's counts."""
     table, counts = block_interactions(params, items, block)
-    io.write_table(Path(directory) / f"part-{block:05d}.parquet", table)
+    io.write_table(storage.as_path(directory) / f"part-{block:05d}.parquet", table)
     return counts
 
 
@@ -514,8 +513,7 @@ def _write_users(path: Path, params: SimulationParams, items: ItemModel,
             if n_pending >= rows_per_group or block == params.n_blocks - 1:
                 chunk = pa.concat_tables(pending)
                 if writer is None:
-                    writer = pq.ParquetWriter(path, chunk.schema,
-                                              compression=io.PARQUET_COMPRESSION)
+                    writer = io.parquet_writer(path, chunk.schema)
                 writer.write_table(chunk)
                 pending, n_pending = [], 0
     finally:
@@ -571,4 +569,4 @@ def simulate(out: str | os.PathLike, params: SimulationParams | None = None,
 
 def read_interactions(directory: str | os.PathLike) -> pa.Table:
     """All interactions of a simulation directory as one table (small simulations only)."""
-    return io.open_dataset(Path(directory) / "interactions").to_table()
+    return io.open_dataset(storage.as_path(directory) / "interactions").to_table()

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from bigcos import storage
 from bigcos.errors import UserError
 
 SPECTRUM_ARRAYS = "svd.npz"
@@ -62,11 +63,16 @@ def save_spectrum(directory: Path, spectrum: Spectrum) -> None:
     """
     from bigcos.io import write_json
 
-    directory = Path(directory)
+    directory = storage.as_path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / f".{SPECTRUM_ARRAYS}.tmp-{uuid.uuid4().hex[:8]}.npz"
-    np.savez(tmp, sigma=spectrum.sigma, V=spectrum.V, residuals=spectrum.residuals)
-    os.replace(tmp, directory / SPECTRUM_ARRAYS)
+    arrays = {"sigma": spectrum.sigma, "V": spectrum.V, "residuals": spectrum.residuals}
+    if isinstance(directory, storage.StorePath):  # one upload: atomic in an object store
+        with storage.local_file(directory / SPECTRUM_ARRAYS) as local:
+            np.savez(local, **arrays)
+    else:
+        tmp = directory / f".{SPECTRUM_ARRAYS}.tmp-{uuid.uuid4().hex[:8]}.npz"
+        np.savez(tmp, **arrays)
+        os.replace(tmp, directory / SPECTRUM_ARRAYS)
     write_json(directory / SPECTRUM_INFO, {"format": _FORMAT_VERSION, "k": spectrum.k,
                                             "p": int(spectrum.V.shape[0]), "info": spectrum.info})
 
@@ -88,14 +94,17 @@ def load_spectrum(directory: Path) -> Spectrum:
     UserError
         A file is missing or unreadable, the format is unknown or the shapes disagree.
     """
-    directory = Path(directory)
+    directory = storage.as_path(directory)
     arrays, meta = directory / SPECTRUM_ARRAYS, directory / SPECTRUM_INFO
     for f in (arrays, meta):
         if not f.exists():
             raise UserError(f"{f}: missing (not a directory written by save_spectrum)")
     try:
         header = json.loads(meta.read_text())
-        with np.load(arrays) as z:
+        from bigcos.io import in_memory
+
+        source = in_memory(arrays) if isinstance(arrays, storage.StorePath) else arrays
+        with np.load(source) as z:
             sigma, V, residuals = z["sigma"], z["V"], z["residuals"]
     except (json.JSONDecodeError, KeyError, ValueError, OSError) as exc:
         raise UserError(f"{directory}: unreadable spectrum ({exc})") from None

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bigcos import io
+from bigcos import io, storage
 from bigcos.jobspec import Dataset, Job
 
 STAGE_MARKER = "stage.json"
@@ -74,8 +74,12 @@ class Stage:
         return f"{self.dataset}/{self.name}"
 
 
-def _input_fingerprint(path: Path) -> list[list[Any]]:
-    files = [path] if path.is_file() else sorted(f for f in path.rglob("*") if f.is_file())
+def _input_fingerprint(path: Path | storage.StorePath) -> list[list[Any]]:
+    path = storage.as_path(path)
+    if isinstance(path, storage.StorePath):
+        files = [path] if path.is_file() else path.files()
+    else:
+        files = [path] if path.is_file() else sorted(f for f in path.rglob("*") if f.is_file())
     return [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
 
 

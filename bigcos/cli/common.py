@@ -64,8 +64,6 @@ def matrix_interactions(*directories) -> int:
     """Training interactions of the matrices in ``directories`` (matrix or model directories:
     a model's manifest names its matrix), for :func:`bigcos.cluster.job_client`; a directory
     without these manifests counts 0 (the command itself then reports what is missing)."""
-    from pathlib import Path
-
     from bigcos import io
     from bigcos.errors import UserError
 
@@ -74,7 +72,7 @@ def matrix_interactions(*directories) -> int:
         try:
             manifest = io.read_manifest(d)
             if "matrix_dir" in manifest:
-                manifest = io.read_manifest(Path(manifest["matrix_dir"]))
+                manifest = io.read_manifest(manifest["matrix_dir"])
             total += int(manifest["counts"]["train_nnz"])
         except (UserError, KeyError, TypeError, ValueError):
             continue

@@ -33,7 +33,7 @@ def _flag_error(exc: UserError) -> UserError:
 
 
 @click.command("fit")
-@click.argument("matrix_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("matrix_dir", type=click.Path(file_okay=False, path_type=str))
 @click.option("--out", required=True, type=click.Path(),
               help="Model directory (one model) or root directory (several: one per model).")
 @click.option("--model", "model_kind", type=click.Choice(["closed-form", "als", "cosine"]),

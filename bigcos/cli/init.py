@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from bigcos import storage
 from bigcos.errors import UserError
 
 JOB_FILE = "job.toml"
@@ -76,8 +77,11 @@ def _setting(key: str, value: str, comment: str = "", commented: bool = False) -
     return f"{line:<35} # {comment}" if comment else line
 
 
-def _path_from(job_dir: Path, path: Path) -> str:
-    """``path`` as the job file should name it: relative when it lies under ``job_dir``."""
+def _path_from(job_dir: Path, path: Path | storage.StorePath) -> str:
+    """``path`` as the job file should name it: relative when it lies under ``job_dir``
+    (a URL as it is)."""
+    if isinstance(path, storage.StorePath):
+        return str(path)
     path = path.resolve()
     try:
         return path.relative_to(job_dir.resolve()).as_posix()
@@ -118,7 +122,7 @@ def starter_job(job_dir: Path, log: Path | None, items: Path | None, name: str |
         _check_columns(log, columns, given)
     if items is not None and not items.exists():
         raise UserError(f"items: {items} does not exist")
-    default_name = log.resolve().stem if log is not None else "my-data"
+    default_name = storage.resolve(log).stem if log is not None else "my-data"
     dataset = (name or default_name).replace("/", "-")
     todo = ("" if log is not None else
             f"# TODO: set `log` below to your interaction log (now a placeholder: "
@@ -171,9 +175,9 @@ def _write_validated(target: Path, text: str, validate: bool) -> None:
 @click.command()
 @click.argument("directory", required=False, default=".",
                 type=click.Path(file_okay=False, path_type=Path))
-@click.option("--log", "log_path", type=click.Path(path_type=Path), default=None,
+@click.option("--log", "log_path", type=click.Path(path_type=str), default=None,
               help="Your interaction log (Parquet file or folder); the job is then checked.")
-@click.option("--items", "items_path", type=click.Path(path_type=Path), default=None,
+@click.option("--items", "items_path", type=click.Path(path_type=str), default=None,
               help="Item metadata Parquet (titles, labels) for reports.")
 @click.option("--name", default=None, help="Dataset name (default: from the log's name).")
 @click.option("--user-col", default=None, help="Column of user ids [user_id].")
@@ -200,6 +204,8 @@ def init(directory, log_path, items_path, name, user_col, item_col, value_col, t
           --value-col clicks
       bigcos run myjob/job.toml
     """
+    log_path, items_path = (None if p is None else storage.as_path(p)  # a path or a URL
+                            for p in (log_path, items_path))
     target = directory / JOB_FILE
     if target.exists() and not force:
         raise UserError(f"{target} exists; use --force to overwrite it")

@@ -44,8 +44,7 @@ def run(job_file, out, force, show, no_progress, parallel_stages, cluster):
     Example:
       bigcos run jobs/movielens-small.toml --workers 2
     """
-    from pathlib import Path
-
+    from bigcos import storage
     from bigcos.pipeline import job_as_dict, load_job, run_job
     from bigcos.redaction import redact_text
 
@@ -55,7 +54,7 @@ def run(job_file, out, force, show, no_progress, parallel_stages, cluster):
     try:
         job = load_job(job_file)
         if out:
-            job = dataclasses.replace(job, out=Path(out).resolve())
+            job = dataclasses.replace(job, out=storage.resolve(out))
         if show:
             click.echo(json.dumps(job_as_dict(job), indent=2))
             return

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import posixpath
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from bigcos import io
+from bigcos import io, storage
 from bigcos.reports import schema
 from bigcos.reports.comparisons import comparisons
 from bigcos.reports.evaluation import heldout_rows, heldout_scores
@@ -166,7 +167,7 @@ def read_lambda_paths(model_dirs: Iterable[str | Path],
     """
     rows: dict[tuple, dict[str, Any]] = {}
     for d in model_dirs:
-        f = Path(d) / "lambda_path.parquet"
+        f = storage.as_path(d) / "lambda_path.parquet"
         if not f.exists():
             continue
         params = ((manifests or {}).get(str(d)) or io.read_manifest(d)).get("parameters", {})
@@ -176,6 +177,14 @@ def read_lambda_paths(model_dirs: Iterable[str | Path],
                                          "ndcg", "dims_kept", "n_users", "chosen")}
             rows[(row["model"], row["metric"], row["lam"])] = row | {"measure": measure}
     return [rows[k] for k in sorted(rows, key=lambda k: (k[0], k[1], k[2]))]
+
+
+def _relative(path: str | Path, start: str | Path) -> str:
+    """``path`` relative to ``start`` (both local, or both in one store)."""
+    path, start = storage.resolve(path), storage.resolve(start)
+    if isinstance(path, storage.StorePath) and isinstance(start, storage.StorePath):
+        return posixpath.relpath("/" + path.path, "/" + start.path)
+    return os.path.relpath(str(path), str(start))
 
 
 def write_report(out: str | Path, matrix_dir: str | Path, model_dirs: Iterable[str | Path],
@@ -216,7 +225,7 @@ def write_report(out: str | Path, matrix_dir: str | Path, model_dirs: Iterable[s
 
     opts = options or Options()
     if opts.dataset is None:
-        opts = replace(opts, dataset=Path(matrix_dir).resolve().parent.name)
+        opts = replace(opts, dataset=storage.resolve(matrix_dir).parent.name)
     model_dirs = list(model_dirs)
     timings = io.Timings()
     with timings("load"):
@@ -228,7 +237,7 @@ def write_report(out: str | Path, matrix_dir: str | Path, model_dirs: Iterable[s
             check_model_matches(model, data, str(matrix_dir), str(d))
             models[model.name] = model
             # relative to the report, so tables are byte-identical wherever a run is written
-            dirs[model.name] = os.path.relpath(Path(d).resolve(), Path(out).resolve())
+            dirs[model.name] = _relative(d, out)
         matrix_manifest = io.read_manifest(matrix_dir)
         items = items or matrix_manifest.get("inputs", {}).get("items")
         info = read_item_info(items, data.item_ids, opts.label_col, opts.title_col)
@@ -245,9 +254,9 @@ def write_report(out: str | Path, matrix_dir: str | Path, model_dirs: Iterable[s
             (tmp / "report.html").write_text(render_html(report))
         io.write_manifest(
             tmp, "report", parameters=opts.__dict__, timings=timings,
-            inputs={"matrix": str(Path(matrix_dir).resolve()),
-                    "models": [str(Path(d).resolve()) for d in model_dirs],
-                    "neighbors": str(Path(neighbors_dir).resolve()),
+            inputs={"matrix": str(storage.resolve(matrix_dir)),
+                    "models": [str(storage.resolve(d)) for d in model_dirs],
+                    "neighbors": str(storage.resolve(neighbors_dir)),
                     "items": str(items) if items else None},
             warnings=report.context.get("warnings", {}),
             scoring={name: SCORING[key] for name, key in

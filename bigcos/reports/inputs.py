@@ -11,7 +11,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import scipy.sparse as sp
 
-from bigcos import io, metrics
+from bigcos import io, metrics, storage
 from bigcos.errors import UserError
 from bigcos.neighbor_lists import KINDS
 
@@ -117,7 +117,7 @@ def read_neighbor_lists(directory: str | Path, user_ids: pa.Array, item_ids: pa.
         kind, model, metric = (part.split("=", 1)[1] for part in leaf.parts[-3:])
         if kind not in KINDS:
             raise UserError(f"{leaf}: unknown kind '{kind}' (expected one of {', '.join(KINDS)})")
-        files = sorted(leaf.glob("*.parquet"))
+        files = sorted(leaf.glob("*.parquet"))  # Paths, or StorePaths of a store
         if not files:
             continue
         table = pa.concat_tables(_read_ranks(f, max_rank) for f in files)
@@ -132,8 +132,9 @@ def read_neighbor_lists(directory: str | Path, user_ids: pa.Array, item_ids: pa.
 def _read_ranks(path: Path, max_rank: int | None) -> pa.Table:
     """query_id, rank, neighbor_id of one neighbour file, ranks <= max_rank when given."""
     columns = ["query_id", "rank", "neighbor_id"]
+    fs, where = storage.filesystem_and_path(path)
     try:
-        return pq.read_table(path, columns=columns,
+        return pq.read_table(where, columns=columns, filesystem=fs,
                              filters=None if max_rank is None else [("rank", "<=", max_rank)])
     except (pa.ArrowInvalid, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

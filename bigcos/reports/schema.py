@@ -12,9 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from bigcos import io
+from bigcos import io, storage
 from bigcos.errors import UserError
 
 SCHEMA_VERSION = 3
@@ -144,10 +143,10 @@ def read_report_table(directory: str | Path, name: str) -> pa.Table:
     UserError
         When the file is missing or was written with another schema version.
     """
-    path = Path(directory) / f"{name}.parquet"
+    path = storage.as_path(directory) / f"{name}.parquet"
     if not path.exists():
         raise UserError(f"{path}: no such report table")
-    table = pq.read_table(path)
+    table = io.read_table(path)
     meta = json.loads((table.schema.metadata or {}).get(b"bigcos.schema", b"{}"))
     if meta.get("version") != SCHEMA_VERSION:
         raise UserError(f"{path}: schema version {meta.get('version')} is not {SCHEMA_VERSION}")
