@@ -26,6 +26,12 @@ canonical dimension j relative to the balanced member's; the user ratio likewise
 ends, at a stationary point, with P'P = B'B, hence M M' = S: every ratio 1 (balanced, up to
 rotation). A penalty on the product alone (objective 1) or none leaves D free.
 
+R_P and R_B are the R factors of thin QRs of P and B. From the Grams alone (one pass over the
+rows, Cholesky-QR) they lose accuracy as cond(P)^2; :func:`qr_factor` and :func:`refine_factor`
+add CholeskyQR2's second pass (the Gram of ``P R_P^-1``, close to I), which restores working
+precision. Both passes are sums over row blocks, so they run as map-reduces over shards of P
+that never leave their workers (:mod:`bigcos.embedding_audit.shards`).
+
 Memory: the Grams cost O(k^2) beside one block of rows; every other array here is k x k.
 """
 

@@ -71,19 +71,19 @@ def floor(max_norm: float, linear_map: np.ndarray | None) -> float:
 def write_items(path: Path, items: np.ndarray, linear_map: np.ndarray | None, floor_: float,
                 block_rows: int) -> np.ndarray:
     """Write ``project(items, linear_map)`` (or items) and its inverse norms as ``.npy`` files
-    block by block; return a read-only memory map. Memory: one block."""
+    block by block (plain writes, so the pages are not mapped here); return a read-only memory
+    map. Memory: one block."""
     width = items.shape[1] if linear_map is None else linear_map.shape[1]
-    out = np.lib.format.open_memmap(path, "w+", np.float32, (len(items), width))
-    inv = np.lib.format.open_memmap(f"{path}.inv.npy", "w+", np.float32, (len(items),))
-    for start in range(0, len(items), block_rows):
-        block = np.asarray(items[start:start + block_rows], np.float32)
-        if linear_map is not None:
-            block = project(block, linear_map, floor_)
-        out[start:start + len(block)] = block
-        inv[start:start + len(block)] = inverse_norms(block)
-    out.flush()
-    inv.flush()
-    del out, inv
+    with open(path, "wb") as out, open(f"{path}.inv.npy", "wb") as inv:
+        for fh, shape in ((out, (len(items), width)), (inv, (len(items),))):
+            np.lib.format.write_array_header_1_0(
+                fh, {"descr": np.dtype(np.float32).str, "fortran_order": False, "shape": shape})
+        for start in range(0, len(items), block_rows):
+            block = np.asarray(items[start:start + block_rows], np.float32)
+            if linear_map is not None:
+                block = project(block, linear_map, floor_)
+            out.write(np.ascontiguousarray(block).tobytes())
+            inv.write(inverse_norms(block).tobytes())
     return load_npy(path)
 
 
