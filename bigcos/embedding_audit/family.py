@@ -19,7 +19,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from bigcos import canonical
-from bigcos.embedding_audit.shards import TINY_NORM, load_npy, row_norms
+from bigcos.embedding_audit.shards import TINY_NORM, NpyRows, row_norms
 from bigcos.topn import inverse_norms
 
 OWN = "own"
@@ -29,15 +29,15 @@ OWN = "own"
 class Member:
     """One set of embeddings: the model's own (``d`` None) or a family member with diagonal d.
 
-    items (p, r): a read-only memory map of ``items_file`` (float32, with its inverse norms in
-    ``<items_file>.inv.npy``), so that workers read it from disk. users (m, r): the sampled
-    users' rows only (None without user embeddings). ``user_map`` (k, r): a user's own row
-    times it is the member's row (None for the model's own), rows whose norm falls below
-    ``user_floor`` set to zero.
+    items (p, r): ``items_file`` (float32 ``.npy``, with its inverse norms in
+    ``<items_file>.inv.npy``), read by rows here and memory-mapped by the workers' tasks.
+    users (m, r): the sampled users' rows only (None without user embeddings).
+    user_map (k, r): a user's own row times it is the member's row (None for the model's
+    own), rows whose norm falls below ``user_floor`` set to zero.
     """
 
     name: str
-    items: np.ndarray
+    items: NpyRows
     users: np.ndarray | None
     items_file: str
     d: np.ndarray | None = None
@@ -71,8 +71,8 @@ def floor(max_norm: float, linear_map: np.ndarray | None) -> float:
 def write_items(path: Path, items: np.ndarray, linear_map: np.ndarray | None, floor_: float,
                 block_rows: int) -> np.ndarray:
     """Write ``project(items, linear_map)`` (or items) and its inverse norms as ``.npy`` files
-    block by block (plain writes, so the pages are not mapped here); return a read-only memory
-    map. Memory: one block."""
+    block by block (plain writes, so the pages are not mapped here); return its reader.
+    Memory: one block."""
     width = items.shape[1] if linear_map is None else linear_map.shape[1]
     with open(path, "wb") as out, open(f"{path}.inv.npy", "wb") as inv:
         for fh, shape in ((out, (len(items), width)), (inv, (len(items),))):
@@ -84,7 +84,7 @@ def write_items(path: Path, items: np.ndarray, linear_map: np.ndarray | None, fl
                 block = project(block, linear_map, floor_)
             out.write(np.ascontiguousarray(block).tobytes())
             inv.write(inverse_norms(block).tobytes())
-    return load_npy(path)
+    return NpyRows(path)
 
 
 def build_family(items: np.ndarray, item_factor, user_factor, sampled_users: np.ndarray,
@@ -151,8 +151,8 @@ def dot_deviation(own: Member, member: Member, index: np.ndarray) -> float:
     rows = np.repeat(np.arange(len(index)), index.shape[1])[valid.ravel()]
     cols = index[valid]
     own_s = np.einsum("ij,ij->i", own.users[rows].astype(np.float64),
-                      own.items[cols].astype(np.float64))
+                      own.items.take(cols).astype(np.float64))
     mem_s = np.einsum("ij,ij->i", member.users[rows].astype(np.float64),
-                      member.items[cols].astype(np.float64))
+                      member.items.take(cols).astype(np.float64))
     scale = np.abs(own_s).max(initial=0.0)
     return float(np.abs(mem_s - own_s).max(initial=0.0) / scale) if scale > 0 else 0.0

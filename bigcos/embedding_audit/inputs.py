@@ -207,8 +207,9 @@ def _clean(array: np.ndarray, ids: pa.Array, path, role: str, warnings: list[str
         raise UserError(f"{path}: {role} embeddings must be numbers, got dtype {array.dtype}")
     if pc.count_distinct(ids).as_py() != len(ids):
         raise UserError(f"{path}: {role} ids are not unique")
-    array = np.array(array, np.float32)  # a copy: tiny rows are zeroed in place
-    finite = np.isfinite(array).all(axis=1)
+    array = np.asarray(array, np.float32)
+    finite = np.ones(len(array), bool)
+    finite[io.nonfinite_rows(array)] = False
     if not finite.all():
         warnings.append(f"{(~finite).sum():,} {role} rows with NaN or inf dropped")
         array, ids = array[finite], ids.filter(pa.array(finite))
@@ -217,8 +218,9 @@ def _clean(array: np.ndarray, ids: pa.Array, path, role: str, warnings: list[str
     if tiny.any():  # e.g. denormal rows of items a model never saw: 1 / norm overflows
         warnings.append(f"{tiny.sum():,} {role} rows with norm below {TINY_NORM:g} of the "
                         "largest set to zero")
+        array = array.copy()  # not the caller's array
         array[tiny] = 0.0
-    zero = int((~array.any(axis=1)).sum())
+    zero = int((norms[~tiny] == 0).sum() + tiny.sum())
     if zero:
         warnings.append(f"{zero:,} {role} rows are all zero (no cosine: scored 0)")
     return np.ascontiguousarray(array), ids

@@ -169,7 +169,7 @@ def audit(embeddings: str | os.PathLike, out: str | os.PathLike, *,
                 skipped["family, dimensions, members, heldout"] = "need user embeddings"
         with timings("lists"):
             p = len(emb.items)
-            jobs = [ListJob(m.name, "item-item", m.items[item_q], m.items_file,
+            jobs = [ListJob(m.name, "item-item", m.items.take(item_q), m.items_file,
                             fam.self_pairs(item_q, p)) for m in members]
             if family is not None:
                 train = aligned.train[user_q] if aligned is not None else None

@@ -45,6 +45,45 @@ def load_npy(path: str | Path) -> np.ndarray:
         return np.load(path, mmap_mode="r")
 
 
+class NpyRows:
+    """A 2-d float32 ``.npy`` file read by rows with plain reads, never memory-mapped here: a
+    map would keep ~1 MiB of page cache per touched row in this process's resident memory
+    (large page-cache folios), so sparse reads of a big file would look like gigabytes."""
+
+    def __init__(self, path: str | Path):
+        header = load_npy(path)
+        self.path, self.shape, self._offset = str(path), header.shape, header.offset
+        self._row_bytes = header.shape[1] * 4
+        del header
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        """Rows ``rows`` (any order, repeats allowed) as a (len(rows), k) float32 array."""
+        import os
+
+        unique, back = np.unique(np.asarray(rows, np.int64), return_inverse=True)
+        out = np.empty((len(unique), self.shape[1]), np.float32)
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            for i, r in enumerate(unique):
+                out[i] = np.frombuffer(os.pread(fd, self._row_bytes,
+                                                self._offset + int(r) * self._row_bytes),
+                                       np.float32)
+        finally:
+            os.close(fd)
+        return out[back.ravel()]
+
+    def blocks(self, block_rows: int = GRAM_BLOCK):
+        """The rows, ``block_rows`` at a time (memory: one block)."""
+        for start in range(0, self.shape[0], block_rows):
+            rows = min(block_rows, self.shape[0] - start)
+            yield np.fromfile(self.path, np.float32, rows * self.shape[1],
+                              offset=self._offset + start * self._row_bytes
+                              ).reshape(rows, self.shape[1])
+
+
 @dataclass(frozen=True)
 class Shard:
     """Rows of one file: Parquet row group ``part``, or ``.npy`` rows part:part+rows."""
@@ -145,10 +184,12 @@ def _scan_shard(shard: Shard) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return finite, row_norms(x), canonical.gram(x, GRAM_BLOCK)
 
 
-def row_norms(x: np.ndarray, block_rows: int = GRAM_BLOCK) -> np.ndarray:
-    """Euclidean norm of every row, float64, in blocks (x may be a memory map)."""
-    return np.concatenate([np.linalg.norm(np.asarray(x[s:s + block_rows], np.float64), axis=1)
-                           for s in range(0, len(x), block_rows)] or [np.zeros(0)])
+def row_norms(x: np.ndarray | NpyRows, block_rows: int = GRAM_BLOCK) -> np.ndarray:
+    """Euclidean norm of every row, float64, in blocks (x: an array, memory map or file)."""
+    blocks = x.blocks(block_rows) if isinstance(x, NpyRows) else (
+        x[s:s + block_rows] for s in range(0, len(x), block_rows))
+    return np.concatenate([np.linalg.norm(np.asarray(b, np.float64), axis=1) for b in blocks]
+                          or [np.zeros(0)])
 
 
 def scan(users: UserShards, client=None) -> np.ndarray:

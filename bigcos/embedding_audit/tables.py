@@ -75,8 +75,8 @@ def popularity(lists: dict[tuple[str, str], Lists], members: list[Member],
     return rows
 
 
-def _pair_scores(items: np.ndarray, a: np.ndarray, b: np.ndarray) -> dict[str, np.ndarray]:
-    xa, xb = np.asarray(items[a], np.float64), np.asarray(items[b], np.float64)
+def _pair_scores(items, a: np.ndarray, b: np.ndarray) -> dict[str, np.ndarray]:
+    xa, xb = items.take(a).astype(np.float64), items.take(b).astype(np.float64)
     dot = np.einsum("ij,ij->i", xa, xb)
     denom = np.linalg.norm(xa, axis=1) * np.linalg.norm(xb, axis=1)
     cos = np.divide(dot, denom, out=np.zeros_like(dot), where=denom > 0)
