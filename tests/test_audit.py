@@ -256,6 +256,7 @@ def test_user_shards_reduce_to_small_results_equal_to_numpy(saved, tmp_path):
     z = np.load(root / "als.npz")
     P = z["user_factors"].astype(np.float32)
     P[7] = np.nan  # dropped by the scan, as the in-memory checks drop item rows
+    P[200] = 0.0  # kept, counted; its shard is read whole (a read-only Arrow view)
     directory = _write_sharded(tmp_path / "users", data.user_ids, P, 64, files=2)
     users = shards.UserShards(*shards.parquet_shards(directory))
     assert len(users.shards) == 10  # 305 rows per file in row groups of 64: 5 + 5
@@ -264,6 +265,7 @@ def test_user_shards_reduce_to_small_results_equal_to_numpy(saved, tmp_path):
     assert gram.shape == (12, 12)  # k x k: what the client receives of the Gram pass
     np.testing.assert_allclose(gram, kept.T @ kept, rtol=1e-6)
     assert len(users) == len(P) - 1 and "1 user rows with NaN or inf dropped" in users.warnings
+    assert "1 user rows are all zero (no cosine: scored 0)" in users.warnings
     r, r_inv = shards.user_factor(users, gram)
     r_np = np.linalg.qr(kept)[1]
     np.testing.assert_allclose(r, r_np * np.sign(np.diag(r_np))[:, None], rtol=1e-6,

@@ -220,21 +220,27 @@ def scan(users: UserShards, client=None) -> np.ndarray:
     return sum(r[2] for r in results)
 
 
-def _rows(shard: Shard, local: np.ndarray, tiny: float) -> np.ndarray:
-    """Rows ``local`` of the shard, rows below the zero-norm threshold set to zero."""
-    x = read_shard(shard)[local]
-    x[row_norms(x) < tiny] = 0.0
+def _rows(shard: Shard, local: np.ndarray | None, tiny: float) -> np.ndarray:
+    """Rows ``local`` of the shard (None: all), rows below the zero-norm threshold set to 0."""
+    x = read_shard(shard)
+    if local is not None:
+        x = x[local]
+    zero = row_norms(x) < tiny
+    if zero.any():
+        x = np.array(x)  # a Parquet shard may be a read-only view of Arrow's buffer
+        x[zero] = 0.0
     return x
 
 
-def _projected_gram_shard(shard: Shard, local: np.ndarray, tiny: float,
+def _projected_gram_shard(shard: Shard, local: np.ndarray | None, tiny: float,
                           right: np.ndarray) -> np.ndarray:
     return canonical.gram(_rows(shard, local, tiny), GRAM_BLOCK, right)
 
 
 def projected_gram(users: UserShards, right: np.ndarray, client=None) -> np.ndarray:
     """``(P right)'(P right)`` (r x r) summed over shards: CholeskyQR2's second pass."""
-    tasks = [task(_projected_gram_shard)(s, keep, users.tiny, right)
+    tasks = [task(_projected_gram_shard)(s, None if len(keep) == s.rows else keep, users.tiny,
+                                         right)
              for s, keep in zip(users.shards, users.keep, strict=True)]
     return sum(run_tasks(tasks, client))
 
