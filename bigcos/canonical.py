@@ -26,6 +26,12 @@ canonical dimension j relative to the balanced member's; the user ratio likewise
 ends, at a stationary point, with P'P = B'B, hence M M' = S: every ratio 1 (balanced, up to
 rotation). A penalty on the product alone (objective 1) or none leaves D free.
 
+R_P and R_B are the R factors of thin QRs of P and B. From the Grams alone (one pass over the
+rows, Cholesky-QR) they lose accuracy as cond(P)^2; :func:`qr_factor` and :func:`refine_factor`
+add CholeskyQR2's second pass (the Gram of ``P R_P^-1``, close to I), which restores working
+precision. Both passes are sums over row blocks, so they run as map-reduces over shards of P
+that never leave their workers (:mod:`bigcos.embedding_audit.shards`).
+
 Memory: the Grams cost O(k^2) beside one block of rows; every other array here is k x k.
 """
 
@@ -40,16 +46,21 @@ RTOL = 1e-10
 NAMED_MEMBERS = ("balanced", "item-orthonormal", "user-orthonormal")
 
 
-def gram(x: np.ndarray, block_rows: int = 1 << 16) -> np.ndarray:
-    """``x' x`` (k x k, float64) accumulated over blocks of ``block_rows`` rows of x (m x k).
+def gram(x: np.ndarray, block_rows: int = 1 << 16, right: np.ndarray | None = None
+         ) -> np.ndarray:
+    """``x' x`` (k x k, float64) accumulated over blocks of ``block_rows`` rows of x (m x k);
+    with ``right`` (k x r), the Gram ``(x right)' (x right)`` (r x r) of the projected rows.
 
     x may be float32 or a memory map; each block is promoted to float64 before its product,
-    so memory is 8 * block_rows * k bytes beyond the result.
+    so memory is 8 * block_rows * k bytes beyond the result. The sum over row blocks is the
+    map-reduce the audit runs over user shards on Dask workers (one block per shard).
     """
-    k = x.shape[1]
-    out = np.zeros((k, k), np.float64)
+    width = x.shape[1] if right is None else right.shape[1]
+    out = np.zeros((width, width), np.float64)
     for start in range(0, x.shape[0], block_rows):
         block = np.asarray(x[start:start + block_rows], np.float64)
+        if right is not None:
+            block = block @ right
         out += block.T @ block
     return out
 
@@ -76,6 +87,34 @@ def triangular_factor(g: np.ndarray, rtol: float = RTOL) -> tuple[np.ndarray, np
     w, e = w[keep][::-1], e[:, keep][:, ::-1]
     root = np.sqrt(w)
     return root[:, None] * e.T, e / root
+
+
+def refine_factor(factor: tuple[np.ndarray, np.ndarray], projected_gram: np.ndarray,
+                  rtol: float = RTOL) -> tuple[np.ndarray, np.ndarray]:
+    """One re-orthogonalisation step of Cholesky-QR (CholeskyQR2).
+
+    ``factor`` = (R, R^+) from :func:`triangular_factor` of ``x'x``; ``projected_gram`` the
+    Gram of ``x R^+`` (``gram(x, right=R^+)``, r x r, the identity up to rounding). Returns
+    (R2 R, R^+ R2^-1) with R2 the factor of ``projected_gram``: ``x (R^+ R2^-1)`` is
+    orthonormal to working precision even when x'x lost half the digits (cond(x) up to
+    ~1e7 in float64), and ``R2 R`` is the R of x's thin QR (positive diagonal).
+
+    References
+    ----------
+    Fukaya, Nakatsukasa, Yanagisawa, Yamamoto (2014), "CholeskyQR2: a simple and
+    communication-avoiding algorithm for computing a tall-skinny QR factorization".
+    """
+    r, r_inv = factor
+    r2, r2_inv = triangular_factor(projected_gram, rtol)
+    return r2 @ r, r_inv @ r2_inv
+
+
+def qr_factor(x: np.ndarray, block_rows: int = 1 << 16, rtol: float = RTOL
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """(R, R^+) of the thin QR of x (m x k) by blocked CholeskyQR2: two passes over x's rows,
+    memory O(k^2) beside one block (see :func:`gram`, :func:`refine_factor`)."""
+    first = triangular_factor(gram(x, block_rows), rtol)
+    return refine_factor(first, gram(x, block_rows, right=first[1]), rtol)
 
 
 @dataclass(frozen=True)
@@ -106,8 +145,18 @@ def canonical_form(user_gram: np.ndarray, item_gram: np.ndarray, rtol: float = R
     -------
     Canonical with ``P B' = (P user_map) diag(s) (B item_map)'``.
     """
-    r_p, r_p_inv = triangular_factor(user_gram, rtol)
-    r_b, r_b_inv = triangular_factor(item_gram, rtol)
+    return canonical_from_factors(triangular_factor(user_gram, rtol),
+                                  triangular_factor(item_gram, rtol), rtol)
+
+
+def canonical_from_factors(user_factor: tuple[np.ndarray, np.ndarray],
+                           item_factor: tuple[np.ndarray, np.ndarray],
+                           rtol: float = RTOL) -> Canonical:
+    """Canonical form of ``P B'`` from the factors (R_P, R_P^+) and (R_B, R_B^+) of the thin
+    QRs of P and B (:func:`triangular_factor`, or :func:`qr_factor` / :func:`refine_factor`
+    for CholeskyQR2 accuracy). Only k x k arrays: P and B are never needed here."""
+    r_p, r_p_inv = user_factor
+    r_b, r_b_inv = item_factor
     w, s, zt = np.linalg.svd(r_p @ r_b.T, full_matrices=False)
     keep = s > rtol * s[0] if len(s) else np.zeros(0, bool)
     w, s, z = w[:, keep], s[keep], zt[keep].T

@@ -11,10 +11,10 @@ from click.testing import CliRunner
 
 import bigcos
 from bigcos import io as bio
-from bigcos.canonical import canonical_form, gram
+from bigcos.canonical import canonical_form, gram, member_maps, named_scalings, random_scalings
 from bigcos.cli import main
 from bigcos.embedding_audit import AuditOptions, audit
-from bigcos.embedding_audit.family import OWN, build_family
+from bigcos.embedding_audit.family import OWN
 from bigcos.errors import UserError
 from bigcos.matrix import IngestOptions
 from bigcos.models import ModelSpec, Scaling, SVDOptions
@@ -59,13 +59,13 @@ def test_als_family_keeps_dot_scores_and_moves_cosines(saved, als_report):
     saved_model = np.load(root / "als.npz")
     P, B = saved_model["user_factors"], saved_model["item_factors"]
     # independent check of the family on the saved factors: every member's P_D B_D' = P B'
-    fam = build_family(B, P, n_random=3, spread=10.0, seed=0, block_rows=1000)
+    c = canonical_form(gram(P), gram(B))
     dense = P[:50].astype(np.float64) @ B.T.astype(np.float64)
-    for m in fam.members:
-        np.testing.assert_allclose(m.users[:50].astype(np.float64) @ m.items.T, dense,
+    for d in (named_scalings(c.s) | random_scalings(c.rank, 3, seed=0)).values():
+        user_map, item_map = member_maps(c, d)
+        np.testing.assert_allclose((P[:50] @ user_map) @ (B @ item_map).T, dense,
                                    atol=2e-5 * np.abs(dense).max())
     # the canonical identity A B' = U S V' on the model
-    c = canonical_form(gram(P), gram(B))
     U, V = P[:50] @ c.user_map, B @ c.item_map
     np.testing.assert_allclose((U * c.s) @ V.T, dense, atol=1e-5 * np.abs(dense).max())
     # the audit's tables say the same: user-item dot lists identical, cosine lists move
@@ -237,3 +237,82 @@ def test_cli_audits_an_implicit_model(saved, tmp_path):
     manifest = bio.read_manifest(out)
     assert manifest["inputs"]["source"] == "implicit-als"
     assert manifest["parameters"]["n_resamples"] == 100
+
+
+# --------------------------------------------------------------------------- at scale
+def _write_sharded(directory, ids, x, rows_per_group, files=1):
+    """Parquet ``user_id`` + ``embedding`` split over ``files`` files of several row groups."""
+    directory.mkdir()
+    for f, part in enumerate(np.array_split(np.arange(len(x)), files)):
+        pq.write_table(bio.embeddings_table(ids.take(pa.array(part)), x[part], "user_id"),
+                       directory / f"part-{f}.parquet", row_group_size=rows_per_group)
+    return directory
+
+
+def test_user_shards_reduce_to_small_results_equal_to_numpy(saved, tmp_path):
+    from bigcos.embedding_audit import shards
+
+    root, data = saved
+    z = np.load(root / "als.npz")
+    P = z["user_factors"].astype(np.float32)
+    P[7] = np.nan  # dropped by the scan, as the in-memory checks drop item rows
+    P[200] = 0.0  # kept, counted; its shard is read whole (a read-only Arrow view)
+    directory = _write_sharded(tmp_path / "users", data.user_ids, P, 64, files=2)
+    users = shards.UserShards(*shards.parquet_shards(directory))
+    assert len(users.shards) == 10  # 305 rows per file in row groups of 64: 5 + 5
+    gram = shards.scan(users)
+    kept = np.delete(P, 7, axis=0).astype(np.float64)
+    assert gram.shape == (12, 12)  # k x k: what the client receives of the Gram pass
+    np.testing.assert_allclose(gram, kept.T @ kept, rtol=1e-6)
+    assert len(users) == len(P) - 1 and "1 user rows with NaN or inf dropped" in users.warnings
+    assert "1 user rows are all zero (no cosine: scored 0)" in users.warnings
+    r, r_inv = shards.user_factor(users, gram)
+    r_np = np.linalg.qr(kept)[1]
+    np.testing.assert_allclose(r, r_np * np.sign(np.diag(r_np))[:, None], rtol=1e-6,
+                               atol=1e-8 * np.abs(r_np).max())
+    rows = np.array([0, 6, 7, 300, len(P) - 2])  # indices among the kept rows
+    np.testing.assert_array_equal(shards.take(users, rows), np.delete(P, 7, axis=0)[rows])
+
+
+@pytest.fixture(scope="module")
+def cluster_client():
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=":0") as cluster, Client(cluster) as client:
+        yield client
+
+
+def test_sharded_audit_on_a_cluster_equals_the_in_process_audit(saved, tmp_path, cluster_client):
+    """The implicit model in process (threads, users copied to one .npy in shards of 100 rows)
+    and the same factors as Parquet files (users: 2 files of 100-row groups) on a 2-process
+    LocalCluster: the same tables."""
+    root, data = saved
+    z = np.load(root / "als.npz")
+    bio.write_embeddings(tmp_path / "items.parquet", data.item_ids, z["item_factors"], "item_id")
+    _write_sharded(tmp_path / "users", data.user_ids[:300], z["user_factors"][:300], 100)
+    more = data.user_ids[300:]
+    pq.write_table(bio.embeddings_table(more, z["user_factors"][300:], "user_id"),
+                   tmp_path / "users" / "part-1.parquet", row_group_size=100)
+    opts = AuditOptions(item_queries=300, user_queries=200, n_resamples=100, shard_rows=100,
+                        heldout_users=150)
+    here = audit(root / "als.npz", tmp_path / "here", matrix=root / "matrix", options=opts)
+    there = audit(tmp_path / "items.parquet", tmp_path / "there", users=tmp_path / "users",
+                  matrix=root / "matrix", options=opts, client=cluster_client)
+    for name in ("agreement", "dimensions", "members", "heldout", "popularity", "labels",
+                 "examples"):
+        a, b = here.tables[name].to_pydict(), there.tables[name].to_pydict()
+        assert a.keys() == b.keys(), name
+        for col in a:
+            if isinstance(a[col][0], float):
+                np.testing.assert_allclose(a[col], b[col], rtol=1e-9, err_msg=f"{name}.{col}")
+            else:
+                assert a[col] == b[col], f"{name}.{col}"
+    for a, b in zip(here.tables["verdicts"].to_pylist(), there.tables["verdicts"].to_pylist(),
+                    strict=True):
+        assert a["verdict"] == b["verdict"] and a["estimate"] == pytest.approx(b["estimate"])
+    m_here, m_there = bio.read_manifest(here.out), bio.read_manifest(there.out)
+    assert m_here["counts"]["user_shards"] == 7 and m_there["counts"]["user_shards"] == 7
+    assert m_there["counts"]["heldout_users"] == 150  # a seeded sample of the test users
+    assert m_there["scheduler"]["workers"] == 2 and m_here["scheduler"]["scheduler"] == "threads"
+    assert not (there.out / ".scratch").exists()

@@ -5,11 +5,14 @@ import pytest
 
 from bigcos.canonical import (
     canonical_form,
+    canonical_from_factors,
     gram,
     member_maps,
     named_scalings,
     placement,
+    qr_factor,
     random_scalings,
+    refine_factor,
     triangular_factor,
 )
 
@@ -118,3 +121,40 @@ def test_bad_d_is_refused():
     c = canonical_form(gram(P), gram(B))
     with pytest.raises(ValueError, match="positive"):
         member_maps(c, -np.ones(c.rank))
+
+
+def _ill_conditioned(seed=6, m=500, k=8, cond=1e4):
+    rng = np.random.default_rng(seed)
+    q1 = np.linalg.qr(rng.normal(size=(m, k)))[0]
+    q2 = np.linalg.qr(rng.normal(size=(k, k)))[0]
+    return (q1 * np.logspace(0, -np.log10(cond), k)) @ q2
+
+
+def test_cholesky_qr2_matches_numpy_qr_where_one_pass_loses_orthogonality():
+    x = _ill_conditioned()
+    q_np, r_np = np.linalg.qr(x)
+    signs = np.sign(np.diag(r_np))
+    r_np = r_np * signs[:, None]  # numpy's R with a positive diagonal: the unique thin-QR R
+    r, r_inv = qr_factor(x, block_rows=64)
+    np.testing.assert_allclose(r, r_np, atol=1e-12 * np.abs(r_np).max())
+    np.testing.assert_allclose(r @ r_inv, np.eye(8), atol=1e-9)
+    q = x @ r_inv
+    np.testing.assert_allclose(q.T @ q, np.eye(8), atol=1e-12)
+    np.testing.assert_allclose(q, q_np * signs, atol=1e-9)
+    # one Cholesky-QR pass (the Gram alone) is visibly less orthogonal at cond 1e4 (Gram 1e8;
+    # larger condition numbers count as rank-deficient at RTOL, see triangular_factor)
+    one_pass = x @ triangular_factor(gram(x))[1]
+    assert np.abs(one_pass.T @ one_pass - np.eye(8)).max() > 100 * np.abs(q.T @ q - np.eye(8)).max()
+    # the second pass is the Gram of the projected rows, summed over any split of the rows
+    first = triangular_factor(gram(x))
+    halves = gram(x[:123], right=first[1]) + gram(x[123:], right=first[1])
+    np.testing.assert_allclose(refine_factor(first, halves)[0], r, atol=1e-12 * np.abs(r).max())
+
+
+def test_canonical_from_qr_factors_is_the_canonical_form():
+    P, B = _factors(7)
+    c = canonical_from_factors(qr_factor(P, block_rows=9), qr_factor(B, block_rows=9))
+    ref = canonical_form(gram(P), gram(B))
+    np.testing.assert_allclose(c.s, ref.s, rtol=1e-12)
+    np.testing.assert_allclose(P @ c.user_map, P @ ref.user_map, atol=1e-10)
+    np.testing.assert_allclose(B @ c.item_map, B @ ref.item_map, atol=1e-10)

@@ -15,6 +15,7 @@ BENCHMARKS = [
     ("neighbors", "neighbors"),
     ("metrics", "metrics_bench"),
     ("overhead", "overhead"),
+    ("audit", "audit_bench"),
 ]
 
 

@@ -33,6 +33,13 @@ Report directory (written atomically; a table is absent when its input is missin
     report.html         the page: verdicts, warnings, then every table
     manifest.json       parameters, inputs, counts, warnings, skipped, versions, timings
 
+At scale (:mod:`~bigcos.embedding_audit.shards`, :mod:`~bigcos.embedding_audit.lists`): the
+user embeddings stay in their shards (Parquet row groups or ``.npy`` row ranges) and are reduced
+on Dask workers (Grams for CholeskyQR2, a seeded sample of rows, the held-out ranking of a seeded
+sample of test users); lists rank a seeded sample of queries against every item, one Dask task
+per query group, with the blocks of ``bigcos neighbors``. ``manifest.json`` counts the shards,
+queries and held-out users; ``scheduler`` says where it ran.
+
 Members: ``own`` (the model's embeddings as given), ``balanced`` (D = I),
 ``item-orthonormal`` (D = S^1/2), ``user-orthonormal`` (D = S^-1/2), ``fitted`` (D matching the
 model's item factors) and ``random-1`` ... (seeded log-uniform D). Intervals are percentile

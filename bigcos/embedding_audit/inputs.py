@@ -2,7 +2,7 @@
 
 Accepted embedding files (one function per format; the suffix decides):
 
-- a model directory of ``bigcos fit`` (items and users, read with :func:`bigcos.models.load_model`);
+- a model directory of ``bigcos fit`` (``items.parquet`` and ``users.parquet``);
 - Parquet with an id column (``item_id`` / ``user_id``) and ``embedding``, a fixed-size list
   of floats (the model directories' schema, :func:`bigcos.io.read_embeddings`);
 - ``.npy`` (m x k) with ids from a Parquet/CSV file with one id column (``item_ids`` /
@@ -10,6 +10,12 @@ Accepted embedding files (one function per format; the suffix decides):
 - ``.npz`` saved by implicit's ``model.save(path)`` (ALS, BPR, LMF of implicit 0.7.x:
   ``item_factors``, ``user_factors`` and the hyper-parameters as 0-d arrays), read with numpy.
   Rows follow the matrix the model was fit on (take ids from ``matrix``).
+
+Item embeddings are read whole (p x k float32). User embeddings are never read here: they
+become :class:`~bigcos.embedding_audit.shards.UserShards` (Parquet row groups, or ranges of a
+``.npy``; an implicit ``.npz`` is copied to ``scratch/users.npy``), which the audit reduces and
+samples on Dask workers; their NaN/inf and zero rows are counted by
+:func:`bigcos.embedding_audit.shards.scan`.
 
 Problems are :class:`UserError` (one line, naming the file) when nothing sensible can be done
 (dimension mismatch, ids that do not match the rows, duplicated ids) and counted warnings when
@@ -30,9 +36,10 @@ import pyarrow.csv as pcsv
 import scipy.sparse as sp
 
 from bigcos import io, metrics
+from bigcos.embedding_audit import shards
+from bigcos.embedding_audit.shards import TINY_NORM, UserShards
 from bigcos.errors import UserError
 
-TINY_NORM = 1e-12  # rows with a smaller norm (relative to the largest) count as zero
 # implicit 0.7.x: keys that tell its saved models apart (besides the two factor arrays)
 _IMPLICIT_KINDS = (("alpha", "implicit-als"), ("neg_prop", "implicit-lmf"),
                    ("verify_negative_samples", "implicit-bpr"))
@@ -40,7 +47,7 @@ _IMPLICIT_KINDS = (("alpha", "implicit-als"), ("neg_prop", "implicit-lmf"),
 
 @dataclass
 class Embeddings:
-    """Item (p x k) and optional user (n x k) float32 embeddings with their ids.
+    """Item (p x k) float32 embeddings with their ids, and the user embeddings in shards.
 
     ``source``: the format read ("parquet", "npy", "bigcos-model", "implicit-als", ...);
     ``params``: hyper-parameters stored with the model (implicit, bigcos manifests).
@@ -48,8 +55,7 @@ class Embeddings:
 
     item_ids: pa.Array
     items: np.ndarray
-    user_ids: pa.Array | None = None
-    users: np.ndarray | None = None
+    users: UserShards | None = None
     source: str = "parquet"
     params: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
@@ -118,37 +124,65 @@ def read_one(path: str | os.PathLike, role: str, ids: str | os.PathLike | None =
     return id_array, array, "parquet"
 
 
+def _user_shards(path: str | os.PathLike, ids: str | os.PathLike | None,
+                 matrix_ids: pa.Array | None, shard_rows: int) -> UserShards:
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"{p}: no such file")
+    if p.suffix.lower() == ".npy":
+        try:
+            shape = shards.load_npy(p).shape
+        except (OSError, ValueError) as exc:
+            raise UserError(f"{p}: cannot be read as .npy ({exc})") from None
+        if len(shape) != 2:
+            raise UserError(f"{p}: expected a 2-d array (rows x dimensions), got shape {shape}")
+        if ids is None:
+            id_array = _matrix_ids(shape[0], matrix_ids, p, "user")
+        else:
+            id_array = _read_id_file(ids, "user")
+            if len(id_array) != shape[0]:
+                raise UserError(f"{ids}: {len(id_array):,} ids for {shape[0]:,} rows of {p}")
+        return UserShards(shards.npy_shards(p, shard_rows), id_array, shape[1])
+    found, id_array, dims = shards.parquet_shards(p)
+    return UserShards(found, id_array, dims)
+
+
 def read_embeddings(items: str | os.PathLike, users: str | os.PathLike | None = None, *,
                     item_ids: str | os.PathLike | None = None,
                     user_ids: str | os.PathLike | None = None,
-                    matrix=None) -> Embeddings:
-    """Read the embeddings to audit (see the module docstring for the formats).
+                    matrix=None, scratch: Path, shard_rows: int = shards.SHARD_ROWS
+                    ) -> Embeddings:
+    """Read the item embeddings; open the user embeddings as shards (module docstring).
 
-    ``matrix``: an :class:`bigcos.matrix.Interactions` (or None) giving ids to id-less rows.
+    ``matrix``: an :class:`bigcos.matrix.Interactions` (or None) giving ids to id-less rows;
+    ``scratch``: a directory the workers can read (an implicit model's users go there);
+    ``shard_rows``: rows per shard of a ``.npy`` (Parquet files keep their row groups).
     """
     path = Path(items)
     m_items = matrix.item_ids if matrix is not None else None
     m_users = matrix.user_ids if matrix is not None else None
     if path.is_dir():
-        from bigcos.models import load_model
-
         if users is not None:
             raise UserError(f"users: {path} is a model directory and holds user embeddings")
-        model = load_model(path)
-        out = Embeddings(model.item_ids, model.item_embeddings, model.user_ids,
-                         model.user_embeddings, "bigcos-model",
-                         model.manifest.get("parameters", {}))
+        io.require_dir(path, "model", "items.parquet")
+        ids, array = io.read_embeddings(path / "items.parquet", "item_id", finite=False)
+        params = io.read_manifest(path).get("parameters", {})
+        out = Embeddings(ids, array, _user_shards(path / "users.parquet", None, None,
+                                                  shard_rows), "bigcos-model", params)
     elif path.suffix.lower() == ".npz":
         if users is not None:
             raise UserError(f"users: {path} is an implicit model and holds user factors")
         item_f, user_f, kind, params = _implicit(path)
+        np.save(scratch / "users.npy", np.asarray(user_f, np.float32))
         out = Embeddings(_matrix_ids(len(item_f), m_items, path, "item"), item_f,
-                         _matrix_ids(len(user_f), m_users, path, "user"), user_f, kind, params)
+                         UserShards(shards.npy_shards(scratch / "users.npy", shard_rows),
+                                    _matrix_ids(len(user_f), m_users, path, "user"),
+                                    user_f.shape[1]), kind, params)
     else:
         ids, array, kind = read_one(path, "item", item_ids, m_items)
         out = Embeddings(ids, array, source=kind)
         if users is not None:
-            out.user_ids, out.users, _ = read_one(users, "user", user_ids, m_users)
+            out.users = _user_shards(users, user_ids, m_users, shard_rows)
     return _checked(out, path, users)
 
 
@@ -156,10 +190,13 @@ def _checked(emb: Embeddings, path: Path, users_path) -> Embeddings:
     emb.items, emb.item_ids = _clean(emb.items, emb.item_ids, path, "item", emb.warnings)
     if emb.users is not None:
         where = users_path or path
-        if emb.users.shape[1] != emb.items.shape[1]:
-            raise UserError(f"{where}: user embeddings have {emb.users.shape[1]} dimensions, "
+        if emb.users.dims != emb.items.shape[1]:
+            raise UserError(f"{where}: user embeddings have {emb.users.dims} dimensions, "
                             f"item embeddings {emb.items.shape[1]}")
-        emb.users, emb.user_ids = _clean(emb.users, emb.user_ids, where, "user", emb.warnings)
+        if not len(emb.users.ids):
+            raise UserError(f"{where}: no user embeddings")
+        if pc.count_distinct(emb.users.ids).as_py() != len(emb.users.ids):
+            raise UserError(f"{where}: user ids are not unique")
     return emb
 
 
@@ -170,18 +207,20 @@ def _clean(array: np.ndarray, ids: pa.Array, path, role: str, warnings: list[str
         raise UserError(f"{path}: {role} embeddings must be numbers, got dtype {array.dtype}")
     if pc.count_distinct(ids).as_py() != len(ids):
         raise UserError(f"{path}: {role} ids are not unique")
-    array = np.array(array, np.float32)  # a copy: tiny rows are zeroed in place
-    finite = np.isfinite(array).all(axis=1)
+    array = np.asarray(array, np.float32)
+    finite = np.ones(len(array), bool)
+    finite[io.nonfinite_rows(array)] = False
     if not finite.all():
         warnings.append(f"{(~finite).sum():,} {role} rows with NaN or inf dropped")
         array, ids = array[finite], ids.filter(pa.array(finite))
-    norms = np.linalg.norm(array.astype(np.float64), axis=1)
+    norms = shards.row_norms(array)
     tiny = (norms > 0) & (norms < TINY_NORM * norms.max(initial=0.0))
     if tiny.any():  # e.g. denormal rows of items a model never saw: 1 / norm overflows
         warnings.append(f"{tiny.sum():,} {role} rows with norm below {TINY_NORM:g} of the "
                         "largest set to zero")
+        array = array.copy()  # not the caller's array
         array[tiny] = 0.0
-    zero = int((~array.any(axis=1)).sum())
+    zero = int((norms[~tiny] == 0).sum() + tiny.sum())
     if zero:
         warnings.append(f"{zero:,} {role} rows are all zero (no cosine: scored 0)")
     return np.ascontiguousarray(array), ids
@@ -222,7 +261,8 @@ def _remap(x: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray, shape) -> sp.cs
 
 
 def align(emb: Embeddings, matrix) -> Aligned:
-    """Map the matrix's rows and columns onto the embeddings' rows; warn about what is missing."""
+    """Map the matrix's rows and columns onto the embeddings' rows; warn about what is missing.
+    The users' shards must have been scanned (:func:`bigcos.embedding_audit.shards.scan`)."""
     col_to_item = _positions(emb.item_ids, matrix.item_ids)
     p = len(emb.items)
     missing_items = int((col_to_item < 0).sum())
@@ -238,7 +278,7 @@ def align(emb: Embeddings, matrix) -> Aligned:
     popularity[col_to_item[col_to_item >= 0]] = counts[col_to_item >= 0]
     if emb.users is None:
         return Aligned(popularity, None, None)
-    row_to_user = _positions(emb.user_ids, matrix.user_ids)
+    row_to_user = _positions(emb.users.ids, matrix.user_ids)
     shape = (len(emb.users), p)
     train = _remap(matrix.train, row_to_user, col_to_item, shape)
     test = None

@@ -6,8 +6,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from bigcos import metrics, stats
-from bigcos.blocked_topn import top_n
 from bigcos.embedding_audit.family import OWN, Family, Lists, Member, dot_deviation
+from bigcos.embedding_audit.shards import row_norms
 
 METRICS = ("cos", "dot")
 
@@ -17,8 +17,7 @@ def _interval(values: np.ndarray, opts) -> dict:
     return {"n": ci.n, "mean": ci.estimate, "lo": ci.lo, "hi": ci.hi}
 
 
-def agreement(lists: dict[tuple[str, str], Lists], members: list[Member],
-              user_queries: np.ndarray | None, opts) -> list[dict]:
+def agreement(lists: dict[tuple[str, str], Lists], members: list[Member], opts) -> list[dict]:
     """Jaccard@N of each member's lists with the model's own (and with balanced), per metric;
     plus own cosine vs own dot. ``lists`` is keyed by (member, kind)."""
     rows = []
@@ -34,7 +33,7 @@ def agreement(lists: dict[tuple[str, str], Lists], members: list[Member],
             ib = lists[(b, kind)].lists[mb][0]
             deviation = float("nan")
             if kind == "user-item" and ma == mb == "dot" and a != b:
-                deviation = dot_deviation(by_name[b], by_name[a], user_queries, ib)
+                deviation = dot_deviation(by_name[b], by_name[a], ib)
             ci = _interval(metrics.jaccard(ia, ib), opts)
             rows.append({"kind": kind, "member_a": a, "metric_a": ma, "member_b": b,
                          "metric_b": mb, "depth": opts.depth, "n_queries": ci["n"],
@@ -64,7 +63,7 @@ def popularity(lists: dict[tuple[str, str], Lists], members: list[Member],
     for member in members:
         if (member.name, "item-item") not in lists:
             continue
-        norms = np.linalg.norm(member.items.astype(np.float64), axis=1)
+        norms = row_norms(member.items)
         rho = metrics.spearman(norms, pop)
         for metric in METRICS:
             index = lists[(member.name, "item-item")].lists[metric][0]
@@ -76,11 +75,10 @@ def popularity(lists: dict[tuple[str, str], Lists], members: list[Member],
     return rows
 
 
-def _pair_scores(items: np.ndarray, a: np.ndarray, b: np.ndarray) -> dict[str, np.ndarray]:
-    x = items.astype(np.float64)
-    dot = np.einsum("ij,ij->i", x[a], x[b])
-    norms = np.linalg.norm(x, axis=1)
-    denom = norms[a] * norms[b]
+def _pair_scores(items, a: np.ndarray, b: np.ndarray) -> dict[str, np.ndarray]:
+    xa, xb = items.take(a).astype(np.float64), items.take(b).astype(np.float64)
+    dot = np.einsum("ij,ij->i", xa, xb)
+    denom = np.linalg.norm(xa, axis=1) * np.linalg.norm(xb, axis=1)
     cos = np.divide(dot, denom, out=np.zeros_like(dot), where=denom > 0)
     return {"cos": cos, "dot": dot}
 
@@ -110,21 +108,6 @@ def labels(lists: dict[tuple[str, str], Lists], members: list[Member], queries: 
                          "same_label_auc": metrics.auc(pair_scores[metric], same),
                          "n_auc_pairs": len(a), "n_items": p})
     return rows
-
-
-def heldout_per_user(member: Member, train: sp.csr_matrix, test: sp.csr_matrix,
-                     k: int) -> tuple[np.ndarray, dict[str, dict[str, np.ndarray]]]:
-    """Test users (rows with held-out items and an embedding) and, per metric, their
-    Recall@k and NDCG@k ranking all items minus their training items."""
-    users = np.flatnonzero(np.diff(test.indptr) > 0)
-    ranked = top_n(member.users[users], member.items, k, exclude=train[users])
-    n_relevant = np.diff(test.indptr)[users]
-    out = {}
-    for metric, (index, _) in ranked.items():
-        hits = metrics.relevance_hits(index, users, test)
-        out[metric] = {f"recall_at_{k}": metrics.recall_at_k(hits, n_relevant, k),
-                       f"ndcg_at_{k}": metrics.ndcg_at_k(hits, n_relevant, k)}
-    return users, out
 
 
 def heldout(per_member: dict[str, dict[str, dict[str, np.ndarray]]], opts) -> list[dict]:
