@@ -69,6 +69,9 @@ def run_stages(stages: list[Stage], processes: int, force: bool, progress,
     already complete stay complete, running ones are abandoned (their temporaries are
     cleaned by the next run).
     """
+    import dask
+    import distributed  # noqa: F401 - its config (the nanny's environment) is read below
+
     from bigcos.cluster import dask_client
 
     skipped = [s.label for s in stages if not force and is_complete(s)]
@@ -83,7 +86,14 @@ def run_stages(stages: list[Stage], processes: int, force: bool, progress,
                                   workers=min(processes, len(todo)), threads_per_worker=1)
     # a stage cancelled by Ctrl-C and a slow teardown on a loaded machine are expected: quiet
     logging.getLogger("distributed.nanny").setLevel(logging.ERROR)
-    with dask_client(options, worker_log_level=logging.CRITICAL) as client, \
+    # Dask's nanny sets MALLOC_TRIM_THRESHOLD_ for its workers, which also fixes glibc's mmap
+    # threshold: every large array is then mapped and faulted in afresh (a third of the
+    # default job's time went to the kernel). A stage is one long task: glibc's default
+    # suits it; one BLAS thread per process stays.
+    environ = {k: v for k, v in dask.config.get("distributed.nanny.pre-spawn-environ").items()
+               if k != "MALLOC_TRIM_THRESHOLD_"}
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}), \
+            dask_client(options, worker_log_level=logging.CRITICAL) as client, \
             _interrupt_flag() as interrupted:
         futures, stage_of = {}, {}
         for stage in todo:
