@@ -490,3 +490,36 @@ def test_ctrl_c_in_a_terminal_prints_one_line_and_exits_130_then_resumes(local_r
         assert label in resumed.stdout
     assert "sim/simulate skipped (complete)" in resumed.stdout
     assert tables(out) == tables(job.out)
+
+
+def test_independent_stages_run_side_by_side_in_processes_with_the_same_tables(local_run,
+                                                                              tmp_path):
+    """On threads, stages that do not depend on each other run at once, each in a worker
+    process of its own: the stages of the two datasets overlap in time, the manifest says how
+    many ran at once, and the tables are those of one stage after the other."""
+    job, _ = local_run
+    runs = {}
+    for n in (2, 1):
+        out = tmp_path / f"p{n}"
+        result = CliRunner().invoke(main, ["run", str(job.source), "--out", str(out),
+                                           "--parallel-stages", str(n)])
+        assert result.exit_code == 0, result.output
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert manifest["parameters"]["parallel_stages"] == n
+        assert manifest["parameters"]["scheduler"] == "threads"
+        done = {json.loads(p.read_text())["dataset"] + "/" + json.loads(p.read_text())["stage"]:
+                json.loads(p.read_text()) for p in out.rglob("stage.json")}
+        assert len(done) == len(plan(job))
+        runs[n] = out, done
+    _, side = runs[2]
+    # finished: completed_unix; started: finished - seconds. With two processes some stage of
+    # one dataset starts before the other dataset's last stage has finished, and vice versa.
+    spans = {label: (s["completed_unix"] - s["seconds"], s["completed_unix"])
+             for label, s in side.items()}
+    ml = [v for k, v in spans.items() if k.startswith("ml/")]
+    sim = [v for k, v in spans.items() if k.startswith("sim/")]
+    assert min(a for a, _ in ml) < max(b for _, b in sim)
+    assert min(a for a, _ in sim) < max(b for _, b in ml)
+    assert tables(runs[2][0]) == tables(runs[1][0]) == tables(job.out)
+    with pytest.raises(UserError, match="parallel_stages: must be >= 1"):
+        ClusterOptions(parallel_stages=0)
