@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from bigcos import io, metrics
+from bigcos import io, metrics, storage
 from bigcos.errors import UserError
 from bigcos.reports.plots import similarity_panels
 from bigcos.reports.tables import cosine_matrix
@@ -124,7 +124,8 @@ def plot(path: Path, panels: dict[str, np.ndarray], titles: dict[str, str],
     API, the caller's matplotlib backend is left alone).
     """
     fig = similarity_panels(panels, titles, boundaries, panel_size=4.2)
-    fig.savefig(path, dpi=110)
+    with storage.local_file(path) as local:  # a path, or a file in an object store
+        fig.savefig(local, dpi=110, format="png")
 
 
 def _titles(options: Figure1Options, info: dict) -> dict[str, str]:
@@ -192,7 +193,7 @@ def figure1(out: str | os.PathLike, simulation: str | os.PathLike | None = None,
             table = _table({**panels, POPULATION: population}, cluster_sorted, options, info)
             io.write_table(tmp / "figure1.parquet", table)
         io.write_manifest(tmp, "figure1", parameters=asdict(options), timings=timings,
-                          inputs={"simulation": str(Path(simulation).resolve())
+                          inputs={"simulation": str(storage.resolve(simulation))
                                   if simulation else "generated into simulation/"},
                           fit={"sigma": info["sigma"], "dims_kept": info["dims_kept"],
                                "svd_max_residual": info["svd"].get("max_residual")},

@@ -212,12 +212,27 @@ def test_single_commands_take_urls_for_every_input_and_output(s3, tmp_path):
                      ["fit", f"{root}/matrix", "--out", f"{root}/model", "-k", "6",
                       "--lam", "10", "--scaling", "symmetric"],
                      ["neighbors", f"{root}/model", "--out", f"{root}/neighbors", "-N", "5"],
-                     ["similar", f"{root}/model", "--item-id", "1", "-N", "3"]):
+                     ["similar", f"{root}/model", "--item-id", "1", "-N", "3"],
+                     # the audit reads its embeddings (copied to local scratch), matrix and
+                     # items from the store and writes its report there
+                     ["audit", f"{root}/model/items.parquet", "--users",
+                      f"{root}/model/users.parquet", "--matrix", f"{root}/matrix", "--out",
+                      f"{root}/audit", "--queries", "40", "--random-members", "1",
+                      "--resamples", "50"],
+                     ["simulate", "--out", f"{root}/sim", "--n-users", "300", "--n-items", "60",
+                      "--max-items", "20"],
+                     ["figure1", "--simulation", f"{root}/sim", "--out", f"{root}/figure1",
+                      "-k", "4", "--lam", "5", "-N", "5"]):
             result = CliRunner().invoke(main, args)
             assert result.exit_code == 0, (where, args, result.output)
-        outputs[where] = (storage.as_path(root), result.output)
+            if args[0] == "similar":
+                shown = result.output
+        outputs[where] = (storage.as_path(root), shown)
     (local, shown_local), (remote, shown_remote) = outputs["local"], outputs["s3"]
     assert tables(remote) == tables(local) and len(tables(remote)) > 5
+    assert {"audit/verdicts.parquet", "figure1/figure1.parquet"} <= set(tables(remote))
+    assert (remote / "figure1" / "figure1.png").read_bytes()[:4] == b"\x89PNG"
+    assert (remote / "audit" / "report.html").exists() and not temporaries(remote)
     assert shown_remote == shown_local and "  [" in shown_remote  # titles read from S3
     job = CliRunner().invoke(main, ["init", str(tmp_path / "job"), "--log",
                                     f"{bucket}/input/log.parquet"])  # checked: columns read

@@ -71,8 +71,7 @@ def audit(embeddings, out, users, matrix_dir, items_table, item_ids, user_ids, l
     Example:
       bigcos audit als.npz --matrix out/matrix --out out/audit-als
     """
-    from pathlib import Path
-
+    from bigcos import storage
     from bigcos.cli.common import matrix_interactions
     from bigcos.cluster import job_client
     from bigcos.embedding_audit import audit as run_audit
@@ -85,7 +84,7 @@ def audit(embeddings, out, users, matrix_dir, items_table, item_ids, user_ids, l
                                examples=tuple(examples), labels=label_column, seed=seed)
     except UserError as exc:
         raise click.BadParameter(str(exc)) from None
-    if Path(out).exists() and not overwrite:  # before a cluster starts
+    if storage.as_path(out).exists() and not overwrite:  # before a cluster starts
         raise UserError(f"{out}: output already exists (pass --overwrite to replace it)")
     size = matrix_interactions(matrix_dir) if matrix_dir else 0
     with job_client(cluster, size) as client:

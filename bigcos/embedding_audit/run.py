@@ -8,15 +8,18 @@ neighbour lists Dask tasks over query groups (:mod:`bigcos.embedding_audit.lists
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import tempfile
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
-from bigcos import canonical, io
+from bigcos import canonical, io, storage
 from bigcos.embedding_audit import family as fam
 from bigcos.embedding_audit import inputs, page, shards, tables, verdicts
 from bigcos.embedding_audit.lists import ListJob, blocking_for, compute_lists
@@ -123,7 +126,7 @@ def audit(embeddings: str | os.PathLike, out: str | os.PathLike, *,
     """
     opts = options or AuditOptions()
     timings = io.Timings()
-    if Path(out).exists() and not overwrite:
+    if storage.as_path(out).exists() and not overwrite:
         raise UserError(f"{out}: output already exists (pass --overwrite to replace it)")
     data = None
     if matrix is not None:
@@ -132,10 +135,10 @@ def audit(embeddings: str | os.PathLike, out: str | os.PathLike, *,
         data = load_matrix(matrix)
         if items is None:
             items = io.read_manifest(matrix).get("inputs", {}).get("items")
-    with io.atomic_output_dir(out, overwrite=overwrite) as tmp:
-        scratch = tmp / ".scratch"
-        scratch.mkdir()
+    with io.atomic_output_dir(out, overwrite=overwrite) as tmp, _scratch(tmp) as scratch:
         with timings("read"):
+            embeddings, users, item_ids, user_ids = (
+                _local(path, scratch) for path in (embeddings, users, item_ids, user_ids))
             emb = inputs.read_embeddings(embeddings, users, item_ids=item_ids,
                                          user_ids=user_ids, matrix=data, scratch=scratch,
                                          shard_rows=opts.shard_rows)
@@ -223,7 +226,6 @@ def audit(embeddings: str | os.PathLike, out: str | os.PathLike, *,
                   "item_queries": len(item_q), "user_queries": 0 if user_q is None else len(user_q),
                   "heldout_users": 0 if held_q is None else len(held_q),
                   "canonical_rank": family.canon.rank if family else None}
-        shutil.rmtree(scratch)
         for name, table in result.items():
             io.write_table(tmp / f"{name}.parquet", table)
         (tmp / "report.html").write_text(_page(result, emb, counts, skipped))
@@ -233,7 +235,42 @@ def audit(embeddings: str | os.PathLike, out: str | os.PathLike, *,
                                   "model_params": emb.params},
                           counts=counts, warnings=emb.warnings, skipped=skipped,
                           tables=sorted(result), scheduler=_scheduler(client))
-    return AuditResult(Path(out), result, emb.warnings, skipped)
+    return AuditResult(storage.as_path(out), result, emb.warnings, skipped)
+
+
+@contextlib.contextmanager
+def _scratch(tmp) -> Iterator[Path]:
+    """The members' memory-mapped files: a hidden directory inside the output's temporary
+    (its workers see it), or for an output in an object store a local temporary directory
+    (memory maps need a local file; such an audit runs on this host's workers). Removed at
+    the end either way."""
+    if isinstance(tmp, storage.StorePath):
+        with tempfile.TemporaryDirectory(prefix="bigcos-audit-") as local:
+            yield Path(local)
+        return
+    scratch = tmp / ".scratch"
+    scratch.mkdir()
+    try:
+        yield scratch
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _local(path, scratch: Path):
+    """``path`` itself, or for a store URL its copy in ``scratch`` (a file, or a directory of
+    Parquet row groups), read once here."""
+    if path is None or not storage.is_url(str(path)):
+        return path
+    source = storage.as_path(str(path))
+    target = scratch / "inputs" / source.name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if source.is_dir():
+        target.mkdir()
+        for f in source.files():
+            (target / f.name).write_bytes(f.read_bytes())
+    else:
+        target.write_bytes(source.read_bytes())
+    return str(target)
 
 
 def _scheduler(client) -> dict:
