@@ -58,3 +58,17 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "shared_data" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.realdata)
+
+
+def stop_processes(procs) -> None:
+    """Terminate the processes a test started (``dask scheduler`` / ``dask worker``), last
+    first, and kill those still alive after 10 s."""
+    import subprocess
+
+    for p in reversed(procs):
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()

@@ -21,6 +21,7 @@ from bigcos.cluster import ClusterOptions
 from bigcos.errors import UserError
 from bigcos.io import LEASE, LEASE_TIMEOUT_S, atomic_output_dir, remove_stale_temporaries
 from bigcos.pipeline import load_job, plan, run_job
+from tests.conftest import stop_processes
 
 ROOT = Path(__file__).resolve().parents[1]
 DASK = Path(sys.executable).with_name("dask")
@@ -270,13 +271,7 @@ def remote_cluster(tmp_path):
     with Client(address, timeout="30s") as client:
         client.wait_for_workers(2, timeout=60)
     yield address, procs
-    for p in reversed(procs):
-        p.terminate()
-    for p in procs:
-        try:
-            p.wait(10)
-        except subprocess.TimeoutExpired:
-            p.kill()
+    stop_processes(procs)
 
 
 @pytest.mark.cluster

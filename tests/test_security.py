@@ -30,6 +30,7 @@ from bigcos.cluster import ClusterOptions, dask_client
 from bigcos.errors import UserError
 from bigcos.pipeline import load_job
 from bigcos.redaction import MASK, expandvars, redact, redact_argv, redact_text
+from tests.conftest import stop_processes
 
 ROOT = Path(__file__).resolve().parents[1]
 DASK = Path(sys.executable).with_name("dask")
@@ -194,13 +195,7 @@ def tls_cluster(tmp_path_factory):
                 time.sleep(0.5)
         yield cluster
     finally:
-        for p in reversed(procs):
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_processes(procs)
 
 
 @pytest.fixture(scope="module")
