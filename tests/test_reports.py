@@ -326,7 +326,7 @@ def test_tables_read_back_with_documented_schema(report_dir):
         schema = pq.read_schema(path)
         expected = reports.table_schema(name, pa.int64())
         assert schema.equals(expected, check_metadata=False), name
-        assert json.loads(schema.metadata[b"bigcos.schema"]) == {"table": name, "version": 3}
+        assert json.loads(schema.metadata[b"bigcos.schema"]) == {"table": name, "version": 4}
         frame = pd.read_parquet(path)
         assert list(frame.columns) == [f.name for f in expected]
         assert manifest["counts"][name] == len(frame) > 0
@@ -370,6 +370,49 @@ def test_agreement_pairs_and_identities(report_dir):
     assert [list(m) for m in d_sens["models"]] == [["obj1-random100x-seed1",
                                                     "obj1-random100x-seed2", "obj1-symmetric"]
                                                    ] * len(d_sens)
+
+
+def test_heldout_on_a_user_sample_is_the_heldout_of_the_sampled_users(inputs):
+    from bigcos.matrix import load_matrix
+    from bigcos.models import load_model
+
+    data = load_matrix(inputs["matrix"])
+    models = {m.name: m for m in map(load_model, inputs["models"])}
+    full = reports.heldout_scores(models, data)
+    test_users = np.flatnonzero(data.heldout_users & (np.diff(data.test.indptr) > 0))
+    np.testing.assert_array_equal(full.users, test_users)
+    assert full.n_test_users == len(test_users) > 30
+    sampled = reports.heldout_scores(models, data, max_users=12, seed=4)
+    users = sampled.users
+    assert users.size == 12 and np.all(np.diff(users) > 0) and np.isin(users, test_users).all()
+    assert sampled.n_test_users == len(test_users)
+    other = reports.heldout_scores(models, data, max_users=12, seed=5).users
+    assert not np.array_equal(other, users)  # the seed draws the sample
+    rows = np.searchsorted(full.users, users)
+    assert sampled.values.keys() == full.values.keys() and len(sampled.values) == 8
+    for key, per in sampled.values.items():  # one sample for every model and metric
+        for measure, v in per.items():
+            assert v.shape == (12,)
+            np.testing.assert_array_equal(v, full.values[key][measure][rows], err_msg=str(key))
+    # the table and the paired comparisons say how many users were ranked, of how many
+    opts = reports.Options(max_heldout_users=12, seed=4, n_resamples=100)
+    held = reports.heldout(models, data, opts=opts)
+    assert {(r["n_users"], r["n_test_users"]) for r in held} == {(12, len(test_users))}
+    params = {n: reports.model_params(n, m.manifest, 0) for n, m in models.items()}
+    compared = reports.comparisons(sampled, params, opts)
+    assert compared and {r["n_users"] for r in compared} == {12}
+    # a cap at or above the number of test users ranks them all: the uncapped result
+    for cap in (len(test_users), 10 * len(test_users)):
+        whole = reports.heldout_scores(models, data, max_users=cap, seed=4)
+        np.testing.assert_array_equal(whole.users, full.users)
+        assert whole.n_test_users == full.n_test_users
+        for key, per in full.values.items():
+            for measure, v in per.items():
+                np.testing.assert_array_equal(whole.values[key][measure], v)
+    with pytest.raises(UserError, match="max_users"):
+        reports.heldout_scores(models, data, max_users=0)
+    with pytest.raises(UserError, match="max_heldout_users"):
+        reports.Options(max_heldout_users=0)
 
 
 def test_agreement_on_a_query_sample_is_the_agreement_of_the_sampled_queries():
@@ -465,7 +508,7 @@ def test_heldout_matches_a_python_loop(report_dir, inputs):
         top = np.lexsort((np.arange(N_ITEMS), -scores))[:20]
         recalls.append(test[u, top].sum() / min(20, test[u].sum()))
     row = held.set_index(["model", "metric"]).loc[("obj1-symmetric", "dot")]
-    assert row["n_users"] == len(recalls)
+    assert row["n_users"] == row["n_test_users"] == len(recalls)  # fewer than the cap: all
     assert row["recall_at_20"] == pytest.approx(np.mean(recalls))
     # dot ranking is D-invariant: every objective 1 model gets the same held-out numbers
     dot = held[(held.metric == "dot") & held.model.str.startswith("obj1")]
@@ -479,7 +522,8 @@ def test_heldout_names_its_columns_after_ks(inputs):
     data = load_matrix(inputs["matrix"])
     model = load_model(inputs["models"][0])
     rows = reports.heldout({model.name: model}, data, ks=(5, 7, 9))
-    assert list(rows[0]) == ["model", "metric", "protocol", "n_users", "recall_at_5",
+    assert list(rows[0]) == ["model", "metric", "protocol", "n_users", "n_test_users",
+                             "recall_at_5",
                              "recall_at_5_lo", "recall_at_5_hi", "recall_at_7", "recall_at_7_lo",
                              "recall_at_7_hi", "ndcg_at_9", "ndcg_at_9_lo", "ndcg_at_9_hi",
                              "level", "lam", "lam_source", "scoring"]

@@ -41,15 +41,19 @@ from bigcos.cli.common import overwrite_option
 @click.option("--max-queries", type=click.IntRange(min=1), default=5000, show_default=True,
               help="Agreement and D-sensitivity on a seeded sample of at most this many "
                    "queries per kind (intervals account for it).")
+@click.option("--max-heldout-users", type=click.IntRange(min=1), default=100_000,
+              show_default=True,
+              help="Held-out table and comparisons on a seeded sample of at most this many "
+                   "test users (intervals account for it).")
 @click.option("--example", "examples", multiple=True,
               help="Item id whose neighbour lists the page shows (repeatable; default: the "
                    "most popular items).")
 @click.option("--seed", type=int, default=0, show_default=True,
-              help="Seed of the random baseline and the AUC pairs.")
+              help="Seed of the random baseline, the AUC pairs and the samples.")
 @overwrite_option
 def report(matrix_dir, model_dirs, neighbors_dir, items_table, label_col, labels_deprecated,
-           title_col, dataset, job, out, depth, rbo_p, n_bins, auc_pairs, max_queries, examples,
-           seed, overwrite):
+           title_col, dataset, job, out, depth, rbo_p, n_bins, auc_pairs, max_queries,
+           max_heldout_users, examples, seed, overwrite):
     """Compare neighbour lists and rankings of several models under cosine and dot.
 
     Writes OUT/models.parquet, agreement.parquet, agreement_per_item.parquet,
@@ -70,7 +74,7 @@ def report(matrix_dir, model_dirs, neighbors_dir, items_table, label_col, labels
             raise click.UsageError("--labels and --label-col disagree; give --label-col only")
         label_col = labels_deprecated
     options = Options(depth=depth, rbo_p=rbo_p, n_bins=n_bins, auc_pairs=auc_pairs, seed=seed,
-                      max_queries=max_queries,
+                      max_queries=max_queries, max_heldout_users=max_heldout_users,
                       examples=tuple(examples), label_col=label_col, title_col=title_col,
                       dataset=dataset, job=job)
     result = write_report(out, matrix_dir, model_dirs, neighbors_dir, items_table, options,

@@ -15,14 +15,15 @@ Output directory (written atomically, with ``manifest.json``)::
     d_sensitivity.parquet       one row per kind, D-family and metric
     ground_truth.parquet        one row per item-item configuration (needs item labels)
     heldout.parquet             one row per configuration (needs a test matrix), each measure
-                                with its bootstrap interval over users, lam and lam_source
+                                with its bootstrap interval over a seeded sample of test
+                                users, lam and lam_source
     comparisons.parquet         one row per stated comparison and measure: paired difference,
                                 interval, verdict and Holm-adjusted verdict
     lambda_path.parquet         the models' validation paths (λ chosen on validation users)
     popularity.parquet          one row per configuration with item-item lists
     report.html                 the page: header, legend, plots (inline PNG), example lists
 
-Schema version 3 (:data:`SCHEMA_VERSION`; column names and Arrow types in
+Schema version 4 (:data:`SCHEMA_VERSION`; column names and Arrow types in
 :data:`bigcos.reports.schema.TABLES`, also stored in each file's Parquet metadata under
 ``bigcos.schema`` and in the manifest; every column is described in the README). Every table
 starts with ``dataset``. Parameters are columns (``objective``, ``k``, ``lam``, ``scaling``,

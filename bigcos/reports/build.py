@@ -118,7 +118,8 @@ def build_report(data, models: dict[str, Any], lists: list[NeighborLists], info:
     with timings("ground_truth"):
         truth = ground_truth(lists, models, info, popularity, opts)
     with timings("heldout"):
-        scores = heldout_scores(models, data)
+        scores = heldout_scores(models, data, max_users=opts.max_heldout_users,
+                                seed=opts.seed)
         held = heldout_rows(scores, {n: (p.lam, p.lam_source) for n, p in params.items()},
                             opts)
     with timings("comparisons"):

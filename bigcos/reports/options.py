@@ -29,6 +29,11 @@ class Options:
         Agreement and D-sensitivity compare every two configurations on one seeded sample of
         at most this many queries per kind (all queries when there are fewer); their
         intervals resample these queries, so they account for the sample.
+    max_heldout_users : int
+        Held-out evaluation and its paired comparisons rank one seeded uniform sample without
+        replacement of at most this many test users (all when there are fewer), the same for
+        every configuration; their intervals resample these users, so they account for the
+        sample. Cost: O(users x items x k) per configuration.
     n_resamples : int
         Percentile bootstrap resamples of every interval (users for held-out figures and
         comparisons, queries for agreement figures).
@@ -58,6 +63,7 @@ class Options:
     auc_pairs: int = 200_000
     seed: int = 0
     max_queries: int = 5000
+    max_heldout_users: int = 100_000
     n_resamples: int = 1000
     level: float = 0.95
     examples: tuple[str, ...] = ()
@@ -79,7 +85,7 @@ class Options:
             object.__setattr__(self, "label_col", self.labels)
             object.__setattr__(self, "labels", None)
         for name in ("depth", "n_bins", "auc_pairs", "n_examples", "n_resamples",
-                     "max_queries"):
+                     "max_queries", "max_heldout_users"):
             if getattr(self, name) < 1:
                 raise UserError(f"report {name}: must be at least 1, got {getattr(self, name)}")
         if not 0.0 < self.rbo_p < 1.0:

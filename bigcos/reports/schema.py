@@ -16,7 +16,7 @@ import pyarrow as pa
 from bigcos import io, storage
 from bigcos.errors import UserError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 HELDOUT_KS = (20, 50, 100)  # Recall@K1, Recall@K2, NDCG@K3 of the heldout table
 
 _F64 = pa.float64()
@@ -37,7 +37,8 @@ def heldout_fields(ks: tuple[int, int, int] = HELDOUT_KS) -> list[tuple[str, pa.
     """Columns of the heldout table for cut-offs ``ks``: each measure, then its interval."""
     measures = [(f"{m}{end}", _F64) for m in heldout_measures(ks) for end in ("", "_lo", "_hi")]
     return [_DATASET, ("model", _STR), ("metric", _STR), ("protocol", _STR), ("n_users", _I64),
-            *measures, ("level", _F64), ("lam", _F64), ("lam_source", _STR), ("scoring", _STR)]
+            ("n_test_users", _I64), *measures, ("level", _F64), ("lam", _F64),
+            ("lam_source", _STR), ("scoring", _STR)]
 
 
 # column name -> type; None = the dataset's item id type (int64 or string)
