@@ -87,7 +87,11 @@ def test_small_example_jobs_run_on_threads_and_large_ones_get_a_cluster():
     small = estimated_interactions(load_job(JOBS / "movielens-small.toml"))
     assert small == 100_836  # the bundled log's rows, from the Parquet metadata
     default = estimated_interactions(load_job(None))
-    assert 6_000_000 < default < THREADS_MAX_INTERACTIONS  # 6.8 M drawn by the simulation
+    # 1.7 M expected of the 5,000-user simulation (the paper's 20,000 users: 6.8 M)
+    assert 1_500_000 < default < 2_000_000 < THREADS_MAX_INTERACTIONS
+    paper = estimated_interactions(load_job(JOBS / "simulation-paper.toml"))
+    assert 6_000_000 < paper < THREADS_MAX_INTERACTIONS
+    assert not wants_cluster(ClusterOptions(), paper)
     assert not wants_cluster(ClusterOptions(), default)
     assert wants_cluster(ClusterOptions(workers=2), small)
     assert wants_cluster(ClusterOptions(scheduler="tcp://127.0.0.1:8786"), small)
