@@ -137,7 +137,7 @@ def findings(report) -> list[str]:
         if len({r["model"] for r in rows}) > 1:
             by = {m: [r[recall] for r in rows if r["metric"] == m] for m in METRICS}
             out.append(f"Held-out Recall@{recall[10:]} across the D of {fam.label} "
-                       f"({rows[0]['protocol']} generalisation, {rows[0]['n_users']} users): "
+                       f"({rows[0]['protocol']} generalisation, {_users(rows[0])}): "
                        f"by dot {_span(by['dot'])}, by cosine {_span(by['cos'])}.")
     out += comparison_findings(_rows(report, "comparisons"), held)
     out += identical_configurations(report.params)
@@ -264,6 +264,13 @@ def scoring_text(report) -> str:
     return ("Dot ranks by each model's prediction of X in X's own scale; cosine by the cosine "
             f"of the exported embeddings. Where the two differ from the exported dot:<ul>"
             f"{lines}</ul>")
+
+
+def _users(row: dict) -> str:
+    """"1,208 users", or "100,000 of 1,208,000 users (a seeded sample)"."""
+    n, total = row["n_users"], row.get("n_test_users", row["n_users"])
+    return (f"{n:,} users" if n == total
+            else f"{n:,} of {total:,} test users (a seeded sample)")
 
 
 def validation_section(report) -> str:
