@@ -135,7 +135,7 @@ def dask_client(options: ClusterOptions | None = None,
             dashboard_address=options.dashboard_address,
             silence_logs=worker_log_level,
         )
-    with cluster, Client(cluster) as client, _quiet_on_interrupt():
+    with cluster, Client(cluster) as client, _quiet_on_interrupt(client):
         log.info("LocalCluster with %d workers (dashboard: %s)", n_workers, client.dashboard_link)
         yield client
 
@@ -159,16 +159,25 @@ def _sigint_ignored_by_children() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _quiet_on_interrupt() -> Iterator[None]:
-    """On Ctrl-C, silence Dask's loggers in this process before the cluster is torn down, so
-    the command's own one-line message is all the user sees."""
+def _quiet_on_interrupt(workers=None) -> Iterator[None]:
+    """On Ctrl-C, silence Dask's loggers in this process, and in the worker processes of
+    ``workers`` (the client of a LocalCluster this process started: its workers' heartbeats
+    fail once its scheduler stops), before the cluster is torn down, so the command's own
+    one-line message is all the user sees."""
     try:
         yield
     except KeyboardInterrupt:
-        for name in ["distributed", *logging.Logger.manager.loggerDict]:
-            if name.startswith(("distributed", "tornado", "asyncio")):
-                logging.getLogger(name).setLevel(logging.CRITICAL)
+        _silence_dask_logs()
+        if workers is not None:
+            with contextlib.suppress(Exception):  # best effort: the cluster is going anyway
+                workers.run(_silence_dask_logs, wait=True)
         raise
+
+
+def _silence_dask_logs() -> None:
+    for name in ["distributed", *logging.Logger.manager.loggerDict]:
+        if name.startswith(("distributed", "tornado", "asyncio")):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 # Where threads stop being enough. Measured on the 2-core (shared, loaded) machine with the

@@ -6,6 +6,7 @@ endpoint and region come only from the standard AWS environment variables.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -315,11 +316,21 @@ def test_the_job_on_s3_matches_local_resumes_after_a_kill_and_runs_beside_anothe
     while not any(t.name.startswith(".report.tmp-") for t in temporaries(a)):  # seconds long
         assert run_a.poll() is None and time.time() < deadline, run_a.stdout.read()
         time.sleep(0.05)
+    import psutil
+
+    # run A and its worker processes (small jobs run their stages side by side in workers)
+    family = {run_a.pid} | {c.pid for c in psutil.Process(run_a.pid).children(recursive=True)}
     run_a.send_signal(signal.SIGKILL)
     run_a.wait()
     abandoned = temporaries(a)
-    assert abandoned and all(json.loads((t / LEASE).read_text())["pid"] == run_a.pid
+    assert abandoned and all(json.loads((t / LEASE).read_text())["pid"] in family
                              for t in abandoned)
+    workers = []
+    for pid in family - {run_a.pid}:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            workers.append(psutil.Process(pid))
+    gone, alive = psutil.wait_procs(workers, timeout=30)
+    assert not alive  # a killed run's workers die with it: nothing of A writes any more
     committed = {f.parent.name: f.read_text() for f in a.rglob("stage.json")}
     assert "report" not in committed and len(committed) == 6
     assert not io.output_exists(a / "ml" / "report")  # nothing a reader would take

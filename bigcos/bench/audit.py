@@ -85,7 +85,7 @@ def _faiss_rows(x: np.ndarray, queries: np.ndarray, n: int) -> list[dict]:
 @click.option("--seed", type=int, default=0, show_default=True)
 @json_option
 def audit_bench(p, n, k, queries, depth, workers, peers, seed, json_path):
-    """bigcos audit of p items and n users (in Parquet row groups) on a LocalCluster: wall
+    """Times `bigcos audit` of p items and n users (in Parquet row groups) on a LocalCluster: wall
     time per phase and peak memory, beside faiss exact top-N of the same queries.
 
     \b

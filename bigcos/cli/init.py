@@ -185,8 +185,9 @@ def _write_validated(target: Path, text: str, validate: bool) -> None:
 @click.option("--value-col", default=None,
               help="Column of interaction strengths [value; if absent every row counts 1].")
 @click.option("--time-col", default=None, help="Column of timestamps [timestamp].")
-@click.option("--example", type=click.Choice(_examples()), default=None,
-              help="Write this bundled example job instead (paths made to work from DIRECTORY).")
+@click.option("--example", type=click.Choice(_examples()), default=None, metavar="NAME",
+              help="Write this bundled example job instead (paths made to work from "
+                   f"DIRECTORY): {', '.join(_examples())}.")
 @click.option("--force", is_flag=True, help="Overwrite an existing DIRECTORY/job.toml.")
 def init(directory, log_path, items_path, name, user_col, item_col, value_col, time_col,
          example, force):
