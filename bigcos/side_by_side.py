@@ -65,9 +65,9 @@ def run_stages(stages: list[Stage], processes: int, force: bool, progress,
 
     Raises
     ------
-    The first error of a stage (a :class:`bigcos.errors.UserError` stays one line); stages
-    already complete stay complete, running ones are abandoned (their temporaries are
-    cleaned by the next run).
+    The error of the first failed stage in plan order (a :class:`bigcos.errors.UserError`
+    stays one line), once the stages running beside it have finished (and are kept as
+    complete); stages not started yet are not run.
     """
     import dask
     import distributed  # noqa: F401 - its config (the nanny's environment) is read below
@@ -102,6 +102,8 @@ def run_stages(stages: list[Stage], processes: int, force: bool, progress,
                                    pure=False)
             futures[stage.label], stage_of[future.key] = future, stage
         pending = list(futures.values())
+        order = {s.label: i for i, s in enumerate(todo)}
+        failed: list[tuple[int, BaseException]] = []
         _show_running(todo, futures, progress)
         while pending:  # polled, so that Ctrl-C is seen whatever Dask's waits do with it
             if interrupted.is_set():
@@ -113,11 +115,23 @@ def run_stages(stages: list[Stage], processes: int, force: bool, progress,
             for future in finished:
                 pending.remove(future)
                 stage = stage_of[future.key]
-                seconds[stage.label] = future.result()  # raises the stage's own error
+                if future.status != "finished":  # erred, or cancelled after a failure
+                    if future.status == "error":
+                        failed.append((order[stage.label], future.exception()))
+                    continue
+                seconds[stage.label] = future.result()
                 mark_complete(stage, seconds[stage.label])
                 ran.append(stage.label)
                 progress.finish(stage.label, seconds[stage.label])
+            if failed:  # drop what has not started; let the running stages finish and keep
+                waiting = [f for f in pending if not all(
+                    futures[u.label].status == "finished"
+                    for u in stage_of[f.key].upstream if u.label in futures)]
+                client.cancel(waiting)
+                pending = [f for f in pending if f not in waiting]
             _show_running(todo, futures, progress)
+    if failed:  # the first failed stage in plan order: the same error whatever the timing
+        raise min(failed, key=lambda pair: pair[0])[1]
     return ran, skipped, seconds
 
 

@@ -218,19 +218,26 @@ def dataset_stages(job: Job, ds: Dataset, root: Path) -> list[Stage]:
         als = models.ALSOptions(factors=f.als_factors or f.k, iterations=f.als_iterations,
                                 regularization=f.als_regularization or 0.0, seed=f.seed)
         als_selection = selection if f.als_regularization is None else None
+
+        def fit_als(d: Path, client) -> None:
+            if f.als_factors is None:  # k factors: k must suit the data, as for the others
+                check_fit_against_data(ds, ingest.directory)
+            models.fit_als(ingest.directory, d, als, overwrite=True, selection=als_selection)
+
         fits.append(Stage(ds.name, "fit-als", root / "models" / "als", asdict(als), [], [ingest],
-                          lambda d, client: models.fit_als(ingest.directory, d, als,
-                                                           overwrite=True,
-                                                           selection=als_selection)))
+                          fit_als))
     if f.cosine:
         from bigcos.cosine_fit import CosineOptions, fit_cosine
 
         cos = CosineOptions(k=f.k, iterations=f.cosine_iterations, seed=f.seed,
                             validation_fraction=f.validation_fraction)
+
+        def fit_cosine_model(d: Path, client) -> None:
+            check_fit_against_data(ds, ingest.directory)  # k, as the closed-form stages say
+            fit_cosine(ingest.directory, d, cos, client=client, overwrite=True)
+
         fits.append(Stage(ds.name, "fit-cosine", root / "models" / "cosine", asdict(cos), [],
-                          [ingest], lambda d, client: fit_cosine(ingest.directory, d, cos,
-                                                                 client=client, overwrite=True),
-                          algorithm="fit-cosine"))
+                          [ingest], fit_cosine_model, algorithm="fit-cosine"))
     stages += fits
 
     nb = job.neighbors
