@@ -92,9 +92,13 @@ def _drawn_means(x: np.ndarray, n_resamples: int, seed: int) -> np.ndarray:
     return means
 
 
-def _check(n_resamples: int, level: float) -> None:
+def _check_resamples(n_resamples: int) -> None:
     if n_resamples < 1:
         raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
+
+
+def _check(n_resamples: int, level: float) -> None:
+    _check_resamples(n_resamples)
     if not 0 < level < 1:
         raise ValueError(f"level must be in (0, 1), got {level}")
 
@@ -149,7 +153,7 @@ def resample_means(xs: list[np.ndarray], n_resamples: int = 1000, seed: int = 0
     with ``seed``), so each group costs one matrix product (n_resamples x n) @ (n x m) instead
     of m separate draws; a group of one is exactly :func:`bootstrap_mean`'s computation.
     """
-    _check(n_resamples, 0.5)
+    _check_resamples(n_resamples)
     out: list[Resampled | None] = [None] * len(xs)
     groups: dict[int, list[tuple[int, np.ndarray]]] = {}
     for i, x in enumerate(xs):
