@@ -1,7 +1,8 @@
 """Model directories: the on-disk form of every fitted model (closed form or ALS).
 
     items.parquet     item_id (original type), embedding (fixed_size_list<float32>[k])
-    users.parquet     user_id (original type), embedding (fixed_size_list<float32>[k])
+    users.parquet     user_id (original type), embedding (fixed_size_list<float32>[k]); or
+    users/part-*.parquet  the same, one part per matrix shard (:mod:`bigcos.user_parts`)
     spectrum.parquet  closed form only: dim, sigma, g, d, a, b, kept, residual per SVD dimension
     columns.parquet   column remedy only: item_id, col_center (mu), col_scale (s) per item, so
                       X~ = (X - 1 mu^T) diag(s) can be mapped back to X's own scale
@@ -23,6 +24,7 @@ import pyarrow as pa
 from bigcos import io, storage
 from bigcos.closed_form import Solution
 from bigcos.errors import UserError
+from bigcos.user_parts import read_all_users, write_part
 
 ITEMS, USERS, DIMENSIONS = "items.parquet", "users.parquet", "spectrum.parquet"
 COLUMNS = "columns.parquet"
@@ -72,7 +74,7 @@ def load_model(directory: str | os.PathLike) -> Model:
     if "model_name" not in manifest:
         raise UserError(f"{d / io.MANIFEST}: not a model manifest ('model_name' missing)")
     item_ids, items = io.read_embeddings(d / ITEMS, "item_id")
-    user_ids, users = io.read_embeddings(d / USERS, "user_id")
+    user_ids, users = read_all_users(d)
     if items.shape[1] != users.shape[1]:
         raise UserError(f"{d}: item embeddings have {items.shape[1]} dimensions, "
                         f"user embeddings {users.shape[1]}")
@@ -143,7 +145,7 @@ def write_model(directory: Path, item_ids: pa.Array, items: np.ndarray, user_ids
         :func:`dimensions_table` of a closed-form model.
     """
     io.write_embeddings(directory / ITEMS, item_ids, items, "item_id")
-    io.write_embeddings(directory / USERS, user_ids, users, "user_id")
+    write_part(directory, 0, 1, user_ids, users)
     if dimensions is not None:
         io.write_table(directory / DIMENSIONS, dimensions)
 
