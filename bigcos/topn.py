@@ -345,6 +345,7 @@ def symmetric_topn(x: np.ndarray, inv: np.ndarray, n: int, metrics: Sequence[str
                    g: tuple[int, int], h: tuple[int, int], *, block: int,
                    lists_g: dict[str, np.ndarray] | None = None,
                    lists_h: dict[str, np.ndarray] | None = None,
+                   floor_sample: int | None = None, floor_rank: int | None = None,
                    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
     """Update the top-``n`` lists of rows g and rows h of ``x`` with each other, self excluded.
 
@@ -367,6 +368,11 @@ def symmetric_topn(x: np.ndarray, inv: np.ndarray, n: int, metrics: Sequence[str
         The lists so far, {metric: keys of shape (g1 - g0, n) / (h1 - h0, n)}, e.g. from an
         earlier call with other ranges; None = empty. Their thresholds carry over, so a
         row's candidates pass the filter about as rarely as if all its tiles ran in one call.
+    floor_sample, floor_rank : int, optional
+        Lists that start empty start from *floors* (see :func:`floored_lists`): the
+        ``floor_rank``-th best score of each row among ``floor_sample`` evenly spaced rows of
+        ``x``. None = sized from p and n (:func:`floor_plan`); ``floor_sample=0`` = no floors.
+        They change speed, never results.
 
     Returns
     -------
@@ -380,8 +386,16 @@ def symmetric_topn(x: np.ndarray, inv: np.ndarray, n: int, metrics: Sequence[str
     -----
     Working memory: (9 + 24 * len(metrics)) * block**2 bytes of tiles and buffers plus
     24 * n * len(metrics) bytes per row of g and h.
+
+    Lists that are still floored when a call has shown their rows all p - 1 candidates
+    (which a complete set of calls does) are recomputed exactly by :func:`query_block_topn`.
     """
     same = g == h
+    plan = floor_plan(len(x), n, floor_sample, floor_rank)
+    if lists_g is None and plan:
+        lists_g = floored_lists(x, inv, n, metrics, g, *plan, block=block)
+    if lists_h is None and plan and not same:
+        lists_h = floored_lists(x, inv, n, metrics, h, *plan, block=block)
     rows_g = _Rows(g[0], g[1], inv, n, metrics, block, lists_g)
     rows_h = rows_g if same else _Rows(h[0], h[1], inv, n, metrics, block, lists_h)
     buffers = _Buffers(block * block)
@@ -400,7 +414,99 @@ def symmetric_topn(x: np.ndarray, inv: np.ndarray, n: int, metrics: Sequence[str
                 continue
             _update(rows_g, s, True, i0, inv_j, j0, scaled, hit)
             _update(rows_h, s, False, j0, inv_i, i0, scaled, hit)
-    return rows_g.sorted_keys(), None if same else rows_h.sorted_keys()
+    out_g = _settle_floors(rows_g.sorted_keys(), x, inv, n, g, (g[1] - g[0] - 1) if same
+                           else h[1] - h[0], block)
+    if same:
+        return out_g, None
+    return out_g, _settle_floors(rows_h.sorted_keys(), x, inv, n, h, g[1] - g[0], block)
+
+
+# --------------------------------------------------------------------------- floors
+#: Floors' placeholder keys hold index PLACEHOLDER_TOP - (candidates seen so far); any index
+#: >= p with a finite score is a placeholder (real candidates are < p, EMPTY's score is -inf).
+PLACEHOLDER_TOP = 2**32 - 2
+_FLOOR_SAMPLE = 2048  # default sample size: ~5 % of the half GEMM at p = 50,000
+
+
+def floor_plan(p: int, n: int, floor_sample: int | None = None,
+               floor_rank: int | None = None) -> tuple[int, int] | None:
+    """(sample size, rank) of the floors for p candidates and lists of n, or None (no floors).
+
+    With m sampled candidates a row expects mu = m * n / (p - 1) of them among its true top n;
+    the rank ceil(mu + 4 sqrt(mu) + 1.5) exceeds that count with probability about 1e-3 (a
+    Poisson tail), so about one row in a thousand ends below its floor and is recomputed.
+    The floor is then about the (rank / mu * n)-th best score, where a running threshold starts
+    at -inf: the filter passes about n (1 + ln(rank / mu)) candidates per row instead of
+    n (1 + ln(p / n)).
+    """
+    if floor_sample == 0 or 2 * p >= PLACEHOLDER_TOP or p - 1 < 64 * n:
+        return None
+    sample = min(p - 1, floor_sample or min(_FLOOR_SAMPLE, (p - 1) // 8))
+    mu = sample * n / (p - 1)
+    rank = floor_rank or int(np.ceil(mu + 4 * np.sqrt(mu) + 1.5))
+    return (sample, rank) if rank <= sample else None
+
+
+def floored_lists(x: np.ndarray, inv: np.ndarray, n: int, metrics: Sequence[str],
+                  rows: tuple[int, int], sample: int, rank: int, *,
+                  block: int) -> dict[str, np.ndarray]:
+    """Starting lists of rows r0:r1 of ``x``: n placeholder keys at each row's floor.
+
+    The floor of a row (per metric) is its ``rank``-th best score among ``sample`` evenly
+    spaced rows of ``x`` (itself excluded). A placeholder sorts below every real candidate of
+    the same score, so the running threshold starts at the floor: the kernel admits only
+    candidates scoring at least that much, and the list is exact once no placeholder is left
+    (n real candidates at or above the floor, every candidate at or above it having been
+    seen). Zero-norm rows keep EMPTY lists. Memory: about 12 * block**2 bytes of sample scores.
+    """
+    r0, r1 = rows
+    p = len(x)
+    picks = np.unique(np.linspace(0, p - 1, sample).round().astype(np.int64))
+    xs, inv_s = np.ascontiguousarray(x[picks]), np.asarray(inv[picks])
+    lists = {m: np.full((r1 - r0, n), EMPTY, np.int64) for m in metrics}
+    step = max(1, block * block // len(picks))
+    for a0 in range(r0, r1, step):
+        a1 = min(r1, a0 + step)
+        dot = np.ascontiguousarray(x[a0:a1]) @ xs.T
+        inv_a = np.asarray(inv[a0:a1])
+        here = (picks >= a0) & (picks < a1)
+        dot[picks[here] - a0, np.flatnonzero(here)] = -np.inf
+        for m in metrics:
+            scores = dot if m == "dot" else _cosine(dot, inv_a[:, None] * inv_s[None, :])
+            floor = np.partition(scores, len(picks) - rank, axis=1)[:, len(picks) - rank]
+            live = (inv_a != 0) & np.isfinite(floor)
+            keys = encode_keys(floor[live], np.full(int(live.sum()), PLACEHOLDER_TOP))
+            lists[m][np.flatnonzero(live) + a0 - r0] = keys[:, None]
+    return lists
+
+
+def _settle_floors(lists: dict[str, np.ndarray], x: np.ndarray, inv: np.ndarray, n: int,
+                   rows: tuple[int, int], seen: int, block: int) -> dict[str, np.ndarray]:
+    """Count ``seen`` more candidates in the placeholders of rows r0:r1; recompute exactly
+    the rows still floored once they have seen all p - 1 candidates (their floor was above
+    their n-th best)."""
+    p, r0 = len(x), rows[0]
+    redo = np.zeros(rows[1] - r0, bool)
+    for keys in lists.values():
+        scores, index = decode_keys(keys)
+        held = (index >= p) & (scores > -np.inf)
+        if not held.any():
+            continue
+        index = index[held] - seen
+        keys[held] = encode_keys(scores[held], index)
+        done = np.zeros_like(held)
+        done[held] = PLACEHOLDER_TOP - index >= p - 1
+        redo |= done.any(axis=1)
+    if redo.any():
+        local = np.flatnonzero(redo)
+        self_pairs = sp.csr_matrix((np.ones(len(local)), (np.arange(len(local)), local + r0)),
+                                   shape=(len(local), p))
+        exact = query_block_topn(np.ascontiguousarray(x[local + r0]), np.asarray(inv)[local + r0],
+                                 x, inv, n, list(lists), candidate_block=block * 4,
+                                 exclude=self_pairs)
+        for m, keys in lists.items():
+            keys[local] = exact[m]
+    return lists
 
 
 def fill_zero_queries(lists: dict[str, np.ndarray], inv_queries: np.ndarray, n: int, p: int,
