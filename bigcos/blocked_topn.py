@@ -36,7 +36,7 @@ class Blocking:
     def peak_bytes(self, n: int, n_metrics: int) -> int:
         """Peak working memory of one task, the formula of the module docstring."""
         r, c, g = self.query_block, self.candidate_block, self.group_rows
-        tiles = max(r * c, self.symmetric_block ** 2) * (9 + 24 * n_metrics)
+        tiles = max(r * c, self.symmetric_block ** 2) * (10 + 24 * n_metrics)
         return tiles + 2 * 24 * g * n * n_metrics + g * n * (8 * n_metrics + 40)
 
     def groups(self, n_queries: int, min_groups: int = 16) -> list[tuple[int, int]]:

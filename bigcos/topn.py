@@ -216,21 +216,25 @@ class _Buffers:
     def __init__(self, size: int):
         self.tile = np.empty(size, np.float32)
         self.scaled = np.empty(size, np.float32)
-        self.hit = np.empty(size, bool)
+        self.hits = (np.empty(size, bool), np.empty(size, bool))
 
     def shaped(self, shape: tuple[int, int]):
+        """(tile, (scaled, hit, hit)) views of ``shape``."""
         size = shape[0] * shape[1]
-        return (self.tile[:size].reshape(shape), self.scaled[:size].reshape(shape),
-                self.hit[:size].reshape(shape))
+        return self.tile[:size].reshape(shape), (
+            self.scaled[:size].reshape(shape), *(h[:size].reshape(shape) for h in self.hits))
 
 
 def _update(rows: _Rows, s: np.ndarray, by_row: bool, q0: int, inv_c: np.ndarray, c0: int,
-            scaled: np.ndarray, hit: np.ndarray) -> None:
+            buffers: tuple[np.ndarray, ...]) -> None:
     """Offer the tile ``s`` to the lists of ``rows``.
 
     by_row: ``s[i, j]`` scores query q0+i against candidate c0+j; otherwise ``s[i, j]`` scores
-    query q0+j against candidate c0+i (the transposed use of a symmetric tile).
+    query q0+j against candidate c0+i (the transposed use of a symmetric tile). With both
+    metrics one mask (dot hit or cosine hit) finds the entries, and each metric then keeps
+    those of its own that reach its threshold.
     """
+    scaled, *hit = buffers
     n_q = s.shape[0] if by_row else s.shape[1]
     start = q0 - rows.lo
     which, offset = divmod(start, rows.block)
@@ -240,8 +244,8 @@ def _update(rows: _Rows, s: np.ndarray, by_row: bool, q0: int, inv_c: np.ndarray
     inv_q = rows.inv[local]
     per_q = (slice(None), None) if by_row else (None, slice(None))
     per_c = (None, slice(None)) if by_row else (slice(None), None)
-    for metric, tops in rows.lists.items():
-        top = tops[which]
+    tops = {metric: lists[which] for metric, lists in rows.lists.items()}
+    for (metric, top), mask in zip(tops.items(), hit, strict=False):
         if top.cold:
             _warm_up(top, s, by_row, inv_q[per_q] * inv_c[per_c] if metric == "cos" else None)
         if metric == "dot":
@@ -250,13 +254,24 @@ def _update(rows: _Rows, s: np.ndarray, by_row: bool, q0: int, inv_c: np.ndarray
             with np.errstate(invalid="ignore"):  # -inf (excluded) * 0 (zero norm): NaN, no hit
                 values = np.multiply(s, inv_c[per_c], out=scaled)
             bound = _loosen(top.threshold, rows.norms[local])
-        hits = np.flatnonzero(np.greater_equal(values, bound[per_q], out=hit))
-        i, j = np.divmod(hits, s.shape[1])
-        q, c = (i, j) if by_row else (j, i)
-        scores = s.reshape(-1)[hits]
+        np.greater_equal(values, bound[per_q], out=mask)
+    if len(tops) > 1:
+        np.logical_or(hit[0], hit[1], out=hit[0])
+    hits = np.flatnonzero(hit[0])
+    i, j = np.divmod(hits, s.shape[1])
+    q, c = (i, j) if by_row else (j, i)
+    dots = s.reshape(-1)[hits]
+    for metric, top in tops.items():
+        scores = dots
         if metric == "cos":
-            scores = scores * (inv_q[q] * inv_c[c])
-        top.offer(q, encode_keys(scores, c + c0))
+            with np.errstate(invalid="ignore"):
+                scores = dots * (inv_q[q] * inv_c[c])
+        q_m, c_m = q, c
+        if len(tops) > 1:
+            with np.errstate(invalid="ignore"):
+                keep = np.flatnonzero(scores >= top.threshold[q])
+            q_m, c_m, scores = q[keep], c[keep], scores[keep]
+        top.offer(q_m, encode_keys(scores, c_m + c0))
 
 
 def _warm_up(top: RunningTopN, s: np.ndarray, by_row: bool, inv_product: np.ndarray | None):
@@ -323,7 +338,7 @@ def query_block_topn(queries: np.ndarray, inv_queries: np.ndarray, candidates: n
 
     Notes
     -----
-    Working memory: about (9 + 24 * len(metrics)) * R * C bytes of tiles and buffers plus
+    Working memory: about (10 + 24 * len(metrics)) * R * C bytes of tiles and buffers plus
     24 * R * n * len(metrics) bytes of running lists; independent of p.
     """
     n_rows, p = len(queries), len(candidates)
@@ -332,10 +347,10 @@ def query_block_topn(queries: np.ndarray, inv_queries: np.ndarray, candidates: n
     buffers = _Buffers(n_rows * width)
     for c0 in range(0, p, width):
         c1 = min(p, c0 + width)
-        tile, scaled, hit = buffers.shaped((n_rows, c1 - c0))
+        tile, scratch = buffers.shaped((n_rows, c1 - c0))
         s = np.matmul(queries, candidates[c0:c1].T, out=tile)
         _mask_excluded(s, c0, c1, self_offset, exclude)
-        _update(rows, s, True, 0, np.asarray(inv_candidates[c0:c1]), c0, scaled, hit)
+        _update(rows, s, True, 0, np.asarray(inv_candidates[c0:c1]), c0, scratch)
     result = rows.sorted_keys()
     fill_zero_queries(result, rows.inv, n, p, self_offset, exclude)
     return result
@@ -384,7 +399,7 @@ def symmetric_topn(x: np.ndarray, inv: np.ndarray, n: int, metrics: Sequence[str
 
     Notes
     -----
-    Working memory: (9 + 24 * len(metrics)) * block**2 bytes of tiles and buffers plus
+    Working memory: (10 + 24 * len(metrics)) * block**2 bytes of tiles and buffers plus
     24 * n * len(metrics) bytes per row of g and h.
 
     Lists that are still floored when a call has shown their rows all p - 1 candidates
@@ -405,15 +420,15 @@ def symmetric_topn(x: np.ndarray, inv: np.ndarray, n: int, metrics: Sequence[str
         inv_i = np.asarray(inv[i0:i1])
         for j0 in range(i0 if same else h[0], h[1], block):
             j1 = min(h[1], j0 + block)
-            tile, scaled, hit = buffers.shaped((i1 - i0, j1 - j0))
+            tile, scratch = buffers.shaped((i1 - i0, j1 - j0))
             s = np.matmul(xi, x[j0:j1].T, out=tile)
             inv_j = np.asarray(inv[j0:j1])
             if i0 == j0:
                 _mask_excluded(s, j0, j1, i0, None)
-                _update(rows_g, s, True, i0, inv_j, j0, scaled, hit)
+                _update(rows_g, s, True, i0, inv_j, j0, scratch)
                 continue
-            _update(rows_g, s, True, i0, inv_j, j0, scaled, hit)
-            _update(rows_h, s, False, j0, inv_i, i0, scaled, hit)
+            _update(rows_g, s, True, i0, inv_j, j0, scratch)
+            _update(rows_h, s, False, j0, inv_i, i0, scratch)
     out_g = _settle_floors(rows_g.sorted_keys(), x, inv, n, g, (g[1] - g[0] - 1) if same
                            else h[1] - h[0], block)
     if same:
@@ -465,6 +480,7 @@ def floored_lists(x: np.ndarray, inv: np.ndarray, n: int, metrics: Sequence[str]
     xs, inv_s = np.ascontiguousarray(x[picks]), np.asarray(inv[picks])
     lists = {m: np.full((r1 - r0, n), EMPTY, np.int64) for m in metrics}
     step = max(1, block * block // len(picks))
+    nth = len(picks) - rank
     for a0 in range(r0, r1, step):
         a1 = min(r1, a0 + step)
         dot = np.ascontiguousarray(x[a0:a1]) @ xs.T
@@ -472,8 +488,12 @@ def floored_lists(x: np.ndarray, inv: np.ndarray, n: int, metrics: Sequence[str]
         here = (picks >= a0) & (picks < a1)
         dot[picks[here] - a0, np.flatnonzero(here)] = -np.inf
         for m in metrics:
-            scores = dot if m == "dot" else _cosine(dot, inv_a[:, None] * inv_s[None, :])
-            floor = np.partition(scores, len(picks) - rank, axis=1)[:, len(picks) - rank]
+            if m == "dot":
+                floor = np.partition(dot, nth, axis=1)[:, nth]
+            else:  # rows scale by inv_a >= 0 after the selection (a floor need not be exact)
+                with np.errstate(invalid="ignore"):
+                    scaled = np.multiply(dot, inv_s, out=dot if "dot" not in metrics else None)
+                floor = np.partition(scaled, nth, axis=1)[:, nth] * inv_a
             live = (inv_a != 0) & np.isfinite(floor)
             keys = encode_keys(floor[live], np.full(int(live.sum()), PLACEHOLDER_TOP))
             lists[m][np.flatnonzero(live) + a0 - r0] = keys[:, None]
