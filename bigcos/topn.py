@@ -22,6 +22,16 @@ Candidates are buffered and merged into the running lists only when the buffer h
 entries as the lists (so about log(number of tiles) merges per row). A (score, index) pair is
 packed into one int64 *key* whose integer order is the required order, so a merge is a single
 ``np.partition`` over keys.
+
+Floors (the symmetric kernel, p >= 64 N). A running threshold starting at -inf admits about
+N (1 + ln(p / N)) candidates per row (the records of a random order: ~7 N at p = 50,000).
+Lists that start empty therefore start at a *floor*: each row's score of a given rank among a
+sample of about 2,000 evenly spaced rows, chosen so that the row's true N-th best lies below it
+with probability ~0.999. The lists start as N placeholder keys at the floor (index >= p, which
+sorts below every real candidate of the same score and carries the number of candidates seen),
+so the filter admits only candidates at or above it: about 2-4 N per row. A list with no
+placeholder left is exact; a row whose floor was too high still holds placeholders after it
+has seen all p - 1 candidates and is then recomputed exactly (:func:`query_block_topn`).
 """
 
 from __future__ import annotations
