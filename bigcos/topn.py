@@ -410,7 +410,9 @@ def symmetric_topn(x: np.ndarray, inv: np.ndarray, n: int, metrics: Sequence[str
     Notes
     -----
     Working memory: (10 + 24 * len(metrics)) * block**2 bytes of tiles and buffers plus
-    24 * n * len(metrics) bytes per row of g and h.
+    24 * n * len(metrics) + 4 * k bytes per row of g and h (lists, and a copy of the rows in
+    order of norm: tiles then hold candidates of similar norms, so one comparison per entry
+    against a per-chunk bound serves both metrics, see :func:`_update_chunked`).
 
     Lists that are still floored when a call has shown their rows all p - 1 candidates
     (which a complete set of calls does) are recomputed exactly by :func:`query_block_topn`.
@@ -421,29 +423,130 @@ def symmetric_topn(x: np.ndarray, inv: np.ndarray, n: int, metrics: Sequence[str
         lists_g = floored_lists(x, inv, n, metrics, g, *plan, block=block)
     if lists_h is None and plan and not same:
         lists_h = floored_lists(x, inv, n, metrics, h, *plan, block=block)
-    rows_g = _Rows(g[0], g[1], inv, n, metrics, block, lists_g)
-    rows_h = rows_g if same else _Rows(h[0], h[1], inv, n, metrics, block, lists_h)
+    # rows in order of norm, so that each chunk of candidates has a narrow range of norms
+    sides = [_Sorted(x, inv, g, n, metrics, block, lists_g)]
+    sides.append(sides[0] if same else _Sorted(x, inv, h, n, metrics, block, lists_h))
+    side_g, side_h = sides
     buffers = _Buffers(block * block)
-    for i0 in range(g[0], g[1], block):
-        i1 = min(g[1], i0 + block)
-        xi = np.ascontiguousarray(x[i0:i1])
-        inv_i = np.asarray(inv[i0:i1])
-        for j0 in range(i0 if same else h[0], h[1], block):
-            j1 = min(h[1], j0 + block)
+    for i0 in range(0, len(side_g.ids), block):
+        i1 = min(len(side_g.ids), i0 + block)
+        xi = side_g.x[i0:i1]
+        for j0 in range(i0 if same else 0, len(side_h.ids), block):
+            j1 = min(len(side_h.ids), j0 + block)
             tile, scratch = buffers.shaped((i1 - i0, j1 - j0))
-            s = np.matmul(xi, x[j0:j1].T, out=tile)
-            inv_j = np.asarray(inv[j0:j1])
-            if i0 == j0:
+            s = np.matmul(xi, side_h.x[j0:j1].T, out=tile)
+            diagonal = same and i0 == j0
+            if diagonal:
                 _mask_excluded(s, j0, j1, i0, None)
-                _update(rows_g, s, True, i0, inv_j, j0, scratch)
-                continue
-            _update(rows_g, s, True, i0, inv_j, j0, scratch)
-            _update(rows_h, s, False, j0, inv_i, i0, scratch)
-    out_g = _settle_floors(rows_g.sorted_keys(), x, inv, n, g, (g[1] - g[0] - 1) if same
+            _update_chunked(side_g.rows, s, True, i0, side_h, j0, j1, scratch)
+            if not diagonal:
+                _update_chunked(side_h.rows, s, False, j0, side_g, i0, i1, scratch)
+    rows_g = side_g.unsorted_keys()
+    out_g = _settle_floors(rows_g, x, inv, n, g, (g[1] - g[0] - 1) if same
                            else h[1] - h[0], block)
     if same:
         return out_g, None
-    return out_g, _settle_floors(rows_h.sorted_keys(), x, inv, n, h, g[1] - g[0], block)
+    return out_g, _settle_floors(side_h.unsorted_keys(), x, inv, n, h, g[1] - g[0], block)
+
+
+_CHUNK = 64  # candidates sharing one norm range in the filter of _update_chunked
+
+
+class _Sorted:
+    """Rows r0:r1 of x in order of norm: their embeddings (a copy), global ids, running
+    lists, and the min and max norm of each chunk of _CHUNK consecutive rows."""
+
+    def __init__(self, x, inv, rows, n, metrics, block, lists):
+        r0, r1 = rows
+        inv_here = np.asarray(inv[r0:r1])
+        # largest norm first (zero norms before them): the dot thresholds rise early
+        self.order = np.argsort(inv_here, kind="stable")
+        self.ids = r0 + self.order
+        self.x = np.ascontiguousarray(x[self.ids])
+        self.inv = inv_here[self.order]
+        self.rows = _Rows(0, r1 - r0, self.inv, n, metrics, block,
+                          None if lists is None else {m: k[self.order] for m, k in lists.items()})
+        self.zero = self.inv == 0
+
+    def chunks(self, c0: int, c1: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Least norm, largest norm and 'has a zero-norm row' of each chunk of c0:c1."""
+        starts = np.arange(0, c1 - c0, _CHUNK)
+        norms = self.rows.norms[c0:c1]
+        return (np.minimum.reduceat(norms, starts), np.maximum.reduceat(norms, starts),
+                np.logical_or.reduceat(self.zero[c0:c1], starts))
+
+    def unsorted_keys(self) -> dict[str, np.ndarray]:
+        out = {}
+        for m, keys in self.rows.sorted_keys().items():
+            out[m] = np.empty_like(keys)
+            out[m][self.order] = keys
+        return out
+
+
+def _update_chunked(rows: _Rows, s: np.ndarray, by_row: bool, q0: int, cands: _Sorted,
+                    c0: int, c1: int, buffers: tuple[np.ndarray, ...]) -> None:
+    """Offer the tile ``s`` to ``rows`` (local, sorted), candidates c0:c1 of ``cands``.
+
+    One pass per tile: a score is kept when it reaches, for its query, the lower of the dot
+    threshold and the cosine threshold turned into a dot bound with the least (most, for a
+    negative bound) norm of the candidate's chunk; then each metric keeps its exact hits.
+    """
+    _, hit, _ = buffers
+    n_q = s.shape[0] if by_row else s.shape[1]
+    which, offset = divmod(q0 - rows.lo, rows.block)
+    if offset or n_q > rows.block:
+        raise ValueError(f"tile rows {q0}:{q0 + n_q} are not one block of {rows.block}")
+    local = slice(q0 - rows.lo, q0 - rows.lo + n_q)
+    inv_q, inv_c = rows.inv[local], cands.inv[c0:c1]
+    tops = {metric: lists[which] for metric, lists in rows.lists.items()}
+    per_q = (slice(None), None) if by_row else (None, slice(None))
+    per_c = (None, slice(None)) if by_row else (slice(None), None)
+    for metric, top in tops.items():
+        if top.cold:
+            _warm_up(top, s, by_row, inv_q[per_q] * inv_c[per_c] if metric == "cos" else None)
+    lo, hi, any_zero = cands.chunks(c0, c1)
+    bound = None
+    with np.errstate(invalid="ignore"):
+        for metric, top in tops.items():
+            t = top.threshold.astype(np.float64)[:, None]
+            if metric == "cos":
+                b = t - np.abs(t) * _COS_SLACK
+                b = np.where(np.isposinf(t), np.inf, b * rows.norms[local][:, None])
+                t = np.where(b > 0, b * lo[None, :], b * hi[None, :])
+                t = np.where((b <= 0) & any_zero[None, :], -np.inf, t)
+                t = np.where(np.isnan(t), b, t)  # +-inf * 0
+            bound = t if bound is None else np.fmin(bound, t)
+        bound = np.where(np.isfinite(bound), bound - np.abs(bound) * 1e-6, bound)
+    bound = np.nextafter(bound.astype(np.float32), np.float32(-np.inf))
+    n_c = c1 - c0
+    full = n_c // _CHUNK * _CHUNK
+    if by_row:
+        if full:
+            np.greater_equal(s[:, :full].reshape(n_q, -1, _CHUNK), bound[:, :full // _CHUNK, None],
+                             out=hit[:, :full].reshape(n_q, -1, _CHUNK))
+        if full < n_c:
+            np.greater_equal(s[:, full:], bound[:, -1:], out=hit[:, full:])
+    else:
+        bound = np.ascontiguousarray(bound.T)  # (chunks, queries): a strided one is 2x slower
+        if full:
+            np.greater_equal(s[:full].reshape(-1, _CHUNK, n_q), bound[:full // _CHUNK, None, :],
+                             out=hit[:full].reshape(-1, _CHUNK, n_q))
+        if full < n_c:
+            np.greater_equal(s[full:], bound[-1:, :], out=hit[full:])
+    hits = np.flatnonzero(hit)
+    i, j = np.divmod(hits, s.shape[1])
+    q, c = (i, j) if by_row else (j, i)
+    dots = s.reshape(-1)[hits]
+    for metric, top in tops.items():
+        scores = dots
+        if metric == "cos":
+            with np.errstate(invalid="ignore"):
+                scores = dots * (inv_q[q] * inv_c[c])
+        with np.errstate(invalid="ignore"):
+            keep = np.flatnonzero(scores >= top.threshold[q])
+        top.offer(q[keep], encode_keys(scores[keep], cands.ids[c0 + c[keep]]))
+
+
 
 
 # --------------------------------------------------------------------------- floors
