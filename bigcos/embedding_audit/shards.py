@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 import scipy.sparse as sp
 
 from bigcos import canonical, evaluation
+from bigcos.dask_tasks import run_tasks, task
 from bigcos.errors import UserError
 
 TINY_NORM = 1e-12  # rows with a smaller norm (relative to the largest) count as zero
@@ -160,23 +161,6 @@ def npy_shards(path: str | Path, shard_rows: int = SHARD_ROWS) -> list[Shard]:
 
 
 # --------------------------------------------------------------------------- tasks
-def run_tasks(tasks: list, client) -> list:
-    """Compute Dask ``tasks`` on ``client`` (None: threads in this process), one BLAS thread
-    per task; return their results in order."""
-    import dask
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(1):  # one BLAS thread per task, as bigcos.neighbor_lists
-        return list(dask.compute(*tasks, scheduler="threads" if client is None else client))
-
-
-def task(fn):
-    """``fn`` as an impure ``dask.delayed`` (every call is a new task)."""
-    import dask
-
-    return dask.delayed(fn, pure=False)
-
-
 def _scan_shard(shard: Shard) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     x = read_shard(shard)
     finite = np.isfinite(x).all(axis=1)
