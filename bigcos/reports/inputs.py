@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -12,8 +13,10 @@ import pyarrow.parquet as pq
 import scipy.sparse as sp
 
 from bigcos import io, metrics, storage
+from bigcos.dask_tasks import run_tasks, task
 from bigcos.errors import UserError
 from bigcos.neighbor_lists import KINDS
+from bigcos.shards import MatrixShards, Shard
 
 
 @dataclass(frozen=True)
@@ -291,3 +294,94 @@ def check_model_matches(model, data, matrix: str, directory: str) -> None:
             raise UserError(f"{directory}: model '{model.name}' was fit on another matrix "
                             f"({model.matrix_dir or 'unknown'}): its {len(theirs):,} {side} ids "
                             f"differ from the {len(mine):,} of {matrix}")
+
+
+# --------------------------------------------------------------------------- matrix by shards
+@dataclass(frozen=True)
+class RowBlock:
+    """Rows [start, stop) of a matrix, as one held-out task reads them: a train/test shard
+    loaded by path where the task runs (``shard``, heldout flags from ``users_file``), or
+    matrices in memory (``train``, ``test``, ``heldout``) for an in-process run."""
+
+    start: int
+    stop: int
+    shard: Shard | None = None
+    users_file: str | None = None
+    train: sp.csr_matrix | None = None
+    test: sp.csr_matrix | None = None
+    heldout: np.ndarray | None = None
+
+    def load(self, test: bool = True
+             ) -> tuple[sp.csr_matrix, sp.csr_matrix | None, np.ndarray | None]:
+        """(train rows, test rows (None unless ``test``), heldout flags of the rows or None).
+        Memory: the shard's CSR (12 bytes per non-zero) and the users file's flags."""
+        if self.shard is None:
+            return self.train, self.test if test else None, self.heldout
+        heldout = None
+        if self.users_file is not None:
+            fs, where = storage.filesystem_and_path(self.users_file)
+            column = pq.read_table(where, columns=["heldout"], filesystem=fs).column("heldout")
+            heldout = column.to_numpy().astype(bool)[self.start:self.stop]
+        return (self.shard.load("train"), self.shard.load("test") if test else None,
+                heldout)
+
+
+def row_blocks(data, train_only: bool = False) -> list[RowBlock] | None:
+    """The row blocks of ``data`` (an Interactions: one block in memory; a matrix directory:
+    one per shard), None without a test part unless ``train_only``."""
+    if hasattr(data, "train"):
+        if data.test is None and not train_only:
+            return None
+        return [RowBlock(0, data.train.shape[0], train=data.train, test=data.test,
+                         heldout=data.heldout_users)]
+    matrix = MatrixShards(data)
+    if not matrix.has_test and not train_only:
+        return None
+    users_file = matrix.directory / "users.parquet"
+    fs, where = storage.filesystem_and_path(users_file)
+    has_flags = "heldout" in pq.read_schema(where, filesystem=fs).names
+    return [RowBlock(s.start, s.stop, shard=s, users_file=str(users_file) if has_flags else None)
+            for s in matrix.shards]
+
+
+@dataclass(frozen=True)
+class MatrixSummary:
+    """What a report needs of a matrix directory, without its matrices in this process.
+
+    Attributes
+    ----------
+    directory : Path
+        The matrix directory (its shards are read by tasks, :func:`row_blocks`).
+    user_ids, item_ids : pyarrow.Array
+        The vocabularies (row and column order): n and p ids.
+    popularity : numpy.ndarray
+        (p,) int64 users per item in the fitted rows (:func:`item_popularity` of
+        ``fit_matrix``), summed over shards.
+    """
+
+    directory: Any
+    user_ids: pa.Array
+    item_ids: pa.Array
+    popularity: np.ndarray
+
+
+def _shard_popularity(block: RowBlock, n_items: int) -> np.ndarray:
+    train, _, heldout = block.load(test=False)
+    if heldout is not None and heldout.any():
+        train = train[np.flatnonzero(~heldout)]
+    return np.bincount(train.indices, minlength=n_items).astype(np.int64)
+
+
+def matrix_summary(matrix_dir: str | Path, client=None) -> MatrixSummary:
+    """Ids and item popularity of a matrix directory: one Dask task per train shard on
+    ``client`` (None: threads here), each returning p counts. Memory here: n + p ids and
+    p counts per shard."""
+    matrix = MatrixShards(matrix_dir)
+    d = matrix.directory
+    users = io.read_table(d / "users.parquet").column("user_id").combine_chunks()
+    items = io.read_table(d / "items.parquet").column("item_id").combine_chunks()
+    blocks = row_blocks(matrix_dir, train_only=True)
+    counts = run_tasks([task(_shard_popularity)(b, len(items)) for b in blocks], client)
+    popularity = np.sum(counts, axis=0, dtype=np.int64) if counts else np.zeros(len(items),
+                                                                               np.int64)
+    return MatrixSummary(d, users, items, popularity)
