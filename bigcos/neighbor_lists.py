@@ -27,9 +27,15 @@ S = symmetric_block, G = group_rows, m = number of metrics, N = neighbours::
     + G * N * (8*m + 40)            a group's final lists and its Arrow output table
 
 bytes (:meth:`Blocking.peak_bytes`), independent of the number of queries and candidates;
-the embeddings and ids are shared read-only memory maps (``(n_queries + n_candidates) * k * 4``
-bytes, once per machine in the page cache). :meth:`Blocking.from_budget` picks the largest
-blocks within a budget. The pairs graph also holds the lists in flight between its tasks.
+plus, for user-item, the train shards overlapping the group's rows (the training items it
+excludes, 12 bytes per non-zero). The embeddings and ids are shared read-only memory maps
+of scratch files (:mod:`bigcos.neighbor_operands`, once per machine in the page cache):
+items written by this process (p x k), users written by one task per user part (each holding
+its part, ``rows * k * 4`` bytes, twice while writing), ``n * (4k + 4)`` bytes of disk per
+model plus ids, removed at the end. This process never reads user embeddings: it holds the
+items, one record per user part and per matrix shard, and the counts.
+:meth:`Blocking.from_budget` picks the largest blocks within a budget. The pairs graph also
+holds the lists in flight between its tasks.
 
 Output (contracts.md): a directory of hive partitions
 ``kind=<kind>/model=<model>/metric=<metric>/part-<group>.parquet`` with columns ``query_id``,

@@ -63,7 +63,8 @@ def test_fixture_has_several_parts_one_per_shard(sharded_models):
     bounds = sharded_models["bounds"]
     assert len(bounds) - 1 >= 3
     for d in sharded_models["parts"]:
-        assert [(p.start, p.stop) for p in user_parts(d)] == list(zip(bounds[:-1], bounds[1:]))
+        assert [(p.start, p.stop) for p in user_parts(d)] == list(
+            zip(bounds[:-1], bounds[1:], strict=True))
     assert len(user_parts(sharded_models["single"][0])) == 1
 
 

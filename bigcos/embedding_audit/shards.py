@@ -36,7 +36,7 @@ TINY_NORM = 1e-12  # rows with a smaller norm (relative to the largest) count as
 SHARD_ROWS = 1 << 18  # rows per .npy shard
 GRAM_BLOCK = 1 << 15  # rows per float64 block of a shard's Gram
 # np.load parses a .npy header with ast.literal_eval, which CPython 3.11.7 cannot run in several
-# threads at once (see bigcos.neighbor_lists): one lock around the header read
+# threads at once (see bigcos.neighbor_operands): one lock around the header read
 _NPY_HEADER_LOCK = threading.Lock()
 
 
