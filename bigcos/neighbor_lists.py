@@ -53,7 +53,7 @@ import logging
 import os
 import tempfile
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -67,17 +67,15 @@ from bigcos.blocked_topn import Blocking, check_metrics, group_keys
 from bigcos.dask_tasks import run_tasks, task
 from bigcos.errors import UserError
 from bigcos.neighbor_operands import (
-    StackedRows,
-    load_array,
-    read_ids,
+    SIDES,
+    Job,
+    check_shape,
     train_rows,
-    user_ids,
-    user_rows,
+    train_shards,
     write_items,
     write_user_part,
 )
 from bigcos.options import parse_size
-from bigcos.shards import MatrixShards, Shard
 from bigcos.topn import (
     METRICS,
     decode_keys,
@@ -95,10 +93,6 @@ log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------- operands
-SIDES = {"item-item": ("items", "items"), "user-user": ("users", "users"),
-         "user-item": ("users", "items")}
-
-
 def training_items(model) -> sp.csr_matrix:
     """The model's training matrix (n_users, n_items) CSR, checked against the model's ids
     (whole, for one user at a time in ``bigcos similar``; the neighbour tasks read shards)."""
@@ -108,73 +102,11 @@ def training_items(model) -> sp.csr_matrix:
         raise UserError(f"model '{model.name}': its manifest names no matrix_dir, so training "
                         "items cannot be excluded (pass --include-train)")
     train = load_matrix(model.matrix_dir).train
-    _check_shape(model, train.shape, len(model.user_ids))
+    check_shape(model, train.shape, len(model.user_ids))
     return train
 
 
-def _check_shape(model, shape: tuple[int, int], n_users: int) -> None:
-    expected = (n_users, len(model.item_ids))
-    if tuple(shape) != expected:
-        raise UserError(f"{model.matrix_dir}: training matrix is {shape[0]} x "
-                        f"{shape[1]} but model '{model.name}' has {expected[0]} users x "
-                        f"{expected[1]} items")
-
-
-def train_shards(model) -> tuple[Shard, ...]:
-    """The train shards of a :class:`bigcos.model_info.ModelInfo`'s matrix (records only),
-    checked against the model's numbers of users and items."""
-    if model.matrix_dir is None:
-        raise UserError(f"model '{model.name}': its manifest names no matrix_dir, so training "
-                        "items cannot be excluded (pass --include-train)")
-    matrix = MatrixShards(model.matrix_dir)
-    _check_shape(model, matrix.shape, model.n_users)
-    return tuple(matrix.shards)
-
-
 # --------------------------------------------------------------------------- on Dask
-@dataclass(frozen=True)
-class _Job:
-    """Everything a task needs, as paths in the scratch directory (cheap to ship to workers).
-
-    ``scratch`` holds the model's operands (:mod:`bigcos.neighbor_operands`); ``user_bounds``
-    the first row of each user part and the last stop; ``shards`` the train shards whose rows
-    are excluded (user-item), or None."""
-
-    scratch: Path
-    out: Path  # the temporary output directory
-    kind: str
-    model: str
-    n: int
-    metrics: tuple[str, ...]
-    blocking: Blocking
-    user_bounds: tuple[int, ...]
-    shards: tuple[Shard, ...] | None = None
-
-    @property
-    def sides(self) -> tuple[str, str]:
-        return SIDES[self.kind]
-
-    @property
-    def exclude_self(self) -> bool:
-        return self.kind != "user-item"
-
-    def rows(self, side: str, what: str = "") -> np.ndarray | StackedRows:
-        """The embeddings (``what`` = "") or inverse norms ("inv") of ``side``."""
-        prefix = f"{what}_" if what else ""
-        if side == "items":
-            return load_array(self.scratch / f"{prefix}items.npy")
-        return user_rows(self.scratch, len(self.user_bounds) - 1, f"{prefix}users")
-
-    def ids(self, side: str, start: int = 0, stop: int | None = None) -> pa.Array:
-        if side == "items":
-            ids = read_ids(self.scratch / "item_ids.arrow")
-            return ids if stop is None else ids.slice(start, stop - start)
-        return user_ids(self.scratch, self.user_bounds, start, stop)
-
-    def size(self, side: str, n_items: int) -> int:
-        return self.user_bounds[-1] if side == "users" else n_items
-
-
 def neighbors(model_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, *,
               kinds: Sequence[str] = ("item-item",), metrics: Sequence[str] = METRICS,
               n: int = 100, exclude_train: bool = True, blocking: Blocking | None = None,
@@ -214,7 +146,7 @@ def neighbors(model_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, *
                 scratch, fills = _prepare_model(scratch_root / model.name, model, kinds)
                 zero_norm_users[model.name] = fills
                 for kind in kinds:
-                    job = _Job(scratch, tmp, kind, model.name, n, metrics, blocking,
+                    job = Job(scratch, tmp, kind, model.name, n, metrics, blocking,
                                tuple(p.start for p in model.parts) + (model.n_users,),
                                train_shards(model) if kind == "user-item" and exclude_train
                                else None)
@@ -268,7 +200,7 @@ def _output_dirs(out: Path, kind: str, model: str, metrics: tuple[str, ...]) -> 
         (out / f"kind={kind}" / f"model={model}" / f"metric={metric}").mkdir(parents=True)
 
 
-def _operand_counts(job: _Job, model) -> dict[str, int]:
+def _operand_counts(job: Job, model) -> dict[str, int]:
     """Counts known before the tasks run; zero-norm users are counted by the part tasks."""
     query_side, candidate_side = job.sides
     p = len(model.item_ids)
@@ -335,14 +267,14 @@ def _warn_short_lists(n: int, counts: dict[str, Any]) -> None:
                     "neighbours", n, ", ".join(f"{k} ({v})" for k, v in short.items()))
 
 
-def _group_graph(job: _Job, n_queries: int, after: list) -> list:
+def _group_graph(job: Job, n_queries: int, after: list) -> list:
     """One task per group of queries against all candidates; each writes its own parts.
     ``after``: the tasks writing the user operand (their results are not used)."""
     return [task(_run_group)(job, part, g0, g1, after)
             for part, (g0, g1) in enumerate(job.blocking.groups(n_queries))]
 
 
-def _pair_graph(job: _Job, n_queries: int, after: list) -> list:
+def _pair_graph(job: Job, n_queries: int, after: list) -> list:
     """Symmetric kinds: every product between two groups g <= h is scored once, for the lists
     of both sides. The pairs are played as a round-robin tournament: first each group against
     itself, then rounds of disjoint pairs (len(groups) / 2 parallel tasks per round), each
@@ -383,7 +315,7 @@ def _use_symmetric(symmetric: bool | None, kind: str, n_queries: int, n: int,
     return n_queries * n * 8 * n_metrics * 2 <= SYMMETRIC_HELD_BYTES
 
 
-def _run_group(job: _Job, part: int, g0: int, g1: int, after=None) -> dict[str, int]:
+def _run_group(job: Job, part: int, g0: int, g1: int, after=None) -> dict[str, int]:
     """One task: the lists of queries g0:g1, written as part ``part`` of every metric."""
     query_side, candidate_side = job.sides
     queries, inv_queries = job.rows(query_side), job.rows(query_side, "inv")
@@ -394,7 +326,7 @@ def _run_group(job: _Job, part: int, g0: int, g1: int, after=None) -> dict[str, 
     return _write_group(job, part, g0, g1, keys)
 
 
-def _pair_task(job: _Job, g: tuple[int, int], h: tuple[int, int], lists_g, lists_h,
+def _pair_task(job: Job, g: tuple[int, int], h: tuple[int, int], lists_g, lists_h,
                after=None):
     side = job.sides[0]
     return symmetric_topn(job.rows(side), job.rows(side, "inv"), job.n, job.metrics,
@@ -402,7 +334,7 @@ def _pair_task(job: _Job, g: tuple[int, int], h: tuple[int, int], lists_g, lists
                           lists_h=lists_h)
 
 
-def _finish_group(job: _Job, part: int, g0: int, g1: int,
+def _finish_group(job: Job, part: int, g0: int, g1: int,
                   keys: dict[str, np.ndarray]) -> dict[str, int]:
     keys = {m: keys[m].copy() for m in job.metrics}
     side = job.sides[0]
@@ -411,7 +343,7 @@ def _finish_group(job: _Job, part: int, g0: int, g1: int,
     return _write_group(job, part, g0, g1, keys)
 
 
-def _write_group(job: _Job, part: int, g0: int, g1: int,
+def _write_group(job: Job, part: int, g0: int, g1: int,
                  keys: dict[str, np.ndarray]) -> dict[str, int]:
     """Write the lists (keys) of queries g0:g1 as part ``part`` of every metric."""
     query_side, candidate_side = job.sides

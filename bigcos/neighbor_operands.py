@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,9 +28,15 @@ import pyarrow.ipc as ipc
 import scipy.sparse as sp
 
 from bigcos import io, storage
-from bigcos.shards import Shard
+from bigcos.blocked_topn import Blocking
+from bigcos.errors import UserError
+from bigcos.shards import MatrixShards, Shard
 from bigcos.topn import inverse_norms
 from bigcos.user_parts import UserPart
+
+SIDES = {"item-item": ("items", "items"), "user-user": ("users", "users"),
+         "user-item": ("users", "items")}
+
 
 # np.load parses a .npy header with ast.literal_eval, which CPython 3.11.7 cannot run in
 # several threads at once ("SystemError: AST constructor recursion depth mismatch"); with
@@ -156,3 +163,65 @@ def read_ids(path: Path) -> pa.Array:
         str(path), "r")
     with source:
         return ipc.open_file(source).read_all().column("id").combine_chunks()
+
+
+def check_shape(model, shape: tuple[int, int], n_users: int) -> None:
+    expected = (n_users, len(model.item_ids))
+    if tuple(shape) != expected:
+        raise UserError(f"{model.matrix_dir}: training matrix is {shape[0]} x "
+                        f"{shape[1]} but model '{model.name}' has {expected[0]} users x "
+                        f"{expected[1]} items")
+
+
+def train_shards(model) -> tuple[Shard, ...]:
+    """The train shards of a :class:`bigcos.model_info.ModelInfo`'s matrix (records only),
+    checked against the model's numbers of users and items."""
+    if model.matrix_dir is None:
+        raise UserError(f"model '{model.name}': its manifest names no matrix_dir, so training "
+                        "items cannot be excluded (pass --include-train)")
+    matrix = MatrixShards(model.matrix_dir)
+    check_shape(model, matrix.shape, model.n_users)
+    return tuple(matrix.shards)
+
+
+@dataclass(frozen=True)
+class Job:
+    """Everything a neighbour task needs, as paths and records (cheap to ship to workers).
+
+    ``scratch`` holds the model's operands (:mod:`bigcos.neighbor_operands`); ``user_bounds``
+    the first row of each user part and the last stop; ``shards`` the train shards whose rows
+    are excluded (user-item), or None."""
+
+    scratch: Path
+    out: Path  # the temporary output directory
+    kind: str
+    model: str
+    n: int
+    metrics: tuple[str, ...]
+    blocking: Blocking
+    user_bounds: tuple[int, ...]
+    shards: tuple[Shard, ...] | None = None
+
+    @property
+    def sides(self) -> tuple[str, str]:
+        return SIDES[self.kind]
+
+    @property
+    def exclude_self(self) -> bool:
+        return self.kind != "user-item"
+
+    def rows(self, side: str, what: str = "") -> np.ndarray | StackedRows:
+        """The embeddings (``what`` = "") or inverse norms ("inv") of ``side``."""
+        prefix = f"{what}_" if what else ""
+        if side == "items":
+            return load_array(self.scratch / f"{prefix}items.npy")
+        return user_rows(self.scratch, len(self.user_bounds) - 1, f"{prefix}users")
+
+    def ids(self, side: str, start: int = 0, stop: int | None = None) -> pa.Array:
+        if side == "items":
+            ids = read_ids(self.scratch / "item_ids.arrow")
+            return ids if stop is None else ids.slice(start, stop - start)
+        return user_ids(self.scratch, self.user_bounds, start, stop)
+
+    def size(self, side: str, n_items: int) -> int:
+        return self.user_bounds[-1] if side == "users" else n_items
