@@ -19,7 +19,6 @@ process: k x k arrays, n-length masks and norms, and the sampled rows.
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,19 +30,17 @@ import scipy.sparse as sp
 from bigcos import canonical, evaluation
 from bigcos.dask_tasks import run_tasks, task
 from bigcos.errors import UserError
+from bigcos.neighbor_operands import load_array
 
 TINY_NORM = 1e-12  # rows with a smaller norm (relative to the largest) count as zero
 SHARD_ROWS = 1 << 18  # rows per .npy shard
 GRAM_BLOCK = 1 << 15  # rows per float64 block of a shard's Gram
-# np.load parses a .npy header with ast.literal_eval, which CPython 3.11.7 cannot run in several
-# threads at once (see bigcos.neighbor_operands): one lock around the header read
-_NPY_HEADER_LOCK = threading.Lock()
 
 
 def load_npy(path: str | Path) -> np.ndarray:
-    """Memory map of a ``.npy`` file, safe to call from several threads."""
-    with _NPY_HEADER_LOCK:
-        return np.load(path, mmap_mode="r")
+    """Memory map of a local ``.npy`` file, safe to call from several threads (the header
+    lock of :func:`bigcos.neighbor_operands.load_array`)."""
+    return load_array(Path(path))
 
 
 class NpyRows:
