@@ -62,7 +62,7 @@ def test_report_on_a_cluster_from_parts_equals_threads_from_one_file(sharded_mod
     threads = reports.write_report(tmp_path / "threads", sharded_models["matrix"],
                                    sharded_models["single"], nb, options=opts)
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                      dashboard_address=None) as cluster, Client(cluster) as client:
+                      dashboard_address=":0") as cluster, Client(cluster) as client:
         remote = reports.write_report(tmp_path / "cluster", sharded_models["matrix"],
                                       sharded_models["parts"], nb, options=opts, client=client)
     assert threads.tables["heldout"].num_rows == 4
@@ -73,3 +73,25 @@ def test_report_on_a_cluster_from_parts_equals_threads_from_one_file(sharded_mod
         else:
             other = remote.tables[name]
         assert table.equals(other), name
+
+
+def test_user_lists_read_as_the_agreement_sample(sharded_models, tmp_path):  # noqa: F811
+    """Reading only the sampled user queries gives the lists the agreement would sample from
+    every list; item-item lists stay whole."""
+    from bigcos.reports.tables import sample_queries
+
+    nb = tmp_path / "nb"
+    neighbors(sharded_models["parts"], nb, kinds=("item-item", "user-user", "user-item"), n=6)
+    data = load_matrix(sharded_models["matrix"])
+    whole = reports.read_neighbor_lists(nb, data.user_ids, data.item_ids, 4)
+    read = reports.read_neighbor_lists(nb, data.user_ids, data.item_ids, 4, 13, seed=2)
+    expected = sample_queries(whole, 13, 2)
+    expected = [e if e.kind.startswith("user") else w for e, w in
+                zip(sorted(expected, key=lambda x: (x.kind, x.model, x.metric)), whole,
+                    strict=True)]
+    assert [(x.kind, x.model, x.metric) for x in read] == \
+        [(x.kind, x.model, x.metric) for x in expected]
+    for got, want in zip(read, expected, strict=True):
+        assert np.array_equal(got.queries, want.queries)
+        assert np.array_equal(got.neighbors, want.neighbors)
+        assert got.queries.size == (13 if got.kind.startswith("user") else data.shape[1])

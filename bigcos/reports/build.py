@@ -256,7 +256,8 @@ def write_report(out: str | Path, matrix_dir: str | Path, model_dirs: Iterable[s
         matrix_manifest = io.read_manifest(matrix_dir)
         items = items or matrix_manifest.get("inputs", {}).get("items")
         info = read_item_info(items, data.item_ids, opts.label_col, opts.title_col)
-        lists = read_neighbor_lists(neighbors_dir, data.user_ids, data.item_ids, opts.depth)
+        lists = read_neighbor_lists(neighbors_dir, data.user_ids, data.item_ids, opts.depth,
+                                    opts.max_queries, opts.seed)
     context = {"date": datetime.date.today().isoformat(), "version": __version__,
                "split": matrix_manifest.get("parameters", {}),
                "neighbors_n": io.read_manifest(neighbors_dir).get("parameters", {}).get("n"),

@@ -93,7 +93,8 @@ def lists_from_table(table: pa.Table, kind: str, model: str, metric: str,
 
 
 def read_neighbor_lists(directory: str | Path, user_ids: pa.Array, item_ids: pa.Array,
-                        max_rank: int | None = None) -> list[NeighborLists]:
+                        max_rank: int | None = None, max_user_queries: int | None = None,
+                        seed: int = 0) -> list[NeighborLists]:
     """Every configuration of a neighbour dataset (``kind=*/model=*/metric=*/part-*.parquet``).
 
     Parameters
@@ -105,6 +106,13 @@ def read_neighbor_lists(directory: str | Path, user_ids: pa.Array, item_ids: pa.
     max_rank : int, optional
         Keep ranks 1..max_rank only: memory then scales with the report depth, not with the N
         the lists were computed at (8 bytes per query and rank).
+    max_user_queries : int, optional
+        For the user-user and user-item kinds, read only the lists of one seeded sample of
+        at most this many of the kind's queries (the sample of
+        :func:`bigcos.reports.tables.sample_queries` with ``seed``, so agreement is unchanged):
+        memory then holds the queries' indices (rank 1 rows, 8 bytes per query) and the
+        sampled lists, never every user's list. None: every list.
+    seed : int
 
     Returns
     -------
@@ -113,7 +121,8 @@ def read_neighbor_lists(directory: str | Path, user_ids: pa.Array, item_ids: pa.
     """
     root = io.require_dir(directory, "neighbour dataset", io.DATASET_MANIFEST)
     vocab = {"item": item_ids, "user": user_ids}
-    out = []
+    out: list[NeighborLists] = []
+    leaves: dict[str, list] = {}
     for leaf in sorted(root.glob("kind=*/model=*/metric=*")):
         if not leaf.is_dir():
             continue
@@ -123,22 +132,47 @@ def read_neighbor_lists(directory: str | Path, user_ids: pa.Array, item_ids: pa.
         files = sorted(leaf.glob("*.parquet"))  # Paths, or StorePaths of a store
         if not files:
             continue
-        table = pa.concat_tables(_read_ranks(f, max_rank) for f in files)
+        leaves.setdefault(kind, []).append((leaf, model, metric, files))
+    for kind, of_kind in leaves.items():
         query_side, neighbor_side = kind.split("-")
-        out.append(lists_from_table(table, kind, model, metric, vocab[query_side],
-                                    vocab[neighbor_side], str(leaf)))
+        only = None
+        if query_side == "user" and max_user_queries is not None:
+            only = _sampled_queries(of_kind, vocab[query_side], max_user_queries, seed)
+        for leaf, model, metric, files in of_kind:
+            table = pa.concat_tables(_read_ranks(f, max_rank, only) for f in files)
+            out.append(lists_from_table(table, kind, model, metric, vocab[query_side],
+                                        vocab[neighbor_side], str(leaf)))
     if not out:
         raise UserError(f"{root}: no kind=*/model=*/metric=* partitions with Parquet files")
     return out
 
 
-def _read_ranks(path: Path, max_rank: int | None) -> pa.Table:
-    """query_id, rank, neighbor_id of one neighbour file, ranks <= max_rank when given."""
-    columns = ["query_id", "rank", "neighbor_id"]
+def _sampled_queries(leaves: list, vocabulary: pa.Array, max_queries: int, seed: int
+                     ) -> pa.Array | None:
+    """The ids of one seeded sample of at most ``max_queries`` of the queries of ``leaves``
+    (the union over configurations, from their rank-1 rows), or None when all are kept."""
+    index = [_indices_of(pa.concat_tables(_read_ranks(f, 1, columns=["query_id"])
+                                          for f in files).column("query_id").combine_chunks(),
+                         vocabulary, str(leaf))
+             for leaf, _, _, files in leaves]
+    union = np.unique(np.concatenate(index))
+    if union.size <= max_queries:
+        return None
+    keep = np.sort(np.random.default_rng(seed).choice(union, max_queries, replace=False))
+    return vocabulary.take(pa.array(keep))
+
+
+def _read_ranks(path: Path, max_rank: int | None, only: pa.Array | None = None,
+                columns: list[str] | None = None) -> pa.Table:
+    """query_id, rank, neighbor_id (or ``columns``) of one neighbour file, ranks <= max_rank
+    when given, queries in ``only`` when given."""
+    columns = columns or ["query_id", "rank", "neighbor_id"]
     fs, where = storage.filesystem_and_path(path)
+    filters = [] if max_rank is None else [("rank", "<=", max_rank)]
+    if only is not None:
+        filters.append(("query_id", "in", only.to_pylist()))
     try:
-        return pq.read_table(where, columns=columns, filesystem=fs,
-                             filters=None if max_rank is None else [("rank", "<=", max_rank)])
+        return pq.read_table(where, columns=columns, filesystem=fs, filters=filters or None)
     except (pa.ArrowInvalid, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"{path}: cannot be read as a neighbour file ({first})") from None
