@@ -168,7 +168,7 @@ def neighbors(model_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, *
         fill_tasks = [f for fills in zero_norm_users.values() for f in fills]
         with timings("compute"):
             results = run_tasks(tasks + fill_tasks, client)
-        for key, result in zip(task_keys, results, strict=False):
+        for key, result in zip(task_keys, results[:len(tasks)], strict=True):
             for name, value in result.items():
                 counts[key][name] = counts[key].get(name, 0) + value
         _count_zero_norm_users(counts, zero_norm_users, results[len(tasks):])
