@@ -27,9 +27,15 @@ S = symmetric_block, G = group_rows, m = number of metrics, N = neighbours::
     + G * N * (8*m + 40)            a group's final lists and its Arrow output table
 
 bytes (:meth:`Blocking.peak_bytes`), independent of the number of queries and candidates;
-the embeddings and ids are shared read-only memory maps (``(n_queries + n_candidates) * k * 4``
-bytes, once per machine in the page cache). :meth:`Blocking.from_budget` picks the largest
-blocks within a budget. The pairs graph also holds the lists in flight between its tasks.
+plus, for user-item, the train shards overlapping the group's rows (the training items it
+excludes, 12 bytes per non-zero). The embeddings and ids are shared read-only memory maps
+of scratch files (:mod:`bigcos.neighbor_operands`, once per machine in the page cache):
+items written by this process (p x k), users written by one task per user part (each holding
+its part, ``rows * k * 4`` bytes, twice while writing), ``n * (4k + 4)`` bytes of disk per
+model plus ids, removed at the end. This process never reads user embeddings: it holds the
+items, one record per user part and per matrix shard, and the counts.
+:meth:`Blocking.from_budget` picks the largest blocks within a budget. The pairs graph also
+holds the lists in flight between its tasks.
 
 Output (contracts.md): a directory of hive partitions
 ``kind=<kind>/model=<model>/metric=<metric>/part-<group>.parquet`` with columns ``query_id``,
@@ -42,25 +48,33 @@ output directory, which is renamed into place only when every task has succeeded
 from __future__ import annotations
 
 import contextlib
-import functools
+import dataclasses
 import logging
 import os
 import tempfile
-import threading
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as pads
-import pyarrow.ipc as ipc
 import scipy.sparse as sp
 
 from bigcos import io, storage
 from bigcos.blocked_topn import Blocking, check_metrics, group_keys
+from bigcos.dask_tasks import run_tasks, task
 from bigcos.errors import UserError
+from bigcos.neighbor_operands import (
+    SIDES,
+    Job,
+    check_shape,
+    train_rows,
+    train_shards,
+    write_items,
+    write_user_part,
+)
 from bigcos.options import parse_size
 from bigcos.topn import (
     METRICS,
@@ -79,68 +93,20 @@ log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------- operands
-@dataclass
-class Operands:
-    """What one kind of one model compares: queries (m, k) against candidates (p, k)."""
-
-    queries: np.ndarray
-    query_ids: pa.Array
-    candidates: np.ndarray
-    candidate_ids: pa.Array
-    exclude_self: bool
-    exclude: sp.csr_matrix | None  # (m, p) excluded pairs (user-item: training items)
-
-
-def operands(model, kind: str, exclude_train: bool = True) -> Operands:
-    """The query and candidate embeddings of ``kind`` for a :class:`bigcos.models.Model`."""
-    if kind == "item-item":
-        return Operands(model.item_embeddings, model.item_ids, model.item_embeddings,
-                        model.item_ids, True, None)
-    if kind == "user-user":
-        return Operands(model.user_embeddings, model.user_ids, model.user_embeddings,
-                        model.user_ids, True, None)
-    if kind != "user-item":
-        raise UserError(f"--kind: unknown kind '{kind}' (choose from {', '.join(KINDS)})")
-    exclude = None
-    if exclude_train:
-        exclude = training_items(model)
-    return Operands(model.user_embeddings, model.user_ids, model.item_embeddings,
-                    model.item_ids, False, exclude)
-
-
 def training_items(model) -> sp.csr_matrix:
-    """The model's training matrix (n_users, n_items) CSR, checked against the model's ids."""
+    """The model's training matrix (n_users, n_items) CSR, checked against the model's ids
+    (whole, for one user at a time in ``bigcos similar``; the neighbour tasks read shards)."""
     from bigcos.matrix import load_matrix
 
     if model.matrix_dir is None:
         raise UserError(f"model '{model.name}': its manifest names no matrix_dir, so training "
                         "items cannot be excluded (pass --include-train)")
     train = load_matrix(model.matrix_dir).train
-    shape = (len(model.user_ids), len(model.item_ids))
-    if train.shape != shape:
-        raise UserError(f"{model.matrix_dir}: training matrix is {train.shape[0]} x "
-                        f"{train.shape[1]} but model '{model.name}' has {shape[0]} users x "
-                        f"{shape[1]} items")
+    check_shape(model, train.shape, len(model.user_ids))
     return train
 
 
 # --------------------------------------------------------------------------- on Dask
-@dataclass(frozen=True)
-class _Job:
-    """Everything a task needs, as paths in the scratch directory (cheap to ship to workers)."""
-
-    scratch: Path
-    out: Path  # the temporary output directory
-    kind: str
-    model: str
-    n: int
-    metrics: tuple[str, ...]
-    blocking: Blocking
-    exclude_self: bool
-    same_operands: bool
-    n_candidates: int
-
-
 def neighbors(model_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, *,
               kinds: Sequence[str] = ("item-item",), metrics: Sequence[str] = METRICS,
               n: int = 100, exclude_train: bool = True, blocking: Blocking | None = None,
@@ -154,16 +120,18 @@ def neighbors(model_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, *
     per worker thread, default MEMORY_BUDGET). ``symmetric`` (item-item, user-user): compute each
     product once for both of its lists (pair tasks, see :func:`_pair_graph`); None = when the
     partial lists fit in :data:`SYMMETRIC_HELD_BYTES`.
-    """
-    import dask
-    from threadpoolctl import threadpool_limits
 
-    from bigcos.models import load_model
+    User embeddings are never read here: one task per user part writes its scratch operand
+    where it runs (:func:`bigcos.neighbor_operands.write_user_part`), and the user-item tasks
+    read the training rows they exclude from the matrix's train shards. This process holds
+    the item embeddings (p x k), one record per user part and per shard, and the counts.
+    """
+    from bigcos.model_info import load_model_info
 
     kinds, metrics, blocking = check_request(model_dirs, out, kinds=kinds, metrics=metrics, n=n,
                                              blocking=blocking, memory_budget=memory_budget,
                                              overwrite=overwrite)
-    models = [load_model(d) for d in model_dirs]
+    models = [load_model_info(d) for d in model_dirs]
     names = [m.name for m in models]
     if len(set(names)) != len(names):
         dup = next(x for x in names if names.count(x) > 1)
@@ -172,27 +140,38 @@ def neighbors(model_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, *
     counts: dict[str, Any] = {}
     with io.atomic_output_dir(out, overwrite=overwrite) as tmp, \
             _scratch_root(tmp, client) as scratch_root:
-        tasks, task_keys = [], []
+        tasks, task_keys, zero_norm_users = [], [], {}
         with timings("prepare"):
             for model in models:
+                scratch, fills = _prepare_model(scratch_root / model.name, model, kinds)
+                zero_norm_users[model.name] = fills
                 for kind in kinds:
-                    ops = operands(model, kind, exclude_train)
-                    n_used = max(1, min(n, len(ops.candidates) - ops.exclude_self))
-                    job = _prepare(scratch_root / f"{model.name}.{kind}", tmp, ops, kind,
-                                   model.name, n_used, metrics, blocking)
-                    counts[f"{model.name}/{kind}"] = _operand_counts(ops) | {"n_used": n_used}
-                    use_pairs = _use_symmetric(symmetric, ops, blocking, n, len(metrics))
-                    counts[f"{model.name}/{kind}"]["symmetric"] = use_pairs
+                    job = Job(scratch, tmp, kind, model.name, n, metrics, blocking,
+                               tuple(p.start for p in model.parts) + (model.n_users,),
+                               train_shards(model) if kind == "user-item" and exclude_train
+                               else None)
+                    key = f"{model.name}/{kind}"
+                    counts[key] = _operand_counts(job, model)
+                    n_candidates = counts[key]["candidates"]
+                    n_used = max(1, min(n, n_candidates - job.exclude_self))
+                    job = dataclasses.replace(job, n=n_used)
+                    counts[key]["n_used"] = n_used
+                    _output_dirs(tmp, kind, model.name, metrics)
+                    use_pairs = _use_symmetric(symmetric, kind, counts[key]["queries"], n,
+                                               len(metrics))
+                    counts[key]["symmetric"] = use_pairs
                     graph = _pair_graph if use_pairs else _group_graph
-                    for task in graph(job, len(ops.queries)):
+                    for task in graph(job, counts[key]["queries"], fills):
                         tasks.append(task)
-                        task_keys.append(f"{model.name}/{kind}")
+                        task_keys.append(key)
         _warn_short_lists(n, counts)
-        with timings("compute"), threadpool_limits(1):
-            results = dask.compute(*tasks, scheduler="threads" if client is None else client)
-        for key, result in zip(task_keys, results, strict=True):
+        fill_tasks = [f for fills in zero_norm_users.values() for f in fills]
+        with timings("compute"):
+            results = run_tasks(tasks + fill_tasks, client)
+        for key, result in zip(task_keys, results[:len(tasks)], strict=True):
             for name, value in result.items():
                 counts[key][name] = counts[key].get(name, 0) + value
+        _count_zero_norm_users(counts, zero_norm_users, results[len(tasks):])
         storage.rmtree(scratch_root)
         parameters = {"kinds": list(kinds), "metrics": list(metrics), "n": n,
                       "exclude_train": exclude_train, "blocking": asdict(blocking),
@@ -204,6 +183,45 @@ def neighbors(model_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, *
         return io.write_manifest(tmp, "neighbors", parameters, timings,
                                  filename=io.DATASET_MANIFEST, inputs=inputs,
                                  counts=counts, scheduler=_scheduler_info(client))
+
+
+def _prepare_model(scratch: Path, model, kinds: tuple[str, ...]) -> tuple[Path, list]:
+    """Write the model's item operand here; return the scratch directory and the tasks that
+    write its user parts (none when no kind needs users)."""
+    scratch.mkdir(parents=True)
+    write_items(scratch, model.item_ids, model.item_embeddings)
+    if not any("users" in SIDES[kind] for kind in kinds):
+        return scratch, []
+    return scratch, [task(write_user_part)(scratch, part) for part in model.parts]
+
+
+def _output_dirs(out: Path, kind: str, model: str, metrics: tuple[str, ...]) -> None:
+    for metric in metrics:
+        (out / f"kind={kind}" / f"model={model}" / f"metric={metric}").mkdir(parents=True)
+
+
+def _operand_counts(job: Job, model) -> dict[str, int]:
+    """Counts known before the tasks run; zero-norm users are counted by the part tasks."""
+    query_side, candidate_side = job.sides
+    p = len(model.item_ids)
+    zero_items = int(np.sum(inverse_norms(model.item_embeddings) == 0))
+    return {"queries": job.size(query_side, p), "candidates": job.size(candidate_side, p),
+            "zero_norm_queries": zero_items if query_side == "items" else 0,
+            "zero_norm_candidates": zero_items if candidate_side == "items" else 0,
+            "excluded_pairs": 0 if job.shards is None else sum(s.train_nnz for s in job.shards)}
+
+
+def _count_zero_norm_users(counts: dict[str, Any], tasks: dict[str, list],
+                           results: list[int]) -> None:
+    at = 0
+    for model, fills in tasks.items():
+        zero = sum(results[at:at + len(fills)])
+        at += len(fills)
+        for kind, (query_side, candidate_side) in SIDES.items():
+            key = f"{model}/{kind}"
+            if key in counts:
+                counts[key]["zero_norm_queries"] += zero * (query_side == "users")
+                counts[key]["zero_norm_candidates"] += zero * (candidate_side == "users")
 
 
 @contextlib.contextmanager
@@ -249,41 +267,14 @@ def _warn_short_lists(n: int, counts: dict[str, Any]) -> None:
                     "neighbours", n, ", ".join(f"{k} ({v})" for k, v in short.items()))
 
 
-def _prepare(scratch: Path, out: Path, ops: Operands, kind: str, model: str, n: int,
-             metrics: tuple[str, ...], blocking: Blocking) -> _Job:
-    scratch.mkdir(parents=True)
-    same = ops.candidates is ops.queries
-    io.save_npy(scratch / "queries.npy", np.ascontiguousarray(ops.queries, dtype=np.float32))
-    io.save_npy(scratch / "inv_queries.npy", inverse_norms(ops.queries))
-    _write_ids(scratch / "query_ids.arrow", ops.query_ids)
-    if not same:
-        io.save_npy(scratch / "candidates.npy", np.ascontiguousarray(ops.candidates, np.float32))
-        io.save_npy(scratch / "inv_candidates.npy", inverse_norms(ops.candidates))
-        _write_ids(scratch / "candidate_ids.arrow", ops.candidate_ids)
-    if ops.exclude is not None:
-        io.save_npz(scratch / "exclude.npz", ops.exclude.tocsr())
-    for metric in metrics:
-        (out / f"kind={kind}" / f"model={model}" / f"metric={metric}").mkdir(parents=True)
-    return _Job(scratch, out, kind, model, n, metrics, blocking, ops.exclude_self, same,
-                len(ops.candidates))
-
-
-def _operand_counts(ops: Operands) -> dict[str, int]:
-    return {"queries": len(ops.queries), "candidates": len(ops.candidates),
-            "zero_norm_queries": int(np.sum(inverse_norms(ops.queries) == 0)),
-            "zero_norm_candidates": int(np.sum(inverse_norms(ops.candidates) == 0)),
-            "excluded_pairs": 0 if ops.exclude is None else int(ops.exclude.nnz)}
-
-
-def _group_graph(job: _Job, n_queries: int) -> list:
-    """One task per group of queries against all candidates; each writes its own parts."""
-    import dask
-
-    return [dask.delayed(_run_group, pure=False)(job, part, g0, g1)
+def _group_graph(job: Job, n_queries: int, after: list) -> list:
+    """One task per group of queries against all candidates; each writes its own parts.
+    ``after``: the tasks writing the user operand (their results are not used)."""
+    return [task(_run_group)(job, part, g0, g1, after)
             for part, (g0, g1) in enumerate(job.blocking.groups(n_queries))]
 
 
-def _pair_graph(job: _Job, n_queries: int) -> list:
+def _pair_graph(job: Job, n_queries: int, after: list) -> list:
     """Symmetric kinds: every product between two groups g <= h is scored once, for the lists
     of both sides. The pairs are played as a round-robin tournament: first each group against
     itself, then rounds of disjoint pairs (len(groups) / 2 parallel tasks per round), each
@@ -292,14 +283,14 @@ def _pair_graph(job: _Job, n_queries: int) -> list:
     import dask
 
     groups = job.blocking.groups(n_queries, min_groups=SYMMETRIC_GROUPS)
-    lists = [dask.delayed(_pair_task, pure=False, nout=2)(job, g, g, None, None)[0]
+    lists = [dask.delayed(_pair_task, pure=False, nout=2)(job, g, g, None, None, after)[0]
              for g in groups]
     for round_pairs in _round_robin(len(groups)):
         for g, h in round_pairs:
             pair = dask.delayed(_pair_task, pure=False, nout=2)(job, groups[g], groups[h],
                                                                lists[g], lists[h])
             lists[g], lists[h] = pair[0], pair[1]
-    return [dask.delayed(_finish_group, pure=False)(job, part, g0, g1, lists[part])
+    return [task(_finish_group)(job, part, g0, g1, lists[part])
             for part, (g0, g1) in enumerate(groups)]
 
 
@@ -315,53 +306,52 @@ def _round_robin(n_groups: int) -> list[list[tuple[int, int]]]:
     return rounds
 
 
-def _use_symmetric(symmetric: bool | None, ops: Operands, blocking: Blocking, n: int,
+def _use_symmetric(symmetric: bool | None, kind: str, n_queries: int, n: int,
                    n_metrics: int) -> bool:
-    if not (ops.exclude_self and ops.candidates is ops.queries and ops.exclude is None):
+    if kind == "user-item":
         return False
     if symmetric is not None:
         return symmetric
-    return len(ops.queries) * n * 8 * n_metrics * 2 <= SYMMETRIC_HELD_BYTES
+    return n_queries * n * 8 * n_metrics * 2 <= SYMMETRIC_HELD_BYTES
 
 
-def _run_group(job: _Job, part: int, g0: int, g1: int) -> dict[str, int]:
+def _run_group(job: Job, part: int, g0: int, g1: int, after=None) -> dict[str, int]:
     """One task: the lists of queries g0:g1, written as part ``part`` of every metric."""
-    load = _scratch_loader(job)
-    queries, inv_queries = load("queries.npy"), load("inv_queries.npy")
-    candidates = queries if job.same_operands else load("candidates.npy")
-    inv_candidates = inv_queries if job.same_operands else load("inv_candidates.npy")
-    exclude = None
-    if (job.scratch / "exclude.npz").exists():
-        exclude = io.load_npz(job.scratch / "exclude.npz").tocsr()[g0:g1]
-    keys = group_keys(queries[g0:g1], inv_queries[g0:g1], candidates, inv_candidates, job.n,
-                       job.metrics, job.blocking, g0 if job.exclude_self else None, exclude)
+    query_side, candidate_side = job.sides
+    queries, inv_queries = job.rows(query_side), job.rows(query_side, "inv")
+    exclude = None if job.shards is None else train_rows(job.shards, g0, g1)
+    keys = group_keys(queries[g0:g1], inv_queries[g0:g1], job.rows(candidate_side),
+                      job.rows(candidate_side, "inv"), job.n, job.metrics, job.blocking,
+                      g0 if job.exclude_self else None, exclude)
     return _write_group(job, part, g0, g1, keys)
 
 
-def _pair_task(job: _Job, g: tuple[int, int], h: tuple[int, int], lists_g, lists_h):
-    load = _scratch_loader(job)
-    return symmetric_topn(load("queries.npy"), load("inv_queries.npy"), job.n, job.metrics,
+def _pair_task(job: Job, g: tuple[int, int], h: tuple[int, int], lists_g, lists_h,
+               after=None):
+    side = job.sides[0]
+    return symmetric_topn(job.rows(side), job.rows(side, "inv"), job.n, job.metrics,
                           g, h, block=job.blocking.symmetric_block, lists_g=lists_g,
                           lists_h=lists_h)
 
 
-def _finish_group(job: _Job, part: int, g0: int, g1: int,
+def _finish_group(job: Job, part: int, g0: int, g1: int,
                   keys: dict[str, np.ndarray]) -> dict[str, int]:
     keys = {m: keys[m].copy() for m in job.metrics}
-    inv = _scratch_loader(job)("inv_queries.npy")[g0:g1]
-    fill_zero_queries(keys, inv, job.n, job.n_candidates, g0, None)
+    side = job.sides[0]
+    inv = job.rows(side, "inv")[g0:g1]
+    fill_zero_queries(keys, inv, job.n, len(job.rows(side, "inv")), g0, None)
     return _write_group(job, part, g0, g1, keys)
 
 
-def _write_group(job: _Job, part: int, g0: int, g1: int,
+def _write_group(job: Job, part: int, g0: int, g1: int,
                  keys: dict[str, np.ndarray]) -> dict[str, int]:
     """Write the lists (keys) of queries g0:g1 as part ``part`` of every metric."""
-    query_ids = _read_ids(job.scratch / "query_ids.arrow")
-    candidate_ids = query_ids if job.same_operands else _read_ids(
-        job.scratch / "candidate_ids.arrow")
+    query_side, candidate_side = job.sides
+    query_ids = job.ids(query_side, g0, g1)
+    candidate_ids = job.ids(candidate_side)
     written = {}
     for metric in job.metrics:
-        table = neighbor_table(query_ids.slice(g0, g1 - g0), keys[metric], candidate_ids)
+        table = neighbor_table(query_ids, keys[metric], candidate_ids)
         directory = job.out / f"kind={job.kind}" / f"model={job.model}" / f"metric={metric}"
         io.write_table(directory / f"part-{part:05d}.parquet", table)
         written[f"rows_{metric}"] = table.num_rows
@@ -382,44 +372,6 @@ def neighbor_table(query_ids: pa.Array, keys: np.ndarray, candidate_ids: pa.Arra
         "neighbor_id": candidate_ids.take(pa.array(index[valid])),
         "score": pa.array(scores[valid]),
     })
-
-
-# np.load parses a .npy header with ast.literal_eval, which CPython 3.11.7 cannot run in
-# several threads at once ("SystemError: AST constructor recursion depth mismatch"); with
-# mmap_mode the header is all a load reads, so one lock costs nothing.
-_NPY_HEADER_LOCK = threading.Lock()
-
-
-def _scratch_loader(job: _Job):
-    def load(name: str) -> np.ndarray:
-        if isinstance(job.scratch, storage.StorePath):
-            return _load_from_store(job.scratch / name)
-        with _NPY_HEADER_LOCK:
-            return io.load_npy(job.scratch / name, mmap=True)
-    return load
-
-
-@functools.lru_cache(maxsize=4)
-def _load_from_store(path: storage.StorePath) -> np.ndarray:
-    """An operand in a store, downloaded once per worker process (the last few are kept)."""
-    with _NPY_HEADER_LOCK:
-        array = io.load_npy(path)
-    array.flags.writeable = False  # shared by every task of this process
-    return array
-
-
-def _write_ids(path: Path, ids: pa.Array) -> None:
-    table = pa.table({"id": ids})
-    sink = path.open("wb") if isinstance(path, storage.StorePath) else pa.OSFile(str(path), "wb")
-    with sink, ipc.new_file(sink, table.schema) as writer:
-        writer.write_table(table)
-
-
-def _read_ids(path: Path) -> pa.Array:
-    source = path.open("rb") if isinstance(path, storage.StorePath) else pa.memory_map(
-        str(path), "r")
-    with source:
-        return ipc.open_file(source).read_all().column("id").combine_chunks()
 
 
 def _scheduler_info(client) -> dict[str, Any]:

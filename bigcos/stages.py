@@ -252,5 +252,5 @@ def dataset_stages(job: Job, ds: Dataset, root: Path) -> list[Stage]:
     stages.append(Stage(ds.name, "report", root / "report", asdict(report), [], [neigh],
                         lambda d, client: reports.write_report(
                             d, ingest.directory, model_dirs(fits), neigh.directory, items=items,
-                            options=report, overwrite=True)))
+                            options=report, overwrite=True, client=client)))
     return stages

@@ -19,7 +19,6 @@ process: k x k arrays, n-length masks and norms, and the sampled rows.
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,20 +28,19 @@ import pyarrow.parquet as pq
 import scipy.sparse as sp
 
 from bigcos import canonical, evaluation
+from bigcos.dask_tasks import run_tasks, task
 from bigcos.errors import UserError
+from bigcos.neighbor_operands import load_array
 
 TINY_NORM = 1e-12  # rows with a smaller norm (relative to the largest) count as zero
 SHARD_ROWS = 1 << 18  # rows per .npy shard
 GRAM_BLOCK = 1 << 15  # rows per float64 block of a shard's Gram
-# np.load parses a .npy header with ast.literal_eval, which CPython 3.11.7 cannot run in several
-# threads at once (see bigcos.neighbor_lists): one lock around the header read
-_NPY_HEADER_LOCK = threading.Lock()
 
 
 def load_npy(path: str | Path) -> np.ndarray:
-    """Memory map of a ``.npy`` file, safe to call from several threads."""
-    with _NPY_HEADER_LOCK:
-        return np.load(path, mmap_mode="r")
+    """Memory map of a local ``.npy`` file, safe to call from several threads (the header
+    lock of :func:`bigcos.neighbor_operands.load_array`)."""
+    return load_array(Path(path))
 
 
 class NpyRows:
@@ -160,23 +158,6 @@ def npy_shards(path: str | Path, shard_rows: int = SHARD_ROWS) -> list[Shard]:
 
 
 # --------------------------------------------------------------------------- tasks
-def run_tasks(tasks: list, client) -> list:
-    """Compute Dask ``tasks`` on ``client`` (None: threads in this process), one BLAS thread
-    per task; return their results in order."""
-    import dask
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(1):  # one BLAS thread per task, as bigcos.neighbor_lists
-        return list(dask.compute(*tasks, scheduler="threads" if client is None else client))
-
-
-def task(fn):
-    """``fn`` as an impure ``dask.delayed`` (every call is a new task)."""
-    import dask
-
-    return dask.delayed(fn, pure=False)
-
-
 def _scan_shard(shard: Shard) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     x = read_shard(shard)
     finite = np.isfinite(x).all(axis=1)

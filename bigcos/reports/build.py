@@ -19,10 +19,12 @@ from bigcos.reports.comparisons import comparisons
 from bigcos.reports.evaluation import heldout_rows, heldout_scores
 from bigcos.reports.inputs import (
     ItemInfo,
+    MatrixSummary,
     NeighborLists,
     check_model_matches,
     example_indices,
     item_popularity,
+    matrix_summary,
     read_item_info,
     read_neighbor_lists,
 )
@@ -43,7 +45,8 @@ class Report:
         Keyed by table name (:data:`bigcos.reports.schema.TABLES`).
     lists : list of NeighborLists
     models : dict
-        Model name -> :class:`bigcos.models.Model`.
+        Model name -> :class:`bigcos.model_info.ModelInfo` (from :func:`write_report`: items,
+        no user embeddings) or :class:`bigcos.models.Model`.
     info : ItemInfo
     popularity : numpy.ndarray
         (n_items,) users per item in the fitted rows.
@@ -75,14 +78,16 @@ def build_report(data, models: dict[str, Any], lists: list[NeighborLists], info:
                  opts: Options, timings: io.Timings | None = None,
                  model_dirs: dict[str, str] | None = None,
                  context: dict[str, Any] | None = None,
-                 lambda_path: list[dict[str, Any]] | None = None) -> Report:
+                 lambda_path: list[dict[str, Any]] | None = None, client=None) -> Report:
     """Compute every table of a report.
 
     Parameters
     ----------
-    data : bigcos.matrix.Interactions
+    data : bigcos.matrix.Interactions or MatrixSummary
+        In memory, or a matrix directory's summary (its shards read by tasks).
     models : dict
-        Model name -> :class:`bigcos.models.Model`.
+        Model name -> :class:`bigcos.models.Model`, or :class:`bigcos.model_info.ModelInfo`
+        (user parts read by the held-out tasks).
     lists : list of NeighborLists
     info : ItemInfo
     opts : Options
@@ -95,6 +100,9 @@ def build_report(data, models: dict[str, Any], lists: list[NeighborLists], info:
         Header facts for the page (see :class:`Report`).
     lambda_path : list of dict, optional
         The models' validation paths (:func:`read_lambda_paths`), for the lambda_path table.
+    client : distributed.Client, optional
+        Where the held-out tasks run (:func:`bigcos.reports.heldout_scores`); None: threads
+        in this process.
 
     Returns
     -------
@@ -102,7 +110,8 @@ def build_report(data, models: dict[str, Any], lists: list[NeighborLists], info:
     """
     timings = timings or io.Timings()
     dataset = opts.dataset or ""
-    popularity = item_popularity(data.fit_matrix)
+    summary = isinstance(data, MatrixSummary)
+    popularity = data.popularity if summary else item_popularity(data.fit_matrix)
     params = {name: model_params(name, m.manifest, m.item_embeddings.shape[1],
                                  (model_dirs or {}).get(name)) for name, m in models.items()}
     for nl in lists:
@@ -118,8 +127,9 @@ def build_report(data, models: dict[str, Any], lists: list[NeighborLists], info:
     with timings("ground_truth"):
         truth = ground_truth(lists, models, info, popularity, opts)
     with timings("heldout"):
-        scores = heldout_scores(models, data, max_users=opts.max_heldout_users,
-                                seed=opts.seed)
+        scores = heldout_scores(models, data.directory if summary else data,
+                                max_users=opts.max_heldout_users, seed=opts.seed,
+                                client=client)
         held = heldout_rows(scores, {n: (p.lam, p.lam_source) for n, p in params.items()},
                             opts)
     with timings("comparisons"):
@@ -190,7 +200,8 @@ def _relative(path: str | Path, start: str | Path) -> str:
 
 def write_report(out: str | Path, matrix_dir: str | Path, model_dirs: Iterable[str | Path],
                  neighbors_dir: str | Path, items: str | Path | None = None,
-                 options: Options | None = None, overwrite: bool = False) -> Report:
+                 options: Options | None = None, overwrite: bool = False,
+                 client=None) -> Report:
     """Load the inputs, compute the report and write tables, page and manifest atomically.
 
     Parameters
@@ -209,6 +220,10 @@ def write_report(out: str | Path, matrix_dir: str | Path, model_dirs: Iterable[s
         ``dataset`` defaults to the name of ``matrix_dir``'s parent directory.
     overwrite : bool
         Replace an existing ``out``.
+    client : distributed.Client, optional
+        Where the per-shard tasks run (item popularity, held-out ranking); None: threads in
+        this process. This process reads the ids, item embeddings and the neighbour lists at
+        the report depth, never the matrices nor the n x k user embeddings.
 
     Returns
     -------
@@ -221,8 +236,7 @@ def write_report(out: str | Path, matrix_dir: str | Path, model_dirs: Iterable[s
         on another matrix.
     """
     from bigcos import __version__
-    from bigcos.matrix import load_matrix
-    from bigcos.models import load_model
+    from bigcos.model_info import load_model_info
 
     opts = options or Options()
     if opts.dataset is None:
@@ -230,11 +244,11 @@ def write_report(out: str | Path, matrix_dir: str | Path, model_dirs: Iterable[s
     model_dirs = list(model_dirs)
     timings = io.Timings()
     with timings("load"):
-        data = load_matrix(matrix_dir)
+        data = matrix_summary(matrix_dir, client)
         example_indices(opts.examples, data.item_ids, str(matrix_dir))
         models, dirs = {}, {}
         for d in model_dirs:
-            model = load_model(d)
+            model = load_model_info(d)
             check_model_matches(model, data, str(matrix_dir), str(d))
             models[model.name] = model
             # relative to the report, so tables are byte-identical wherever a run is written
@@ -242,13 +256,14 @@ def write_report(out: str | Path, matrix_dir: str | Path, model_dirs: Iterable[s
         matrix_manifest = io.read_manifest(matrix_dir)
         items = items or matrix_manifest.get("inputs", {}).get("items")
         info = read_item_info(items, data.item_ids, opts.label_col, opts.title_col)
-        lists = read_neighbor_lists(neighbors_dir, data.user_ids, data.item_ids, opts.depth)
+        lists = read_neighbor_lists(neighbors_dir, data.user_ids, data.item_ids, opts.depth,
+                                    opts.max_queries, opts.seed)
     context = {"date": datetime.date.today().isoformat(), "version": __version__,
                "split": matrix_manifest.get("parameters", {}),
                "neighbors_n": io.read_manifest(neighbors_dir).get("parameters", {}).get("n"),
                "items": str(items) if items else None}
     report = build_report(data, models, lists, info, opts, timings, dirs, context,
-                          read_lambda_paths(model_dirs))
+                          read_lambda_paths(model_dirs), client)
     with io.atomic_output_dir(out, overwrite=overwrite) as tmp:
         schema.write_tables(tmp, report.tables)
         with timings("page"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -12,8 +13,10 @@ import pyarrow.parquet as pq
 import scipy.sparse as sp
 
 from bigcos import io, metrics, storage
+from bigcos.dask_tasks import run_tasks, task
 from bigcos.errors import UserError
 from bigcos.neighbor_lists import KINDS
+from bigcos.shards import MatrixShards, Shard
 
 
 @dataclass(frozen=True)
@@ -90,7 +93,8 @@ def lists_from_table(table: pa.Table, kind: str, model: str, metric: str,
 
 
 def read_neighbor_lists(directory: str | Path, user_ids: pa.Array, item_ids: pa.Array,
-                        max_rank: int | None = None) -> list[NeighborLists]:
+                        max_rank: int | None = None, max_user_queries: int | None = None,
+                        seed: int = 0) -> list[NeighborLists]:
     """Every configuration of a neighbour dataset (``kind=*/model=*/metric=*/part-*.parquet``).
 
     Parameters
@@ -102,6 +106,13 @@ def read_neighbor_lists(directory: str | Path, user_ids: pa.Array, item_ids: pa.
     max_rank : int, optional
         Keep ranks 1..max_rank only: memory then scales with the report depth, not with the N
         the lists were computed at (8 bytes per query and rank).
+    max_user_queries : int, optional
+        For the user-user and user-item kinds, read only the lists of one seeded sample of
+        at most this many of the kind's queries (the sample of
+        :func:`bigcos.reports.tables.sample_queries` with ``seed``, so agreement is unchanged):
+        memory then holds the queries' indices (rank 1 rows, 8 bytes per query) and the
+        sampled lists, never every user's list. None: every list.
+    seed : int
 
     Returns
     -------
@@ -110,7 +121,8 @@ def read_neighbor_lists(directory: str | Path, user_ids: pa.Array, item_ids: pa.
     """
     root = io.require_dir(directory, "neighbour dataset", io.DATASET_MANIFEST)
     vocab = {"item": item_ids, "user": user_ids}
-    out = []
+    out: list[NeighborLists] = []
+    leaves: dict[str, list] = {}
     for leaf in sorted(root.glob("kind=*/model=*/metric=*")):
         if not leaf.is_dir():
             continue
@@ -120,22 +132,47 @@ def read_neighbor_lists(directory: str | Path, user_ids: pa.Array, item_ids: pa.
         files = sorted(leaf.glob("*.parquet"))  # Paths, or StorePaths of a store
         if not files:
             continue
-        table = pa.concat_tables(_read_ranks(f, max_rank) for f in files)
+        leaves.setdefault(kind, []).append((leaf, model, metric, files))
+    for kind, of_kind in leaves.items():
         query_side, neighbor_side = kind.split("-")
-        out.append(lists_from_table(table, kind, model, metric, vocab[query_side],
-                                    vocab[neighbor_side], str(leaf)))
+        only = None
+        if query_side == "user" and max_user_queries is not None:
+            only = _sampled_queries(of_kind, vocab[query_side], max_user_queries, seed)
+        for leaf, model, metric, files in of_kind:
+            table = pa.concat_tables(_read_ranks(f, max_rank, only) for f in files)
+            out.append(lists_from_table(table, kind, model, metric, vocab[query_side],
+                                        vocab[neighbor_side], str(leaf)))
     if not out:
         raise UserError(f"{root}: no kind=*/model=*/metric=* partitions with Parquet files")
     return out
 
 
-def _read_ranks(path: Path, max_rank: int | None) -> pa.Table:
-    """query_id, rank, neighbor_id of one neighbour file, ranks <= max_rank when given."""
-    columns = ["query_id", "rank", "neighbor_id"]
+def _sampled_queries(leaves: list, vocabulary: pa.Array, max_queries: int, seed: int
+                     ) -> pa.Array | None:
+    """The ids of one seeded sample of at most ``max_queries`` of the queries of ``leaves``
+    (the union over configurations, from their rank-1 rows), or None when all are kept."""
+    index = [_indices_of(pa.concat_tables(_read_ranks(f, 1, columns=["query_id"])
+                                          for f in files).column("query_id").combine_chunks(),
+                         vocabulary, str(leaf))
+             for leaf, _, _, files in leaves]
+    union = np.unique(np.concatenate(index))
+    if union.size <= max_queries:
+        return None
+    keep = np.sort(np.random.default_rng(seed).choice(union, max_queries, replace=False))
+    return vocabulary.take(pa.array(keep))
+
+
+def _read_ranks(path: Path, max_rank: int | None, only: pa.Array | None = None,
+                columns: list[str] | None = None) -> pa.Table:
+    """query_id, rank, neighbor_id (or ``columns``) of one neighbour file, ranks <= max_rank
+    when given, queries in ``only`` when given."""
+    columns = columns or ["query_id", "rank", "neighbor_id"]
     fs, where = storage.filesystem_and_path(path)
+    filters = [] if max_rank is None else [("rank", "<=", max_rank)]
+    if only is not None:
+        filters.append(("query_id", "in", only.to_pylist()))
     try:
-        return pq.read_table(where, columns=columns, filesystem=fs,
-                             filters=None if max_rank is None else [("rank", "<=", max_rank)])
+        return pq.read_table(where, columns=columns, filesystem=fs, filters=filters or None)
     except (pa.ArrowInvalid, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"{path}: cannot be read as a neighbour file ({first})") from None
@@ -291,3 +328,94 @@ def check_model_matches(model, data, matrix: str, directory: str) -> None:
             raise UserError(f"{directory}: model '{model.name}' was fit on another matrix "
                             f"({model.matrix_dir or 'unknown'}): its {len(theirs):,} {side} ids "
                             f"differ from the {len(mine):,} of {matrix}")
+
+
+# --------------------------------------------------------------------------- matrix by shards
+@dataclass(frozen=True)
+class RowBlock:
+    """Rows [start, stop) of a matrix, as one held-out task reads them: a train/test shard
+    loaded by path where the task runs (``shard``, heldout flags from ``users_file``), or
+    matrices in memory (``train``, ``test``, ``heldout``) for an in-process run."""
+
+    start: int
+    stop: int
+    shard: Shard | None = None
+    users_file: str | None = None
+    train: sp.csr_matrix | None = None
+    test: sp.csr_matrix | None = None
+    heldout: np.ndarray | None = None
+
+    def load(self, test: bool = True
+             ) -> tuple[sp.csr_matrix, sp.csr_matrix | None, np.ndarray | None]:
+        """(train rows, test rows (None unless ``test``), heldout flags of the rows or None).
+        Memory: the shard's CSR (12 bytes per non-zero) and the users file's flags."""
+        if self.shard is None:
+            return self.train, self.test if test else None, self.heldout
+        heldout = None
+        if self.users_file is not None:
+            fs, where = storage.filesystem_and_path(self.users_file)
+            column = pq.read_table(where, columns=["heldout"], filesystem=fs).column("heldout")
+            heldout = column.to_numpy().astype(bool)[self.start:self.stop]
+        return (self.shard.load("train"), self.shard.load("test") if test else None,
+                heldout)
+
+
+def row_blocks(data, train_only: bool = False) -> list[RowBlock] | None:
+    """The row blocks of ``data`` (an Interactions: one block in memory; a matrix directory:
+    one per shard), None without a test part unless ``train_only``."""
+    if hasattr(data, "train"):
+        if data.test is None and not train_only:
+            return None
+        return [RowBlock(0, data.train.shape[0], train=data.train, test=data.test,
+                         heldout=data.heldout_users)]
+    matrix = MatrixShards(data)
+    if not matrix.has_test and not train_only:
+        return None
+    users_file = matrix.directory / "users.parquet"
+    fs, where = storage.filesystem_and_path(users_file)
+    has_flags = "heldout" in pq.read_schema(where, filesystem=fs).names
+    return [RowBlock(s.start, s.stop, shard=s, users_file=str(users_file) if has_flags else None)
+            for s in matrix.shards]
+
+
+@dataclass(frozen=True)
+class MatrixSummary:
+    """What a report needs of a matrix directory, without its matrices in this process.
+
+    Attributes
+    ----------
+    directory : Path
+        The matrix directory (its shards are read by tasks, :func:`row_blocks`).
+    user_ids, item_ids : pyarrow.Array
+        The vocabularies (row and column order): n and p ids.
+    popularity : numpy.ndarray
+        (p,) int64 users per item in the fitted rows (:func:`item_popularity` of
+        ``fit_matrix``), summed over shards.
+    """
+
+    directory: Any
+    user_ids: pa.Array
+    item_ids: pa.Array
+    popularity: np.ndarray
+
+
+def _shard_popularity(block: RowBlock, n_items: int) -> np.ndarray:
+    train, _, heldout = block.load(test=False)
+    if heldout is not None and heldout.any():
+        train = train[np.flatnonzero(~heldout)]
+    return np.bincount(train.indices, minlength=n_items).astype(np.int64)
+
+
+def matrix_summary(matrix_dir: str | Path, client=None) -> MatrixSummary:
+    """Ids and item popularity of a matrix directory: one Dask task per train shard on
+    ``client`` (None: threads here), each returning p counts. Memory here: n + p ids and
+    p counts per shard."""
+    matrix = MatrixShards(matrix_dir)
+    d = matrix.directory
+    users = io.read_table(d / "users.parquet").column("user_id").combine_chunks()
+    items = io.read_table(d / "items.parquet").column("item_id").combine_chunks()
+    blocks = row_blocks(matrix_dir, train_only=True)
+    counts = run_tasks([task(_shard_popularity)(b, len(items)) for b in blocks], client)
+    popularity = np.sum(counts, axis=0, dtype=np.int64) if counts else np.zeros(len(items),
+                                                                               np.int64)
+    return MatrixSummary(d, users, items, popularity)

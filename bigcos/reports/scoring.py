@@ -68,14 +68,20 @@ def dot_factors(model: Any, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     (m, d) and (p, d) float32; d = kept dimensions, +1 with a centring column.
     Memory: one copy of the item factors and of the m user rows.
     """
-    exported_users = model.user_embeddings[users]
+    return factors_of(model, model.user_embeddings[users])
+
+
+def factors_of(model: Any, exported_users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`dot_factors` of the exported user embeddings ``exported_users`` (m, k), for a
+    model whose users are read elsewhere (a :class:`bigcos.model_info.ModelInfo`: items,
+    spectrum, columns and manifest only)."""
     if dot_scoring(model) in (EXPORTED, "x-tilde"):
         return exported_users, model.item_embeddings
     dims = model.dimensions
     kept = dims.column("kept").to_numpy(zero_copy_only=False).astype(bool)
     a, b, g = (dims.column(c).to_numpy().astype(np.float64) for c in ("a", "b", "g"))
     V = np.zeros((model.item_embeddings.shape[0], kept.size))
-    P = np.zeros((len(users), kept.size))
+    P = np.zeros((len(exported_users), kept.size))
     V[:, kept] = model.item_embeddings / b[kept]
     P[:, kept] = exported_users / a[kept]
     params = model.manifest["parameters"]
