@@ -65,7 +65,8 @@ def write_user_part(scratch: Path, part: UserPart) -> int:
 class StackedRows:
     """Consecutive row ranges held by several arrays, sliced as one ``(n, ...)`` array.
 
-    ``x[a:b]`` is a view when the rows lie in one array, else a copy of ``b - a`` rows.
+    ``x[a:b]`` is a view when the rows lie in one array, else a copy of ``b - a`` rows;
+    ``x[rows]`` (an integer array, e.g. the kernel's rows sorted by norm) is a copy.
     """
 
     def __init__(self, arrays: Sequence[np.ndarray]):
@@ -77,9 +78,9 @@ class StackedRows:
     def __len__(self) -> int:
         return self.shape[0]
 
-    def __getitem__(self, key: slice) -> np.ndarray:
+    def __getitem__(self, key: slice | np.ndarray) -> np.ndarray:
         if not isinstance(key, slice):
-            raise TypeError("StackedRows: only slices of rows")
+            return self._take(np.asarray(key))
         start, stop, step = key.indices(len(self))
         if step != 1:
             raise TypeError("StackedRows: only contiguous slices")
@@ -96,6 +97,19 @@ class StackedRows:
         if not pieces:
             return self.arrays[0][0:0]
         return np.concatenate(pieces)
+
+    def _take(self, rows: np.ndarray) -> np.ndarray:
+        if rows.dtype.kind not in "iu" or rows.ndim != 1:
+            raise TypeError("StackedRows: only slices or 1-d integer arrays of rows")
+        rows = np.where(rows < 0, rows + len(self), rows)
+        if len(rows) and (rows.min() < 0 or rows.max() >= len(self)):
+            raise IndexError(f"StackedRows: row index out of range 0..{len(self) - 1}")
+        out = np.empty((len(rows), *self.shape[1:]), self.dtype)
+        part = np.searchsorted(self.bounds, rows, side="right") - 1
+        for i in np.unique(part):
+            hit = part == i
+            out[hit] = self.arrays[i][rows[hit] - self.bounds[i]]
+        return out
 
 
 def load_array(path: Path) -> np.ndarray:

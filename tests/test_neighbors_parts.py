@@ -117,3 +117,6 @@ def test_stacked_rows_slice_like_one_array():
         for b in range(a, 25, 4):
             assert np.array_equal(stacked[a:b], whole[a:b])
     assert np.array_equal(stacked[:], whole)
+    rows = rng.permutation(23)[:17]  # the kernel gathers rows sorted by norm
+    assert np.array_equal(stacked[rows], whole[rows])
+    assert np.array_equal(stacked[np.array([], np.int64)], whole[:0])
