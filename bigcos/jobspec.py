@@ -151,6 +151,12 @@ class NeighborsConfig:
     exclude_train: bool = opt(True, "user-item: leave out the user's training items.")
     memory_budget: str = opt(MEMORY_BUDGET, "Working memory per worker thread; sizes the "
                                             "blocks (speed and memory only, never results).")
+    max_queries: int | None = opt(None, "Lists of at most this many seeded query rows per "
+                                        "model and kind, against every candidate (unset: "
+                                        "every query).")
+    full_models: tuple[str, ...] = opt((), "Models whose item-item lists cover every item "
+                                           "even with max_queries.")
+    seed: int = opt(0, "Seed of the query sample (the report's seed picks the same rows).")
 
     def __post_init__(self):
         from bigcos.neighbor_lists import Blocking
@@ -160,6 +166,8 @@ class NeighborsConfig:
             raise UserError(f"neighbors.n: must be >= 1, got {self.n}")
         if not self.kinds or not self.metrics:
             raise UserError("neighbors: kinds and metrics must not be empty")
+        if self.max_queries is not None and self.max_queries < 1:
+            raise UserError(f"neighbors.max_queries: must be >= 1, got {self.max_queries}")
         try:
             budget = parse_bytes(self.memory_budget)
         except (ValueError, TypeError):

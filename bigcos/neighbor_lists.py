@@ -70,7 +70,9 @@ from bigcos.neighbor_operands import (
     SIDES,
     Job,
     check_shape,
+    load_array,
     train_rows,
+    train_rows_at,
     train_shards,
     write_items,
     write_user_part,
@@ -111,7 +113,8 @@ def neighbors(model_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, *
               kinds: Sequence[str] = ("item-item",), metrics: Sequence[str] = METRICS,
               n: int = 100, exclude_train: bool = True, blocking: Blocking | None = None,
               memory_budget: int | None = None, symmetric: bool | None = None,
-              overwrite: bool = False, client=None) -> dict[str, Any]:
+              max_queries: int | None = None, full_models: Sequence[str] = (),
+              seed: int = 0, overwrite: bool = False, client=None) -> dict[str, Any]:
     """Write the neighbour dataset of every model and kind to ``out``; return its manifest.
 
     Tasks run on ``client`` (a ``distributed.Client``; its workers must see ``out``'s file
@@ -120,6 +123,13 @@ def neighbors(model_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, *
     per worker thread, default MEMORY_BUDGET). ``symmetric`` (item-item, user-user): compute each
     product once for both of its lists (pair tasks, see :func:`_pair_graph`); None = when the
     partial lists fit in :data:`SYMMETRIC_HELD_BYTES`.
+
+    ``max_queries``: per model and kind with more queries, the lists of one seeded sample of
+    that many query rows only (``np.sort(default_rng(seed).choice(n_queries, max_queries,
+    replace=False))``: the same rows for every model of a kind, and the rows the report's
+    agreement sample picks with the same seed and ``max_queries``), against every candidate;
+    each list equals that query's list in the full run. Item-item lists of the models named in
+    ``full_models`` cover every item regardless. None: every query.
 
     User embeddings are never read here: one task per user part writes its scratch operand
     where it runs (:func:`bigcos.neighbor_operands.write_user_part`), and the user-item tasks
@@ -131,11 +141,17 @@ def neighbors(model_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, *
     kinds, metrics, blocking = check_request(model_dirs, out, kinds=kinds, metrics=metrics, n=n,
                                              blocking=blocking, memory_budget=memory_budget,
                                              overwrite=overwrite)
+    if max_queries is not None and max_queries < 1:
+        raise UserError(f"max_queries: must be at least 1, got {max_queries}")
     models = [load_model_info(d) for d in model_dirs]
     names = [m.name for m in models]
     if len(set(names)) != len(names):
         dup = next(x for x in names if names.count(x) > 1)
         raise UserError(f"model name '{dup}' appears twice among the model directories")
+    unknown = sorted(set(full_models) - set(names))
+    if unknown:
+        raise UserError(f"full_models: no model named '{unknown[0]}' (models: "
+                        f"{', '.join(names)})")
     timings = io.Timings()
     counts: dict[str, Any] = {}
     with io.atomic_output_dir(out, overwrite=overwrite) as tmp, \
@@ -157,10 +173,16 @@ def neighbors(model_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, *
                     job = dataclasses.replace(job, n=n_used)
                     counts[key]["n_used"] = n_used
                     _output_dirs(tmp, kind, model.name, metrics)
-                    use_pairs = _use_symmetric(symmetric, kind, counts[key]["queries"], n,
-                                               len(metrics))
+                    full = kind == "item-item" and model.name in full_models
+                    if max_queries is not None and not full \
+                            and counts[key]["queries"] > max_queries:
+                        job = _with_sample(job, counts[key], max_queries, seed)
+                        graph, use_pairs = _sampled_graph, False
+                    else:
+                        use_pairs = _use_symmetric(symmetric, kind, counts[key]["queries"], n,
+                                                   len(metrics))
+                        graph = _pair_graph if use_pairs else _group_graph
                     counts[key]["symmetric"] = use_pairs
-                    graph = _pair_graph if use_pairs else _group_graph
                     for task in graph(job, counts[key]["queries"], fills):
                         tasks.append(task)
                         task_keys.append(key)
@@ -175,7 +197,8 @@ def neighbors(model_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, *
         storage.rmtree(scratch_root)
         parameters = {"kinds": list(kinds), "metrics": list(metrics), "n": n,
                       "exclude_train": exclude_train, "blocking": asdict(blocking),
-                      "symmetric": symmetric,
+                      "symmetric": symmetric, "max_queries": max_queries,
+                      "full_models": list(full_models), "seed": seed,
                       "task_peak_bytes": blocking.peak_bytes(n, len(metrics))}
         inputs = {"models": {m.name: {"dir": str(storage.resolve(d)),
                                       "matrix_dir": str(m.matrix_dir) if m.matrix_dir else None}
@@ -274,6 +297,50 @@ def _group_graph(job: Job, n_queries: int, after: list) -> list:
             for part, (g0, g1) in enumerate(job.blocking.groups(n_queries))]
 
 
+def query_sample(n_queries: int, max_queries: int, seed: int) -> np.ndarray:
+    """The seeded sample of query rows: ascending int64, ``min(n_queries, max_queries)`` rows
+    drawn uniformly without replacement (all rows when there are at most ``max_queries``)."""
+    if n_queries <= max_queries:
+        return np.arange(n_queries, dtype=np.int64)
+    rows = np.random.default_rng(seed).choice(n_queries, max_queries, replace=False)
+    return np.sort(rows).astype(np.int64)
+
+
+def _with_sample(job: Job, counts: dict[str, Any], max_queries: int, seed: int) -> Job:
+    """The job restricted to the seeded query sample (written to its scratch directory)."""
+    path = job.scratch / f"sample-{job.kind}.npy"
+    io.save_npy(path, query_sample(counts["queries"], max_queries, seed))
+    counts["sampled_from"] = counts["queries"]
+    counts["queries"] = min(counts["queries"], max_queries)
+    return dataclasses.replace(job, sample=path)
+
+
+def _sampled_graph(job: Job, n_sampled: int, after: list) -> list:
+    """One task per group of sampled queries against all candidates (``job.sample``)."""
+    return [task(_run_sampled_group)(job, part, i0, i1, after)
+            for part, (i0, i1) in enumerate(job.blocking.groups(n_sampled))]
+
+
+def _run_sampled_group(job: Job, part: int, i0: int, i1: int, after=None) -> dict[str, int]:
+    """One task: the lists of sampled queries i0:i1 (rows ``sample[i0:i1]``), written as part
+    ``part``. A query's own row (item-item, user-user) and training items (user-item) are
+    excluded pairs, so each list equals the full run's list of that query."""
+    query_side, candidate_side = job.sides
+    rows = load_array(job.sample)[i0:i1]
+    candidates = job.rows(candidate_side)
+    if job.shards is not None:
+        exclude = train_rows_at(job.shards, rows)
+    elif job.exclude_self:
+        exclude = sp.csr_matrix((np.ones(len(rows), np.float32), rows,
+                                 np.arange(len(rows) + 1)), shape=(len(rows), len(candidates)))
+    else:
+        exclude = None
+    keys = group_keys(job.rows(query_side)[rows], job.rows(query_side, "inv")[rows],
+                      candidates, job.rows(candidate_side, "inv"), job.n, job.metrics,
+                      job.blocking, None, exclude)
+    return _write_lists(job, part, job.ids_at(query_side, rows), keys)
+
+
 def _pair_graph(job: Job, n_queries: int, after: list) -> list:
     """Symmetric kinds: every product between two groups g <= h is scored once, for the lists
     of both sides. The pairs are played as a round-robin tournament: first each group against
@@ -346,9 +413,13 @@ def _finish_group(job: Job, part: int, g0: int, g1: int,
 def _write_group(job: Job, part: int, g0: int, g1: int,
                  keys: dict[str, np.ndarray]) -> dict[str, int]:
     """Write the lists (keys) of queries g0:g1 as part ``part`` of every metric."""
-    query_side, candidate_side = job.sides
-    query_ids = job.ids(query_side, g0, g1)
-    candidate_ids = job.ids(candidate_side)
+    return _write_lists(job, part, job.ids(job.sides[0], g0, g1), keys)
+
+
+def _write_lists(job: Job, part: int, query_ids: pa.Array,
+                 keys: dict[str, np.ndarray]) -> dict[str, int]:
+    """Write the lists (keys) of the queries ``query_ids`` as part ``part`` of every metric."""
+    candidate_ids = job.ids(job.sides[1])
     written = {}
     for metric in job.metrics:
         table = neighbor_table(query_ids, keys[metric], candidate_ids)

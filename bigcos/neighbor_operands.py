@@ -150,6 +150,31 @@ def user_ids(scratch: Path, bounds: Sequence[int], start: int = 0,
     return pa.concat_arrays(chunks)
 
 
+def user_ids_at(scratch: Path, bounds: Sequence[int], rows: np.ndarray) -> pa.Array:
+    """The user ids of ``rows`` (ascending int array), from the id files of their parts."""
+    chunks = []
+    for i in range(len(bounds) - 1):
+        lo, hi = np.searchsorted(rows, [bounds[i], bounds[i + 1]])
+        if hi > lo:
+            ids = read_ids(scratch / f"user_ids-{i:05d}.arrow")
+            chunks.append(ids.take(pa.array(rows[lo:hi] - bounds[i])))
+    return pa.concat_arrays(chunks) if chunks else read_ids(
+        scratch / "user_ids-00000.arrow").slice(0, 0)
+
+
+def train_rows_at(shards: Sequence[Shard], rows: np.ndarray) -> sp.csr_matrix:
+    """The train rows ``rows`` (ascending int array) from the shards holding them, loaded by
+    path where this runs: CSR (len(rows), p). Memory: those shards."""
+    blocks = []
+    for shard in shards:
+        lo, hi = np.searchsorted(rows, [shard.start, shard.stop])
+        if hi > lo:
+            blocks.append(shard.load("train")[rows[lo:hi] - shard.start])
+    if len(blocks) == 1:
+        return blocks[0].tocsr()
+    return sp.vstack(blocks, format="csr")
+
+
 def train_rows(shards: Sequence[Shard], start: int, stop: int) -> sp.csr_matrix:
     """Rows start:stop of a matrix's train part, from the shards overlapping them (loaded by
     path where this runs): CSR (stop - start, p). Memory: those shards."""
@@ -215,6 +240,7 @@ class Job:
     blocking: Blocking
     user_bounds: tuple[int, ...]
     shards: tuple[Shard, ...] | None = None
+    sample: Path | None = None  # .npy of the sampled query rows (ascending), None: every row
 
     @property
     def sides(self) -> tuple[str, str]:
@@ -236,6 +262,12 @@ class Job:
             ids = read_ids(self.scratch / "item_ids.arrow")
             return ids if stop is None else ids.slice(start, stop - start)
         return user_ids(self.scratch, self.user_bounds, start, stop)
+
+    def ids_at(self, side: str, rows: np.ndarray) -> pa.Array:
+        """The ids of ``rows`` (ascending int array) of ``side``."""
+        if side == "items":
+            return read_ids(self.scratch / "item_ids.arrow").take(pa.array(rows))
+        return user_ids_at(self.scratch, self.user_bounds, rows)
 
     def size(self, side: str, n_items: int) -> int:
         return self.user_bounds[-1] if side == "users" else n_items

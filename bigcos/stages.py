@@ -245,8 +245,9 @@ def dataset_stages(job: Job, ds: Dataset, root: Path) -> list[Stage]:
     neigh = Stage(ds.name, "neighbors", root / "neighbors", asdict(nb), [], fits,
                   lambda d, client: neighbor_lists.neighbors(
                       model_dirs(fits), d, kinds=nb.kinds, metrics=nb.metrics, n=nb.n,
-                      exclude_train=nb.exclude_train, memory_budget=budget, overwrite=True,
-                      client=client))
+                      exclude_train=nb.exclude_train, memory_budget=budget,
+                      max_queries=nb.max_queries, full_models=nb.full_models, seed=nb.seed,
+                      overwrite=True, client=client))
     stages.append(neigh)
     report = dataclasses.replace(job.report, dataset=ds.name, job=job.name)
     stages.append(Stage(ds.name, "report", root / "report", asdict(report), [], [neigh],

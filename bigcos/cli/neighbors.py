@@ -10,11 +10,16 @@ from bigcos.jobspec import NeighborsConfig
 from bigcos.options import default_of, help_of
 
 
+def _split_optional(ctx, param, value):
+    return tuple(dict.fromkeys(v.strip() for chunk in value for v in chunk.split(",")
+                               if v.strip()))
+
+
 def _split(ctx, param, value):
-    items = [v.strip() for chunk in value for v in chunk.split(",") if v.strip()]
+    items = _split_optional(ctx, param, value)
     if not items:
         raise click.BadParameter("give at least one value")
-    return tuple(dict.fromkeys(items))
+    return items
 
 
 def _bytes(ctx, param, value):
@@ -46,14 +51,20 @@ def _bytes(ctx, param, value):
 @click.option("--memory-budget", callback=_bytes,
               default=default_of(NeighborsConfig, "memory_budget"), show_default=True,
               help=help_of(NeighborsConfig, "memory_budget"))
+@click.option("--max-queries", type=click.IntRange(min=1), default=None,
+              help=help_of(NeighborsConfig, "max_queries"))
+@click.option("--full-model", "full_models", multiple=True, callback=_split_optional,
+              help=help_of(NeighborsConfig, "full_models") + " Repeat or comma-separate.")
+@click.option("--seed", type=int, default=default_of(NeighborsConfig, "seed"),
+              show_default=True, help=help_of(NeighborsConfig, "seed"))
 @click.option("--query-block", type=click.IntRange(min=1), default=None,
               help="Queries per tile (overrides --memory-budget).")
 @click.option("--candidate-block", type=click.IntRange(min=1), default=None,
               help="Candidates per tile (overrides --memory-budget).")
 @overwrite_option
 @dask_options
-def neighbors(model_dirs, out, kinds, metrics, n, include_train, memory_budget, query_block,
-              candidate_block, overwrite, cluster):
+def neighbors(model_dirs, out, kinds, metrics, n, include_train, memory_budget, max_queries,
+              full_models, seed, query_block, candidate_block, overwrite, cluster):
     """Exact top-N neighbours of every item and/or user of each MODEL_DIR, by cosine and by
     dot product, written as one Parquet dataset partitioned by kind, model and metric
     (columns query_id, rank, neighbor_id, score; ties go to the smaller index).
@@ -96,7 +107,9 @@ def neighbors(model_dirs, out, kinds, metrics, n, include_train, memory_budget, 
     with job_client(cluster, matrix_interactions(*model_dirs)) as client:
         manifest = run_neighbors(model_dirs, out, kinds=kinds, metrics=metrics, n=n,
                                  exclude_train=not include_train, blocking=blocking,
-                                 memory_budget=memory_budget, overwrite=overwrite, client=client)
+                                 memory_budget=memory_budget, max_queries=max_queries,
+                                 full_models=full_models, seed=seed, overwrite=overwrite,
+                                 client=client)
     total = sum(v for c in manifest["counts"].values() for k, v in c.items()
                 if k.startswith("rows_"))
     click.echo(f"wrote {out}: {total} rows in {manifest['timings_s']['total']:.1f} s")
