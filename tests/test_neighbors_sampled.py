@@ -21,7 +21,7 @@ def _by_query(table) -> dict:
             for key, g in df.groupby(["kind", "model", "metric", "query_id"])}
 
 
-def test_sampled_lists_are_the_full_lists_of_the_sampled_queries(sharded_models, tmp_path):
+def test_sampled_lists_are_the_full_lists_of_the_sampled_queries(sharded_models, tmp_path):  # noqa: F811
     models = sharded_models["parts"]  # users in parts: the sample gathers rows across parts
     neighbors(models, tmp_path / "full", kinds=KINDS, n=7, blocking=BLOCKING)
     full = read_neighbors(tmp_path / "full")
@@ -55,7 +55,7 @@ def test_query_sample_is_the_report_sample():
     assert np.array_equal(query_sample(30, 50, seed=7), np.arange(30))
 
 
-def test_bad_sample_requests_are_one_line_errors(sharded_models, tmp_path):
+def test_bad_sample_requests_are_one_line_errors(sharded_models, tmp_path):  # noqa: F811
     models = sharded_models["single"]
     with pytest.raises(UserError, match="max_queries: must be at least 1"):
         neighbors(models, tmp_path / "a", max_queries=0)
