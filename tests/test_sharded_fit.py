@@ -127,7 +127,7 @@ def test_one_shard_matrix_keeps_the_in_memory_fit(tmp_path):
                    in_memory=None)
     shard = _fit(tmp_path / "m", tmp_path / "b", tmp_path / "cb", Preprocessing(),
                  in_memory=False)
-    assert "sharded" not in default.spectrum_info
+    assert "sharded" not in default.spectrum_info and shard.spectrum_info["sharded"]
     assert np.array_equal(_spectrum(tmp_path / "ca").V, _spectrum(tmp_path / "cb").V)
     assert_same_fits(tmp_path / "a", tmp_path / "b", list(default.models))
     name = list(default.models)[0]
