@@ -110,7 +110,8 @@ def load_in_memory(matrix_dir, preprocessing: Preprocessing, selection, svd) -> 
     dtype = np.result_type(data.train.dtype, svd.dtype)
     if selection is not None:  # validation users: drawn from the fit rows, not fit on
         val = validation_split(data.train, fit_rows, selection.fraction, selection.holdout,
-                               selection.seed, max_rows=selection.max_users)
+                               selection.seed, getattr(selection, "rows", None),
+                               max_rows=selection.max_users)
         fit_rows = np.setdiff1d(fit_rows, val[0])
     # the row remedy scales every row (fitted and folded in) by its own count^-gamma
     train = scale_rows(data.train, preprocessing.rows(data.train), dtype)

@@ -177,3 +177,22 @@ def test_two_worker_cluster_matches_threads_and_ships_no_user_matrix(sharded_mat
     assert max(segments.values()) > 4 * N_USERS / 8  # the segments do hold the data
     biggest = max(others, key=others.get)
     assert others[biggest] < 4 * N_USERS, (biggest, others[biggest])
+
+
+def test_cosine_fit_from_shards_is_bitwise_the_in_memory_fit(sharded_matrix, tmp_path):
+    """The cosine-trained model: SVD, every loss/gradient pass and the users from the
+    shards give the bits of the in-memory fit (several row blocks per shard)."""
+    from bigcos.cosine_fit import CosineOptions, fit_cosine
+
+    opts = CosineOptions(k=4, iterations=3, block_rows=900, validation_fraction=0.02)
+    mem = fit_cosine(sharded_matrix, tmp_path / "mem", opts, in_memory=True)
+    shard = fit_cosine(sharded_matrix, tmp_path / "shard", opts, in_memory=False)
+    assert (mem / "items.parquet").read_bytes() == (shard / "items.parquet").read_bytes()
+    ids_a, users_a = read_all_users(mem)
+    ids_b, users_b = read_all_users(shard)
+    assert ids_a.equals(ids_b) and np.array_equal(users_a, users_b)
+    assert (shard / USERS_DIR).is_dir() and (mem / USERS_FILE).is_file()
+    ma, mb = (json.loads((d / "manifest.json").read_text()) for d in (mem, shard))
+    assert ma["counts"] | {"blocks": 0} == mb["counts"] | {"blocks": 0}
+    assert ma["optimisation"]["loss_curve"] == mb["optimisation"]["loss_curve"]
+    assert ma["optimisation"]["iterations"] == 3 and ma["counts"]["validation_rows"] > 0
