@@ -27,7 +27,7 @@ import scipy.sparse as sp
 from bigcos import cosine_model
 from bigcos.fit_data import load_in_memory, load_sharded
 from bigcos.gram import default_block_count, row_block, row_bounds, segment_blocks
-from bigcos.shard_gram import FitShard, read_user_rows
+from bigcos.shard_gram import FitShard, read_user_rows, shared
 from bigcos.user_parts import write_part
 
 PROJECT_ROWS = 1 << 16  # rows of X per product when embedding users
@@ -112,7 +112,7 @@ class _SegmentTerms:
     def __call__(self, A, Q, gram_q) -> cosine_model.BlockTerms:
         import dask
 
-        a, q, g = (dask.delayed(x) for x in (A, Q, gram_q))
+        a, q, g = (shared(x, self.client) for x in (A, Q, gram_q))
         lists = [dask.delayed(_segment_terms, pure=False)(s, self.block_rows, a, q, g)
                  for s in self.segments]
         (total,) = dask.compute(dask.delayed(_sum_lists)(lists),
@@ -138,7 +138,7 @@ class ShardedCosineRows(CosineRows):
     def write_users(self, model_dir, A: np.ndarray, root_tau: float, client=None) -> None:
         import dask
 
-        A_task = dask.delayed(A)
+        A_task = shared(A, client)
         dask.compute(*[dask.delayed(_embed_shard, pure=False)(fs, A_task, root_tau, model_dir,
                                                               len(self.shards))
                        for fs in self.shards], scheduler=client or "threads")

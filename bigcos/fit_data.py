@@ -37,7 +37,7 @@ from bigcos.errors import UserError
 from bigcos.evaluation import draw_positions, hide_items, validation_split
 from bigcos.gram import row_block, segment_blocks
 from bigcos.projection import column_sq_norms, project_block, project_rows, projection_operands
-from bigcos.shard_gram import FitShard, fit_candidates, read_user_rows, summarize
+from bigcos.shard_gram import FitShard, fit_candidates, read_user_rows, shared, summarize
 from bigcos.shards import MatrixShards, Shard
 from bigcos.user_parts import write_part
 
@@ -173,7 +173,7 @@ class ShardedFit(FitData):
         import dask
 
         W, offset = projection_operands(V, col_center, col_scale, np.dtype(svd.dtype))
-        W_task = dask.delayed(W)  # one key: shipped once to each worker that needs it
+        W_task = shared(W, client)
         tasks = [dask.delayed(_project_shard, pure=False)(fs, W_task, offset, targets,
                                                           len(self.shards))
                  for fs in self.shards]

@@ -155,11 +155,15 @@ def test_two_worker_cluster_matches_threads_and_ships_no_user_matrix(sharded_mat
     from distributed import Client, LocalCluster
     from distributed.diagnostics.plugin import SchedulerPlugin
 
+    from bigcos.cosine_fit import CosineOptions, fit_cosine
+
     plugin = type("ResultSizes", (_ResultSizes, SchedulerPlugin), {})()
     pre = Preprocessing("popularity")
     specs = SPECS[:3]
     _fit(sharded_matrix, tmp_path / "threads", tmp_path / "c1", pre, in_memory=False,
          specs=specs)
+    cos_opts = CosineOptions(k=4, iterations=2, validation_fraction=0.0)
+    cos_threads = fit_cosine(sharded_matrix, tmp_path / "cos1", cos_opts, in_memory=False)
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                       dashboard_address=None) as cluster, Client(cluster) as client:
         client.register_plugin(plugin)
@@ -167,10 +171,13 @@ def test_two_worker_cluster_matches_threads_and_ships_no_user_matrix(sharded_mat
                       in_memory=False, client=client, specs=specs)
         sizes = client.run_on_scheduler(
             lambda dask_scheduler: dask_scheduler.plugins[_ResultSizes.name].sizes)
+        cos_cluster = fit_cosine(sharded_matrix, tmp_path / "cos2", cos_opts, in_memory=False,
+                                 client=client)
     assert result.spectrum_info["scheduler"] == "distributed"
     s1, s2 = _spectrum(tmp_path / "c1"), _spectrum(tmp_path / "c2")
     assert np.array_equal(s1.sigma, s2.sigma) and np.array_equal(s1.V, s2.V)
     assert_same_fits(tmp_path / "threads", tmp_path / "cluster", list(result.models))
+    assert np.array_equal(read_all_users(cos_threads)[1], read_all_users(cos_cluster)[1])
     segments = {k: v for k, v in sizes.items() if k.startswith("bigcos-fit-segment")}
     others = {k: v for k, v in sizes.items() if k not in segments}
     assert len(segments) >= 6 and others
