@@ -6,8 +6,9 @@ X~ = (X - 1 mu^T) diag(s) is never formed, nor A:
 
 where X^T X (S Q) = sum_b X_b^T (X_b (S Q)) streams once over the row blocks X_b of X (one
 "pass": one Dask task per block, tree-summed). The row partition is a function of the data
-alone (:func:`default_block_count`), so the order of the float sums, and the result, is the
-same on any scheduler and worker count. :func:`pass_client` decides where passes run.
+alone (:func:`default_block_count`; for a matrix of several shards, of each shard's rows:
+:func:`segment_blocks`), so the order of the float sums, and the result, is the same on any
+scheduler and worker count. :func:`pass_client` decides where passes run.
 """
 
 from __future__ import annotations

@@ -156,6 +156,8 @@ def truncated_svd(X: sp.csr_matrix, k: int, *, oversampling: int | None = None,
     oversampling, n_iter, tile_cols = _check_krylov(oversampling, n_iter, tile_cols, tol)
     if block_rows is not None:
         block_rows = _check_int(block_rows, "block_rows", 1)
+    if row_blocks is not None:
+        _check_row_blocks(row_blocks, n)
     # RowChunks runs the tall products in parallel over a fixed split, each at one BLAS
     # thread: results do not depend on the core count
     with RowChunks() as blas:
@@ -291,6 +293,17 @@ def _check_vector(v, p: int, name: str) -> np.ndarray | None:
     if not np.isfinite(a).all():
         raise UserError(f"{name}: contains NaN or infinite values")
     return a
+
+
+def _check_row_blocks(row_blocks, n: int) -> None:
+    edges = [0]
+    for a, b in row_blocks:
+        if a != edges[-1] or b <= a:
+            raise UserError(f"row_blocks: ({a}, {b}) does not follow row {edges[-1]} (blocks "
+                            "must be non-empty row ranges covering X in order)")
+        edges.append(b)
+    if edges[-1] != n:
+        raise UserError(f"row_blocks: cover rows 0..{edges[-1]}, X has {n} rows")
 
 
 def _check_int(v, name: str, low: int) -> int:

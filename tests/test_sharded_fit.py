@@ -203,3 +203,19 @@ def test_cosine_fit_from_shards_is_bitwise_the_in_memory_fit(sharded_matrix, tmp
     assert ma["counts"] | {"blocks": 0} == mb["counts"] | {"blocks": 0}
     assert ma["optimisation"]["loss_curve"] == mb["optimisation"]["loss_curve"]
     assert ma["optimisation"]["iterations"] == 3 and ma["counts"]["validation_rows"] > 0
+
+
+def test_user_mistakes_are_one_line_errors(sharded_matrix, tmp_path):
+    import scipy.sparse as sp
+
+    from bigcos.errors import UserError
+    from bigcos.svd import truncated_svd
+
+    X = sp.random(50, 20, density=0.3, format="csr", random_state=0)
+    with pytest.raises(UserError, match="row_blocks"):
+        truncated_svd(X, 3, row_blocks=[(0, 20), (25, 50)])
+    with pytest.raises(UserError, match="row_blocks"):
+        truncated_svd(X, 3, row_blocks=[(0, 20)])
+    with pytest.raises(UserError, match="in_memory"):
+        fit(sharded_matrix, tmp_path / "x", SPECS[1:2], SVDOptions(k=3, exact=True),
+            in_memory=False)
