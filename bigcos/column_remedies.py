@@ -22,6 +22,39 @@ PREPROCESSINGS = ("none", "standardize", "popularity", "rows")
 
 
 @dataclass(frozen=True)
+class ColumnSums:
+    """Per-column sums of some rows of X, all a remedy and the loss need of them.
+
+    ``n`` rows; ``total`` (p,) = X^T 1, ``sq`` (p,) = sum of squares, ``counts`` (p,) = stored
+    non-zeros, all float64. Sums of several row sets add up (:meth:`combine`, in a fixed
+    order, so the result does not depend on where each part was computed).
+    """
+
+    n: int
+    total: np.ndarray
+    sq: np.ndarray
+    counts: np.ndarray
+
+    @staticmethod
+    def combine(parts: list[ColumnSums]) -> ColumnSums:
+        """The sums of the union of disjoint row sets, added in the order given (one part is
+        returned as is)."""
+        out = parts[0]
+        for part in parts[1:]:
+            out = ColumnSums(out.n + part.n, out.total + part.total, out.sq + part.sq,
+                             out.counts + part.counts)
+        return out
+
+
+def column_sums(X: sp.csr_matrix) -> ColumnSums:
+    """:class:`ColumnSums` of the rows of X (CSR (n, p)); memory: three (p,) arrays."""
+    p = X.shape[1]
+    return ColumnSums(X.shape[0], np.asarray(X.sum(axis=0), np.float64).ravel(),
+                      np.asarray(X.multiply(X).sum(axis=0), np.float64).ravel(),
+                      np.bincount(X.indices[X.data != 0], minlength=p).astype(np.float64))
+
+
+@dataclass(frozen=True)
 class Preprocessing:
     """Remedy applied before the SVD: X~ = (X - 1 mu^T) S (columns) or X~ = diag(r) X (rows).
 
@@ -77,22 +110,27 @@ class Preprocessing:
         """
         if self.kind in ("none", "rows"):
             return None, None
-        n, p = X.shape
+        return self.columns_of_sums(column_sums(X))
+
+    def columns_of_sums(self, sums: ColumnSums) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """:meth:`columns` from the column sums of the fitted rows (e.g. added up over the
+        shards of a matrix: :meth:`ColumnSums.combine`)."""
+        if self.kind in ("none", "rows"):
+            return None, None
+        n, p = sums.n, len(sums.total)
         if self.kind == "popularity":
-            counts = np.bincount(X.indices[X.data != 0], minlength=p).astype(np.float64)
+            counts = sums.counts
             scale = np.ones(p)
             seen = counts > 0
             scale[seen] = counts[seen] ** (-self.beta)
             return None, scale
-        total = np.asarray(X.sum(axis=0), np.float64).ravel()
-        sq = np.asarray(X.multiply(X).sum(axis=0), np.float64).ravel()
+        total, sq = sums.total, sums.sq
         mu = total / max(n, 1)
         var = np.maximum(sq / max(n, 1) - mu**2, 0.0)
         scale = np.ones(p)
         varying = var > 1e-12 * np.maximum(sq / max(n, 1), np.finfo(np.float64).tiny)
         scale[varying] = 1.0 / np.sqrt(var[varying])
         return mu, scale
-
 
     def rows(self, X: sp.csr_matrix) -> np.ndarray | None:
         """The row scale r of this remedy (None unless ``kind == "rows"``).
@@ -160,11 +198,15 @@ def squared_norm(X: sp.csr_matrix, col_center: np.ndarray | None,
     -------
     float
     """
-    n, p = X.shape
-    sq = np.asarray(X.multiply(X).sum(axis=0), np.float64).ravel()
+    return squared_norm_of_sums(column_sums(X), col_center, col_scale)
+
+
+def squared_norm_of_sums(sums: ColumnSums, col_center: np.ndarray | None,
+                         col_scale: np.ndarray | None) -> float:
+    """:func:`squared_norm` from the :class:`ColumnSums` of the rows."""
+    n, sq = sums.n, sums.sq
     if col_center is not None:
-        sq = sq - 2 * col_center * np.asarray(X.sum(axis=0), np.float64).ravel() \
-            + n * col_center**2
+        sq = sq - 2 * col_center * sums.total + n * col_center**2
     if col_scale is not None:
         sq = sq * col_scale**2
     return float(sq.sum())

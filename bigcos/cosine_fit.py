@@ -12,13 +12,17 @@ Steps of :func:`fit_cosine`:
    gradient is one pass over fixed row blocks of X: one Dask task per block on ``client``
    (blocks scattered once; A, Q broadcast per evaluation; the block terms summed in block
    order in one task), else a thread per block in this process. Both paths sum the same
-   floats in the same order, so they give identical results. Early stopping on validation
-   Recall@20 by cosine (``patience``).
+   floats in the same order, so they give identical results. A matrix of several shards is
+   by default never loaded here: the SVD and every pass map over its shards, loaded and
+   persisted on the workers (:mod:`bigcos.cosine_shards`), with the same blocks and sums as
+   in memory (blocks never cross a shard). Early stopping on validation Recall@20 by cosine
+   (``patience``).
 4. Model directory: every user (held-out ones folded in from their training row) gets
    tau^(1/2) N(x_u A), every item tau^(1/2) N(b_i): their dot product is the model's
    prediction tau P Q^T of X and their cosine the cosine it was trained on. Written with
-   the helpers of :mod:`bigcos.models` (``items.parquet``, ``users.parquet``,
-   ``manifest.json``), so ``bigcos.load_model``, neighbours and reports read it like any model.
+   the helpers of :mod:`bigcos.models` (``items.parquet``, ``users.parquet`` or one user part
+   per shard written by the workers, ``manifest.json``), so ``bigcos.load_model``,
+   neighbours and reports read it like any model.
 """
 
 from __future__ import annotations
@@ -36,10 +40,7 @@ import scipy.sparse as sp
 
 from bigcos import cosine_model, io, storage
 from bigcos.errors import UserError
-from bigcos.evaluation import validation_split
-from bigcos.model_dir import check_out, write_model
-
-PROJECT_ROWS = 1 << 16  # rows of X per product when embedding every user
+from bigcos.model_dir import ITEMS, check_out
 
 
 @dataclass(frozen=True)
@@ -90,12 +91,6 @@ class CosineOptions:
 
 
 # --------------------------------------------------------------------------- block passes
-def _block_bounds(X: sp.csr_matrix, block_rows: int | None) -> list[tuple[int, int]]:
-    from bigcos.gram import default_block_count, row_bounds
-
-    return row_bounds(X, block_rows, default_block_count(X.nnz))
-
-
 class _ThreadTerms:
     """``terms(A, Q, gram_q)`` over row blocks, one thread per block, summed in block order."""
 
@@ -129,18 +124,11 @@ class _DaskTerms:
         self.client.cancel(self.blocks)
 
 
-def _embed_rows(X: sp.csr_matrix, A: np.ndarray) -> np.ndarray:
-    """N(X A) (n, k) float64, PROJECT_ROWS rows at a time."""
-    parts = [cosine_model.normalize_rows(np.asarray(X[s:s + PROJECT_ROWS] @ A, np.float64))[0]
-             for s in range(0, X.shape[0], PROJECT_ROWS)]
-    return np.vstack(parts) if parts else np.zeros((0, A.shape[1]))
-
-
 # --------------------------------------------------------------------------- the fit
 def fit_cosine(matrix_dir: str | os.PathLike, out: str | os.PathLike,
                options: CosineOptions = CosineOptions(), *, client=None,
                validation_rows: Sequence[int] | None = None, name: str = "cosine",
-               overwrite: bool = False) -> Path:
+               overwrite: bool = False, in_memory: bool | None = None) -> Path:
     """Train embeddings with respect to cosine and write them as a model directory at ``out``.
 
     Parameters
@@ -152,6 +140,10 @@ def fit_cosine(matrix_dir: str | os.PathLike, out: str | os.PathLike,
     validation_rows : matrix row indices to validate on instead of a random
         ``validation_fraction`` of the fit rows (they are left out of training).
     name : the model name in the manifest. overwrite : replace an existing ``out``.
+    in_memory : True: load the matrix here; False: every pass maps over the matrix's shards
+        on the workers, which also write the users one part per shard
+        (:mod:`bigcos.cosine_shards`); None: from the shards when there are several and no
+        ``validation_rows`` are given. Both give the same bits.
 
     Returns
     -------
@@ -165,38 +157,35 @@ def fit_cosine(matrix_dir: str | os.PathLike, out: str | os.PathLike,
     ----------
     Steck, Ekanadham, Kallus (2024), Sec. 3, first remedy; MATH.md "Remedies".
     """
-    from bigcos.gram import row_block
-    from bigcos.matrix import load_matrix
-    from bigcos.svd import truncated_svd
+    from bigcos.cosine_shards import cosine_rows
+    from bigcos.shards import MatrixShards
+    from bigcos.svd import sharded_truncated_svd, truncated_svd
 
     timings = io.Timings()
     matrix_dir = storage.resolve(matrix_dir)
     check_out(out, overwrite)
+    if in_memory is None:
+        in_memory = validation_rows is not None or len(MatrixShards(matrix_dir).shards) == 1
+    if not in_memory and validation_rows is not None:
+        raise UserError("in_memory: given validation_rows need the matrix in memory; pass "
+                        "in_memory=True or None")
     with timings("load_matrix"):
-        data = load_matrix(matrix_dir)
-        fit_rows = data.fit_rows
-        val_rows, X_fold, X_held = (validation_split(data.train, fit_rows,
-                                                     options.validation_fraction,
-                                                     options.validation_holdout, options.seed,
-                                                     validation_rows)
-                                    if validation_rows is not None
-                                    or options.validation_fraction > 0
-                                    else (np.zeros(0, np.int64), None, None))
-        train_rows = np.setdiff1d(fit_rows, val_rows)
-        X = data.train[train_rows].astype(np.float64)
-    n, p = X.shape
+        data = cosine_rows(matrix_dir, options, in_memory, client, validation_rows)
+        val_rows, X_fold, X_held = data.val or (np.zeros(0, np.int64), None, None)
+    n, p = data.n_train, data.n_items
     if options.k > min(n, p):
         raise UserError(f"k: {options.k} is larger than min(training rows, items) = "
                         f"{min(n, p)} ({n} x {p})")
     with timings("svd"):
-        spectrum = truncated_svd(X, options.k, seed=options.seed)
+        spectrum = (truncated_svd(data.svd_input, options.k, seed=options.seed,
+                                  row_blocks=data.row_blocks) if in_memory else
+                    sharded_truncated_svd(data.svd_input, options.k, seed=options.seed,
+                                          client=client))
         A0, B0 = cosine_model.warm_start(spectrum.V, spectrum.sigma, n, options.lam)
-    blocks = [row_block(X, a, b, np.dtype(np.float64))
-              for a, b in _block_bounds(X, options.block_rows)]
-    terms = _DaskTerms(client, blocks) if client is not None else _ThreadTerms(blocks)
+    terms = data.terms(client)
     validate = (None if X_fold is None or not len(val_rows)
                 else lambda A, B: cosine_model.cosine_recall(X_fold, X_held, A, B))
-    sq_norm = float(X.multiply(X).sum())
+    sq_norm = data.sq_norm
     try:
         with timings("optimise"):
             result = cosine_model.fit_lbfgs(A0, B0, terms, sq_norm, iterations=options.iterations,
@@ -210,13 +199,13 @@ def fit_cosine(matrix_dir: str | os.PathLike, out: str | os.PathLike,
     root_tau = math.sqrt(result.tau)
     with io.atomic_output_dir(out, overwrite=overwrite) as tmp:
         with timings("embed_and_write"):
-            users = root_tau * _embed_rows(data.train, result.A)
             items = root_tau * cosine_model.normalize_rows(result.B)[0]
-            write_model(tmp, data.item_ids, items, data.user_ids, users)
-        counts = {"users": data.train.shape[0], "items": p, "fit_users": len(fit_rows),
+            io.write_embeddings(tmp / ITEMS, data.item_ids, items, "item_id")
+            data.write_users(tmp, result.A, root_tau, client)
+        counts = {"users": data.n_users, "items": p, "fit_users": data.n_fit,
                   "train_rows": n, "validation_rows": len(val_rows),
-                  "train_nnz": int(data.train.nnz), "dims_kept": options.k,
-                  "blocks": len(blocks)}
+                  "train_nnz": data.train_nnz, "dims_kept": options.k,
+                  "blocks": data.n_blocks}
         optimisation = {
             "iterations": result.iterations, "passes_over_x": result.evaluations,
             "best_iteration": result.best_iteration, "stop_reason": result.stop_reason,

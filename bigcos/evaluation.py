@@ -98,15 +98,40 @@ def validation_split(train: sp.csr_matrix, candidates: np.ndarray, fraction: flo
                             "users excluded)")
     else:
         eligible = candidates[counts[candidates] >= 2]
-        m = int(round(fraction * len(candidates)))
-        if max_rows is not None:
-            m = min(m, max_rows)
-        rows = np.sort(rng.choice(eligible, size=min(m, len(eligible)), replace=False))
+        rows = eligible[draw_positions(rng, len(candidates), len(eligible), fraction, max_rows)]
     sub = train[rows].tocsr()
+    return (rows, *hide_items(sub, holdout, rng))
+
+
+def draw_positions(rng: np.random.Generator, n_candidates: int, n_eligible: int,
+                   fraction: float, max_rows: int | None) -> np.ndarray:
+    """Which eligible rows become validation rows, as sorted positions among them.
+
+    ``round(fraction n_candidates)`` (at most ``max_rows`` and ``n_eligible``) positions in
+    [0, n_eligible), drawn without replacement. Only counts enter, so a sharded matrix draws
+    the same rows as a whole one from per-shard counts (position i is the i-th eligible row
+    in row order).
+
+    Returns
+    -------
+    (m,) int64, sorted.
+    """
+    m = int(round(fraction * n_candidates))
+    if max_rows is not None:
+        m = min(m, max_rows)
+    return np.sort(rng.choice(n_eligible, size=min(m, n_eligible), replace=False))
+
+
+def hide_items(sub: sp.csr_matrix, holdout: float, rng: np.random.Generator
+               ) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """Split validation rows (CSR (m, p)) into fold-in and held-out parts: round(holdout x
+    items) of each row's items hidden, at least 1 and at most all but one, at random (``rng``,
+    after :func:`draw_positions`)."""
+    sub = sub.tocsr()
     sub.sort_indices()
     per_row = np.diff(sub.indptr)
     n_held = np.minimum(np.maximum(1, np.round(holdout * per_row)), per_row - 1).astype(np.int64)
-    row_of = np.repeat(np.arange(len(rows)), per_row)
+    row_of = np.repeat(np.arange(sub.shape[0]), per_row)
     order = np.lexsort((rng.random(sub.nnz), row_of))  # a random order within each row
     rank = np.empty(sub.nnz, np.int64)
     rank[order] = np.arange(sub.nnz) - sub.indptr[row_of[order]]
@@ -116,7 +141,7 @@ def validation_split(train: sp.csr_matrix, candidates: np.ndarray, fraction: flo
         return sp.csr_matrix((sub.data[mask], (row_of[mask], sub.indices[mask])),
                              shape=sub.shape)
 
-    return rows, part(~is_held), part(is_held)
+    return part(~is_held), part(is_held)
 
 
 def per_user(user_factors: np.ndarray, item_factors: np.ndarray, heldout: HeldOut,

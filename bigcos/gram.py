@@ -6,8 +6,9 @@ X~ = (X - 1 mu^T) diag(s) is never formed, nor A:
 
 where X^T X (S Q) = sum_b X_b^T (X_b (S Q)) streams once over the row blocks X_b of X (one
 "pass": one Dask task per block, tree-summed). The row partition is a function of the data
-alone (:func:`default_block_count`), so the order of the float sums, and the result, is the
-same on any scheduler and worker count. :func:`pass_client` decides where passes run.
+alone (:func:`default_block_count`; for a matrix of several shards, of each shard's rows:
+:func:`segment_blocks`), so the order of the float sums, and the result, is the same on any
+scheduler and worker count. :func:`pass_client` decides where passes run.
 """
 
 from __future__ import annotations
@@ -93,6 +94,28 @@ def row_bounds(X: sp.csr_matrix, block_rows: int | None, n_blocks: int) -> list[
     return [(a, b) for a, b in zip(edges[:-1], edges[1:], strict=True) if b > a]
 
 
+def segment_blocks(X: sp.csr_matrix, segments: list[tuple[int, int]],
+                   block_rows: int | None) -> list[tuple[int, int]]:
+    """Row blocks of X that never cross a segment (e.g. the rows of one matrix shard).
+
+    Each segment [a, b) is cut by :func:`row_bounds` on its own non-zeros (``block_rows``
+    rows each, else :func:`default_block_count` blocks), so the blocks, and the order of the
+    Gram sums over them, depend on the segments and the data alone: the same whether the
+    segments are rows of one CSR here or shards loaded on workers
+    (:mod:`bigcos.shard_gram`). One segment gives the blocks of the whole matrix.
+
+    Returns
+    -------
+    list of (start, stop) row ranges of X, in row order.
+    """
+    out = []
+    for a, b in segments:
+        seg = row_block(X, a, b, X.dtype)
+        out += [(a + lo, a + hi) for lo, hi in row_bounds(seg, block_rows,
+                                                          default_block_count(seg.nnz))]
+    return out
+
+
 def row_block(X: sp.csr_matrix, a: int, b: int, dtype: np.dtype) -> sp.csr_matrix:
     """Rows [a, b) of X in ``dtype``, sharing X's data and indices when no cast is needed."""
     lo, hi = X.indptr[a], X.indptr[b]
@@ -159,6 +182,11 @@ class GramOperator:
         mu and s.
     block_rows : int, optional
         Rows per block (default: :func:`default_block_count` blocks of about equal nnz).
+    row_blocks : list of (start, stop), optional
+        The row blocks themselves (e.g. :func:`segment_blocks`), in row order, covering X;
+        overrides ``block_rows``.
+    colsum : ndarray, shape (p,), float64, optional
+        X^T 1 when already known (used only with ``col_center``; default: computed here).
     tile_cols : int
         Width of the column tiles of Q inside a block (cache blocking; speed only).
     client : distributed.Client or None
@@ -174,19 +202,17 @@ class GramOperator:
 
     def __init__(self, X: sp.csr_matrix, *, blas: RowChunks, dtype=np.float32,
                  col_center=None, col_scale=None, block_rows: int | None = None,
+                 row_blocks: list[tuple[int, int]] | None = None, colsum=None,
                  tile_cols: int = 32, client=None) -> None:
         from dask import delayed
 
         t0 = time.perf_counter()
-        self.shape = X.shape
-        self.dtype = np.dtype(dtype)
-        self.tile_cols = tile_cols
-        self.mu, self.s = col_center, col_scale
-        self.colsum = (np.asarray(X.sum(axis=0), dtype=np.float64).ravel()
-                       if self.mu is not None else None)
-        self.client = client
-        self._blas = blas
-        bounds = row_bounds(X, block_rows, default_block_count(X.nnz))
+        self._setup(X.shape, blas, dtype, col_center, col_scale, tile_cols, client)
+        if self.mu is not None:
+            self.colsum = (np.asarray(X.sum(axis=0), dtype=np.float64).ravel()
+                           if colsum is None else np.asarray(colsum, np.float64))
+        bounds = (row_bounds(X, block_rows, default_block_count(X.nnz)) if row_blocks is None
+                  else list(row_blocks))
         blocks = [row_block(X, a, b, self.dtype) for a, b in bounds]
         self.block_rows = [int(b - a) for a, b in bounds]
         if self.client is not None:
@@ -195,8 +221,25 @@ class GramOperator:
             tag = uuid.uuid4().hex
             self._blocks = [delayed(b, name=f"bigcos-xblock-{i}-{tag}")
                             for i, b in enumerate(blocks)]
+        self.timings["place_blocks"] = time.perf_counter() - t0
+
+    def _setup(self, shape, blas, dtype, col_center, col_scale, tile_cols, client) -> None:
+        """The state every operator shares (blocks and ``colsum`` are set by the caller)."""
+        self.shape = shape
+        self.dtype = np.dtype(dtype)
+        self.tile_cols = tile_cols
+        self.mu, self.s = col_center, col_scale
+        self.colsum = None
+        self.client = client
+        self._blas = blas
         self.passes = 0
-        self.timings = {"place_blocks": time.perf_counter() - t0, "passes": 0.0}
+        self.timings = {"place_blocks": 0.0, "passes": 0.0}
+
+    def _parts(self, q) -> list:
+        """One delayed partial X_b^T (X_b Q) per row block, in block order."""
+        from dask import delayed
+
+        return [delayed(_gram_block, pure=False)(b, q) for b in self._blocks]
 
     def describe(self) -> dict[str, Any]:
         """Block layout, scheduler, shape and centring flags (for ``Spectrum.info``)."""
@@ -220,7 +263,7 @@ class GramOperator:
             [q] = self.client.scatter([tiles], broadcast=True, hash=False)
         else:
             q = delayed(tiles, name=f"bigcos-q-{uuid.uuid4().hex}")
-        parts = [delayed(_gram_block, pure=False)(b, q) for b in self._blocks]
+        parts = self._parts(q)
         (Y,) = dask.compute(_tree_sum(parts, inplace=self.client is None),
                             scheduler=self.client or "threads")
         # An array received from a worker may sit unaligned in its network frame; numpy then

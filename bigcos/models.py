@@ -3,9 +3,10 @@
 The maths lives in :mod:`bigcos.closed_form` (objectives, rescalings D, losses: pure numpy) and
 :mod:`bigcos.column_remedies`; the row projection P = X~ V_k in :mod:`bigcos.projection`; model
 directories in :mod:`bigcos.model_dir`; implicit ALS in :mod:`bigcos.als`. This module drives a
-fit: load the matrix, take the spectrum from the SVD cache or compute it
-(:func:`bigcos.svd.truncated_svd`), solve every model, project the rows once, write the
-directories. Every name that was public here before the split is re-exported.
+fit: read the matrix (:mod:`bigcos.fit_data`: the whole CSR in memory, or its shards on the
+workers), take the spectrum from the SVD cache or compute it (:mod:`bigcos.svd_cache`), solve
+every model, project the rows once, write the directories. Every name that was public here
+before the split is re-exported.
 
 Dask work runs where the caller says: ``client=None`` is threads in this process, a
 ``distributed.Client`` runs the SVD passes and the row projection on its workers. No default
@@ -15,17 +16,13 @@ client is ever looked up here.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import scipy.sparse as sp
 
 from bigcos import io, storage
 from bigcos.als import ALSOptions, als_factors, fit_als
@@ -41,9 +38,15 @@ from bigcos.closed_form import (
     parse_scaling,
     solve,
 )
-from bigcos.column_remedies import PREPROCESSINGS, Preprocessing, scale_rows, squared_norm
+from bigcos.column_remedies import (
+    PREPROCESSINGS,
+    Preprocessing,
+    scale_rows,
+    squared_norm,
+    squared_norm_of_sums,
+)
 from bigcos.errors import UserError
-from bigcos.evaluation import HeldOut, validation_split
+from bigcos.evaluation import HeldOut
 from bigcos.model_dir import (
     COLUMNS,
     DIMENSIONS,
@@ -54,9 +57,9 @@ from bigcos.model_dir import (
     columns_table,
     dimensions_table,
     load_model,
-    write_model,
 )
 from bigcos.projection import column_sq_norms, project_rows
+from bigcos.svd_cache import SVDOptions, cached_spectrum, matrix_digest, spectrum_key
 from bigcos.validation import Selection, select
 
 __all__ = [
@@ -69,143 +72,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 NO_PREPROCESSING = Preprocessing()  # the default of fit: no remedy
-
-
-# --------------------------------------------------------------------------- SVD + its cache
-@dataclass(frozen=True)
-class SVDOptions:
-    """Parameters of the truncated SVD (:func:`bigcos.svd.truncated_svd`). ``block_rows`` and
-    ``scheduler`` only change speed and are not part of the cache key."""
-
-    k: int = 64
-    oversampling: int | None = None
-    n_iter: int | None = None
-    seed: int = 0
-    dtype: str = "float32"
-    exact: bool = False
-    tol: float | None = None
-    block_rows: int | None = None
-    scheduler: str = "auto"
-
-    def key(self) -> dict[str, Any]:
-        """The parameters that change the spectrum (the SVD cache key)."""
-        d = asdict(self)
-        d.pop("block_rows")
-        d.pop("scheduler")
-        return d
-
-
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def matrix_digest(matrix_dir: Path) -> str:
-    """The content hash of a matrix directory (part of the SVD cache key).
-
-    Parameters
-    ----------
-    matrix_dir : Path
-
-    Returns
-    -------
-    str
-        sha256 (hex) over the content of the train shards and users.parquet (rows, held-out
-        flags); the same as before shards for a one-shard matrix (train.npz).
-    """
-    from bigcos.shards import train_files
-
-    h = hashlib.sha256()
-    for name in (*train_files(matrix_dir), "users.parquet"):
-        f = matrix_dir / name
-        h.update(name.encode() + (_file_digest(f) if f.exists() else "-").encode())
-    return h.hexdigest()
-
-
-def spectrum_key(matrix_sha256: str, svd: SVDOptions, pre: Preprocessing,
-                 rows: dict | None = None) -> tuple[str, dict]:
-    """The cache key of one SVD of one matrix.
-
-    Parameters
-    ----------
-    matrix_sha256 : str
-        :func:`matrix_digest` of the matrix directory.
-    svd : SVDOptions
-    pre : Preprocessing
-    rows : dict, optional
-        What decides the fitted rows beyond the matrix (e.g. the validation split).
-
-    Returns
-    -------
-    key : str
-        16 hex digits.
-    parts : dict
-        The JSON-able dict it hashes (stored beside the entry as key.json).
-    """
-    from bigcos import __version__
-    from bigcos.svd import SVD_VERSION
-
-    parts = {"matrix_sha256": matrix_sha256, "svd": svd.key(), "preprocessing": pre.key(),
-             "bigcos": __version__, "svd_version": SVD_VERSION}
-    if rows is not None:
-        parts["rows"] = rows
-    text = json.dumps(parts, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16], parts
-
-
-def cached_spectrum(X: sp.csr_matrix, svd: SVDOptions, col_center: np.ndarray | None,
-                    col_scale: np.ndarray | None, cache_dir: Path | None, key: str,
-                    key_parts: dict, *, client=None) -> tuple[Any, bool]:
-    """The spectrum of X~ from ``cache_dir/key`` if present, else computed (and stored there).
-
-    The cache entry is written atomically; an unreadable entry is recomputed and replaced.
-
-    Parameters
-    ----------
-    X : scipy.sparse.csr_matrix, shape (n_fit, p)
-        The rows the model is fit on.
-    svd : SVDOptions
-    col_center, col_scale : ndarray, shape (p,), or None
-        The column remedy (:meth:`Preprocessing.columns`).
-    cache_dir : Path or None
-        None: no cache.
-    key, key_parts
-        From :func:`spectrum_key`.
-    client : distributed.Client, optional
-        Passed to :func:`bigcos.svd.truncated_svd` (None: threads in this process).
-
-    Returns
-    -------
-    spectrum : bigcos.svd.Spectrum
-        sigma (k,), V (p, k), residuals (k,).
-    cache_hit : bool
-    """
-    from bigcos.svd import load_spectrum, save_spectrum, truncated_svd
-
-    entry = cache_dir / key if cache_dir is not None else None
-    if entry is not None and (entry / "key.json").exists():
-        try:
-            return load_spectrum(entry), True
-        except (UserError, OSError, ValueError, KeyError) as exc:
-            log.warning("%s: unreadable SVD cache entry (%s); recomputing", entry, exc)
-    if svd.k > X.shape[1]:
-        raise UserError(f"k: {svd.k} is larger than the number of items p = {X.shape[1]}")
-    spectrum = truncated_svd(X, svd.k, oversampling=svd.oversampling, n_iter=svd.n_iter,
-                             seed=svd.seed, dtype=np.dtype(svd.dtype), exact=svd.exact,
-                             col_center=col_center, col_scale=col_scale,
-                             block_rows=svd.block_rows, tol=svd.tol, scheduler=svd.scheduler,
-                             client=client)
-    if entry is not None:
-        try:
-            with io.atomic_output_dir(entry, overwrite=True) as tmp:
-                save_spectrum(tmp, spectrum)
-                io.write_json(tmp / "key.json", key_parts)
-        except OSError as exc:  # e.g. a read-only matrix dir, or a concurrent writer won
-            log.warning("%s: SVD cache not written (%s)", entry, exc)
-    return spectrum, False
+DEFAULT_SVD = SVDOptions()  # the default of fit
 
 
 # --------------------------------------------------------------------------- λ on validation
@@ -294,10 +161,10 @@ def _svd_section(spectrum, key: str, cache_dir: Path | None, hit: bool) -> dict:
 
 
 def fit(matrix_dir: str | os.PathLike, out: str | os.PathLike, specs: Sequence[ModelSpec],
-        svd: SVDOptions = SVDOptions(), preprocessing: Preprocessing = NO_PREPROCESSING,
+        svd: SVDOptions = DEFAULT_SVD, preprocessing: Preprocessing = NO_PREPROCESSING,
         *, cache_dir: str | os.PathLike | None = "default", name: str | None = None,
         overwrite: bool = False, client=None, selection: Selection | None = None,
-        root: bool = False) -> FitResult:
+        root: bool = False, in_memory: bool | None = None) -> FitResult:
     """Fit the closed-form models ``specs`` of one matrix from ONE truncated SVD.
 
     A spec whose ``lam`` is None gets λ chosen on validation users (``selection``, default
@@ -342,19 +209,28 @@ def fit(matrix_dir: str | os.PathLike, out: str | os.PathLike, specs: Sequence[M
     root : bool
         Write ``out`` as a root of model directories even for one spec (then a validated
         spec also gets its ``-lamcos`` variant).
+    in_memory : bool, optional
+        True: load the whole matrix here; False: work from its shards on the workers
+        (:mod:`bigcos.fit_data`); None (default): from the shards when the matrix has
+        several and ``svd.exact`` is off. Both give the same bits (sigma, V, every file but
+        the manifests' timings); from the shards, users are written as one part per shard
+        (``users/part-*.parquet``, :mod:`bigcos.user_parts`).
 
     Returns
     -------
     FitResult
-        Memory while fitting: the matrix (twice with the row remedy: the scaled copy of its
-        non-zeros), P (n, k) in ``svd.dtype`` and one (n, k_kept) user embedding at a time.
+        Memory while fitting in memory: the matrix (twice with the row remedy: the scaled
+        copy of its non-zeros), P (n, k) in ``svd.dtype`` and one (n, k_kept) user embedding
+        at a time. From the shards, here: the Krylov basis (p x L), p x l pass results and
+        the validation rows; on a worker: its shards' fit rows (persisted during the SVD),
+        and one shard's P_s and embedding at a time.
 
     References
     ----------
     Paper Eq. 1 and Eq. 2 (closed forms of Jin et al. 2021 and Zheng et al. 2018), Sec. 3
     (remedies).
     """
-    from bigcos.matrix import load_matrix
+    from bigcos.fit_data import load_fit_data
 
     timings = io.Timings()
     matrix_dir = storage.resolve(matrix_dir)
@@ -364,17 +240,9 @@ def fit(matrix_dir: str | os.PathLike, out: str | os.PathLike, specs: Sequence[M
     if selection is None and any(s.lam is None for s in specs):
         selection = Selection()
     with timings("load_matrix"):
-        data = load_matrix(matrix_dir)
-        fit_rows, val = data.fit_rows, None
-        dtype = np.result_type(data.train.dtype, svd.dtype)
-        if selection is not None:  # validation users: drawn from the fit rows, not fit on
-            val = validation_split(data.train, fit_rows, selection.fraction, selection.holdout,
-                                   selection.seed, max_rows=selection.max_users)
-            fit_rows = np.setdiff1d(fit_rows, val[0])
-        # the row remedy scales every row (fitted and folded in) by its own count^-gamma
-        train = scale_rows(data.train, preprocessing.rows(data.train), dtype)
-        X_fit = train if len(fit_rows) == train.shape[0] else train[fit_rows]
-        col_center, col_scale = preprocessing.columns(X_fit)
+        data = load_fit_data(matrix_dir, preprocessing, selection, svd, in_memory, client)
+        val, dtype = data.val, data.dtype
+        col_center, col_scale = preprocessing.columns_of_sums(data.sums)
     if svd.k < 1:
         raise UserError(f"k: must be >= 1, not {svd.k}")
     if cache_dir == "default":
@@ -386,8 +254,9 @@ def fit(matrix_dir: str | os.PathLike, out: str | os.PathLike, specs: Sequence[M
             "validation": {"fraction": selection.fraction, "holdout": selection.holdout,
                            "seed": selection.seed, "max_users": selection.max_users}}
         key, key_parts = spectrum_key(digest, svd, preprocessing, rows_key)
-        spectrum, hit = cached_spectrum(X_fit, svd, col_center, col_scale, cache_dir, key,
-                                        key_parts, client=client)
+        spectrum, hit = cached_spectrum(data.svd_input, svd, col_center, col_scale, cache_dir,
+                                        key, key_parts, client=client,
+                                        row_blocks=data.row_blocks, colsum=data.sums.total)
     V = np.asarray(spectrum.V, np.float64)
     path_rows: list[dict] = []
     if selection is not None:
@@ -402,11 +271,7 @@ def fit(matrix_dir: str | os.PathLike, out: str | os.PathLike, specs: Sequence[M
     names = _model_names(specs, preprocessing, name if len(specs) == 1 else None)
     with timings("solve"):
         solutions = [solve(spectrum.sigma, s) for s in specs]
-    with timings("user_projection"):
-        P = project_rows(train, V, col_center, col_scale, svd.block_rows,
-                         dtype=np.dtype(svd.dtype), client=client)
-        p_sq = column_sq_norms(P, fit_rows)
-        sq_norm = squared_norm(X_fit, col_center, col_scale)
+    sq_norm = squared_norm_of_sums(data.sums, col_center, col_scale)
     svd_section = _svd_section(spectrum, key, cache_dir, hit)
     common = {"svd": svd.key() | {"block_rows": svd.block_rows},
               "preprocessing": preprocessing.key(),
@@ -414,16 +279,18 @@ def fit(matrix_dir: str | os.PathLike, out: str | os.PathLike, specs: Sequence[M
     single = len(specs) == 1 and not root
     written: dict[str, Path] = {}
     with io.atomic_output_dir(out, overwrite=overwrite) as root:
-        for model_name, spec, sol, source in zip(names, specs, solutions, sources, strict=True):
-            mt = io.Timings()
-            target = root if single else root / model_name
+        targets = [root if single else root / model_name for model_name in names]
+        for target in targets:
             target.mkdir(exist_ok=True)
+        with timings("user_projection"):  # every model's users, from one P = X~ V_k
+            p_sq = data.write_users([(t, sol.kept, sol.a) for t, sol in zip(
+                targets, solutions, strict=True)], V, col_center, col_scale, svd, client)
+        for model_name, spec, sol, source, target in zip(names, specs, solutions, sources,
+                                                         targets, strict=True):
+            mt = io.Timings()
             with mt("embed_and_write"):
-                items = sol.B(V)
-                users = P[:, sol.kept]  # a copy, scaled in place: one (n, k) array per model
-                users *= sol.a[sol.kept].astype(users.dtype)
-                write_model(target, data.item_ids, items, data.user_ids, users,
-                            dimensions_table(sol, spectrum.residuals))
+                io.write_embeddings(target / ITEMS, data.item_ids, sol.B(V), "item_id")
+                io.write_table(target / DIMENSIONS, dimensions_table(sol, spectrum.residuals))
                 if "family" in source:
                     write_lambda_path(target / LAMBDA_PATH,
                                       [r for r in path_rows if r["model"] == source["family"]])
@@ -433,10 +300,10 @@ def fit(matrix_dir: str | os.PathLike, out: str | os.PathLike, specs: Sequence[M
             params = {"model": "closed-form", "objective": spec.objective, "lam": spec.lam,
                       "scaling": asdict(spec.scaling) if spec.scaling else None,
                       "project_back": spec.project_back, **source, **common}
-            counts = {"users": data.train.shape[0], "items": data.train.shape[1],
-                      "fit_users": len(fit_rows),
+            counts = {"users": data.n_users, "items": data.n_items,
+                      "fit_users": data.n_fit,
                       "validation_users": 0 if val is None else len(val[0]),
-                      "train_nnz": int(data.train.nnz),
+                      "train_nnz": data.train_nnz,
                       "dims_svd": len(sol.sigma), "dims_kept": int(sol.kept.sum()),
                       "dims_dropped": int((~sol.kept).sum())}
             warnings = ([f"objective 2 keeps only {int(sol.kept.sum())} dimension(s) at "

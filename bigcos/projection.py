@@ -12,11 +12,27 @@ import numpy as np
 import scipy.sparse as sp
 
 
-def _block_product(block: sp.csr_matrix, W: np.ndarray, offset: np.ndarray | None) -> np.ndarray:
+def project_block(block: sp.csr_matrix, W: np.ndarray, offset: np.ndarray | None
+                  ) -> np.ndarray:
+    """X_b (S V) - 1 (mu^T S V) for some rows X_b (CSR (m, p)), with ``(W, offset)`` from
+    :func:`projection_operands`. Row i of the result depends on row i of X_b alone (so any
+    split of the rows, e.g. by matrix shard, gives the same bits). Returns (m, k) in W's
+    dtype."""
     out = np.asarray(block.astype(W.dtype, copy=False) @ W)
     if offset is not None:
         out -= offset.astype(W.dtype)
     return out
+
+
+def projection_operands(V: np.ndarray, col_center: np.ndarray | None,
+                        col_scale: np.ndarray | None, dtype) -> tuple[np.ndarray, np.ndarray]:
+    """(W, offset): W = S V (p, k) cast to ``dtype``, offset = mu^T S V (k,) float64 or None;
+    both formed in float64."""
+    W = np.asarray(V, np.float64)
+    if col_scale is not None:
+        W = W * np.asarray(col_scale, np.float64)[:, None]
+    offset = None if col_center is None else np.asarray(col_center, np.float64) @ W
+    return W.astype(dtype), offset
 
 
 def project_rows(X: sp.csr_matrix, V: np.ndarray, col_center: np.ndarray | None = None,
@@ -53,11 +69,7 @@ def project_rows(X: sp.csr_matrix, V: np.ndarray, col_center: np.ndarray | None 
     import dask
     from dask import delayed
 
-    W = np.asarray(V, np.float64)
-    if col_scale is not None:
-        W = W * np.asarray(col_scale, np.float64)[:, None]
-    offset = None if col_center is None else np.asarray(col_center, np.float64) @ W
-    W = W.astype(dtype)
+    W, offset = projection_operands(V, col_center, col_scale, dtype)
     n = X.shape[0]
     if block_rows is None:  # ~ 4 blocks per core, at most ~ 1M non-zeros each
         block_rows = max(1024, min(n, int(n * 1e6 / max(X.nnz, 1))))
@@ -67,12 +79,12 @@ def project_rows(X: sp.csr_matrix, V: np.ndarray, col_center: np.ndarray | None 
         return np.zeros((0, W.shape[1]), dtype)
     if client is None:
         W_arg = delayed(W)
-        parts = dask.compute(*[delayed(_block_product)(b, W_arg, offset) for b in blocks],
+        parts = dask.compute(*[delayed(project_block)(b, W_arg, offset) for b in blocks],
                              scheduler="threads")
     else:
         scattered = client.scatter(blocks)
         W_future = client.scatter(W, broadcast=True)
-        parts = client.gather(client.map(_block_product, scattered, W=W_future, offset=offset))
+        parts = client.gather(client.map(project_block, scattered, W=W_future, offset=offset))
     return np.vstack(parts)
 
 

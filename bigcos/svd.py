@@ -36,11 +36,12 @@ from bigcos.krylov import block_krylov, exact_eigenpairs
 from bigcos.spectrum import Spectrum, load_spectrum, save_spectrum
 
 __all__ = ["SVD_VERSION", "Spectrum", "default_block_count", "load_spectrum", "save_spectrum",
-           "truncated_svd"]
+           "sharded_truncated_svd", "truncated_svd"]
 
 # bumped whenever the same parameters give different results (cache keys). 7: the exact
-# path's dense eigh runs at one BLAS thread (its last bits depended on the thread count)
-SVD_VERSION = 7
+# path's dense eigh runs at one BLAS thread (its last bits depended on the thread count).
+# 8: a matrix of several shards is cut into row blocks shard by shard (one shard: unchanged)
+SVD_VERSION = 8
 EXACT_MAX_P = 20_000
 DEFAULT_OVERSAMPLING = 16
 DEFAULT_N_ITER = 6
@@ -51,7 +52,8 @@ def truncated_svd(X: sp.csr_matrix, k: int, *, oversampling: int | None = None,
                   exact: bool = False, col_center: np.ndarray | None = None,
                   col_scale: np.ndarray | None = None, block_rows: int | None = None,
                   tol: float | None = None, tile_cols: int = 32, client=None,
-                  scheduler: str = "auto") -> Spectrum:
+                  scheduler: str = "auto", row_blocks: list[tuple[int, int]] | None = None,
+                  colsum: np.ndarray | None = None) -> Spectrum:
     """Top-k singular values and right singular vectors of X~ = (X - 1 mu^T) diag(s).
 
     Randomised block Krylov (Musco & Musco 2015) on A = X~^T X~, each application of A one
@@ -97,6 +99,12 @@ def truncated_svd(X: sp.csr_matrix, k: int, *, oversampling: int | None = None,
         ``auto``: the workers when ``client`` is connected to a remote scheduler; threads
         without a client or when ``client.cluster`` is a ``LocalCluster`` (the same cores
         without the shipping: 1.5x faster on the bench matrix).
+    row_blocks : list of (start, stop), optional
+        The row blocks of the passes, covering X in row order (overrides ``block_rows``); e.g.
+        :func:`bigcos.gram.segment_blocks` with a sharded matrix's shards as segments gives
+        the blocks of :func:`sharded_truncated_svd`, so both return the same bits.
+    colsum : ndarray, shape (p,), optional
+        X^T 1 (float64) when already known (with ``col_center`` only).
 
     Returns
     -------
@@ -145,26 +153,84 @@ def truncated_svd(X: sp.csr_matrix, k: int, *, oversampling: int | None = None,
     if k > min(n, p):
         raise UserError(f"k={k}: k must be <= min(n, p) = {min(n, p)} for the randomised SVD "
                         f"of X with shape {n} x {p} (with exact, k may be up to p)")
-    oversampling = (DEFAULT_OVERSAMPLING if oversampling is None
-                    else _check_int(oversampling, "oversampling", 0))
-    n_iter = DEFAULT_N_ITER if n_iter is None else _check_int(n_iter, "n_iter", 1)
+    oversampling, n_iter, tile_cols = _check_krylov(oversampling, n_iter, tile_cols, tol)
     if block_rows is not None:
         block_rows = _check_int(block_rows, "block_rows", 1)
-    tile_cols = _check_int(tile_cols, "tile_cols", 1)
-    if tol is not None and not (math.isfinite(tol) and tol > 0):
-        raise UserError(f"tol={tol}: must be a positive number")
-    block = min(k + oversampling, p)
+    if row_blocks is not None:
+        _check_row_blocks(row_blocks, n)
     # RowChunks runs the tall products in parallel over a fixed split, each at one BLAS
     # thread: results do not depend on the core count
     with RowChunks() as blas:
         op = GramOperator(X, blas=blas, dtype=dtype, col_center=mu, col_scale=s,
-                          block_rows=block_rows, tile_cols=tile_cols,
-                          client=pass_client(client, scheduler))
-        try:
-            sigma, V, residuals, extra = block_krylov(op, p, k, block, n_iter, seed, tol,
-                                                      dtype, blas)
-        finally:
-            op.close()
+                          block_rows=block_rows, row_blocks=row_blocks, colsum=colsum,
+                          tile_cols=tile_cols, client=pass_client(client, scheduler))
+        return _krylov(op, k, oversampling, n_iter, seed, tol, dtype, blas, t_start)
+
+
+def sharded_truncated_svd(rows, k: int, *, oversampling: int | None = None,
+                          n_iter: int | None = None, seed: int = 0, dtype=np.float32,
+                          col_center: np.ndarray | None = None,
+                          col_scale: np.ndarray | None = None, tol: float | None = None,
+                          tile_cols: int = 32, client=None, scheduler: str = "auto"
+                          ) -> Spectrum:
+    """:func:`truncated_svd` of the fit rows of a sharded matrix, loaded on the workers.
+
+    Parameters
+    ----------
+    rows : bigcos.shard_gram.ShardedRows
+        The fit rows (:func:`bigcos.shard_gram.summarize`): every pass is one task per row
+        block of a shard's segment, over segments persisted where they were loaded.
+    k, oversampling, n_iter, seed, dtype, col_center, col_scale, tol, tile_cols
+        As :func:`truncated_svd` (no ``exact``: the fit loads the matrix for it).
+    client : distributed.Client, optional
+    scheduler : {"auto", "threads", "distributed"}
+        ``auto`` and ``distributed``: the workers of ``client`` (this process never holds the
+        matrix); ``threads`` or no client: threads in this process.
+
+    Returns
+    -------
+    Spectrum
+        Bitwise the spectrum of :func:`truncated_svd` on the stacked fit rows with
+        ``row_blocks=segment_blocks(X_fit, shard segments, block_rows)``, for any number of
+        workers. Memory here: the Krylov basis (p x L) and one p x l partial sum.
+    """
+    from bigcos.shard_gram import ShardGramOperator, shard_pass_client
+
+    t_start = time.perf_counter()
+    n, p = rows.shape
+    dtype = _check_dtype(dtype)
+    mu, s = _check_vector(col_center, p, "col_center"), _check_vector(col_scale, p, "col_scale")
+    k = _check_int(k, "k", 1)
+    if k > min(n, p):
+        raise UserError(f"k={k}: k must be <= min(n, p) = {min(n, p)} for the randomised SVD "
+                        f"of X with shape {n} x {p}")
+    oversampling, n_iter, tile_cols = _check_krylov(oversampling, n_iter, tile_cols, tol)
+    with RowChunks() as blas:
+        op = ShardGramOperator(rows, blas=blas, dtype=dtype, col_center=mu, col_scale=s,
+                               tile_cols=tile_cols, client=shard_pass_client(client, scheduler))
+        return _krylov(op, k, oversampling, n_iter, seed, tol, dtype, blas, t_start)
+
+
+def _check_krylov(oversampling, n_iter, tile_cols, tol) -> tuple[int, int, int]:
+    oversampling = (DEFAULT_OVERSAMPLING if oversampling is None
+                    else _check_int(oversampling, "oversampling", 0))
+    n_iter = DEFAULT_N_ITER if n_iter is None else _check_int(n_iter, "n_iter", 1)
+    tile_cols = _check_int(tile_cols, "tile_cols", 1)
+    if tol is not None and not (math.isfinite(tol) and tol > 0):
+        raise UserError(f"tol={tol}: must be a positive number")
+    return oversampling, n_iter, tile_cols
+
+
+def _krylov(op, k: int, oversampling: int, n_iter: int, seed: int, tol, dtype, blas,
+            t_start: float) -> Spectrum:
+    """Block Krylov on the operator ``op`` (released at the end) and the Spectrum's info."""
+    p = op.shape[1]
+    block = min(k + oversampling, p)
+    try:
+        sigma, V, residuals, extra = block_krylov(op, p, k, block, n_iter, seed, tol,
+                                                  dtype, blas)
+    finally:
+        op.close()
     timings = {**op.timings, **extra.pop("timings_s"),
                "total": time.perf_counter() - t_start}
     info = {"svd_version": SVD_VERSION, "method": "krylov", "k": k, "block_size": block,
@@ -227,6 +293,17 @@ def _check_vector(v, p: int, name: str) -> np.ndarray | None:
     if not np.isfinite(a).all():
         raise UserError(f"{name}: contains NaN or infinite values")
     return a
+
+
+def _check_row_blocks(row_blocks, n: int) -> None:
+    edges = [0]
+    for a, b in row_blocks:
+        if a != edges[-1] or b <= a:
+            raise UserError(f"row_blocks: ({a}, {b}) does not follow row {edges[-1]} (blocks "
+                            "must be non-empty row ranges covering X in order)")
+        edges.append(b)
+    if edges[-1] != n:
+        raise UserError(f"row_blocks: cover rows 0..{edges[-1]}, X has {n} rows")
 
 
 def _check_int(v, name: str, low: int) -> int:
