@@ -115,6 +115,24 @@ class ShardedRows:
     def nnz(self) -> int:
         return int(self.sums.counts.sum())
 
+    def segment_bytes(self, dtype) -> int:
+        """Memory of every segment loaded at once: values, column indices, row pointers."""
+        return self.nnz * (np.dtype(dtype).itemsize + 4) + (self.shape[0] + len(self.shards)) * 8
+
+
+KEEP_FRACTION = 0.4  # segments stay loaded while they take at most this share of the memory
+
+
+def memory_for_segments(client) -> int:
+    """Bytes the segments may take while kept loaded: ``KEEP_FRACTION`` of the workers' memory
+    limits summed (with a client), else of this machine's memory (threads here)."""
+    if client is None:
+        import psutil
+
+        return int(KEEP_FRACTION * psutil.virtual_memory().total)
+    workers = client.scheduler_info().get("workers", {}).values()
+    return int(KEEP_FRACTION * sum(w.get("memory_limit") or 0 for w in workers))
+
 
 def summarize(shards: list[FitShard], p: int, block_rows: int | None, client=None
               ) -> ShardedRows:
@@ -178,20 +196,26 @@ def _gram_slice(seg: sp.csr_matrix, a: int, b: int, dtype, q_tiles: list[np.ndar
 class ShardGramOperator(GramOperator):
     """Q (p x b) -> A Q for A = X~^T X~ of the fit rows of a sharded matrix.
 
-    The segments (:meth:`FitShard.load`) are loaded once by tasks: persisted on the workers
-    of ``client`` (recomputed from the files if a worker is lost), or computed on threads in
-    this process with None. Each pass is one task per row block of a segment, tree-summed in
-    block order (:mod:`bigcos.gram`). Call :meth:`close` to release the segments.
+    The segments (:meth:`FitShard.load`) are loaded by tasks: once, and kept (persisted on
+    the workers of ``client``, recomputed from the files if a worker is lost, or computed on
+    threads in this process with None), when they fit :func:`memory_for_segments`; else
+    again by every pass (the shard files stay in the page cache), so memory is bounded by a
+    few segments per worker, whatever the matrix's size. Each pass is one task per row block
+    of a segment, tree-summed in block order (:mod:`bigcos.gram`): the same sums either way.
+    Call :meth:`close` to release the segments.
 
     Parameters
     ----------
     rows : ShardedRows
     blas, dtype, col_center, col_scale, tile_cols, client
         As :class:`bigcos.gram.GramOperator`; colsum is ``rows.sums.total``.
+    keep_segments : bool, optional
+        Keep the segments loaded between passes (None: when they fit, see above).
     """
 
     def __init__(self, rows: ShardedRows, *, blas: RowChunks, dtype=np.float32,
-                 col_center=None, col_scale=None, tile_cols: int = 32, client=None) -> None:
+                 col_center=None, col_scale=None, tile_cols: int = 32, client=None,
+                 keep_segments: bool | None = None) -> None:
         import dask
 
         t0 = time.perf_counter()
@@ -201,7 +225,12 @@ class ShardGramOperator(GramOperator):
         tag = uuid.uuid4().hex
         segments = [dask.delayed(FitShard.load)(fs, dask_key_name=f"bigcos-fit-segment-{i}-{tag}")
                     for i, fs in enumerate(rows.shards)]
-        if client is not None:
+        if keep_segments is None:
+            keep_segments = rows.segment_bytes(dtype) <= memory_for_segments(client)
+        self.keep_segments = bool(keep_segments)
+        if not keep_segments:
+            self._segments = segments  # loaded by every pass, released after it
+        elif client is not None:
             self._segments = client.persist(segments)
         else:
             loaded = dask.compute(*segments, scheduler="threads")
@@ -220,7 +249,8 @@ class ShardGramOperator(GramOperator):
                 for i, a, b in self._slices]
 
     def describe(self) -> dict:
-        return {**super().describe(), "sharded": True, "n_shards": self.n_shards}
+        return {**super().describe(), "sharded": True, "n_shards": self.n_shards,
+                "keep_segments": self.keep_segments}
 
     def close(self) -> None:
         """Release the segments (cancel their futures on the workers)."""

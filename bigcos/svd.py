@@ -171,8 +171,8 @@ def sharded_truncated_svd(rows, k: int, *, oversampling: int | None = None,
                           n_iter: int | None = None, seed: int = 0, dtype=np.float32,
                           col_center: np.ndarray | None = None,
                           col_scale: np.ndarray | None = None, tol: float | None = None,
-                          tile_cols: int = 32, client=None, scheduler: str = "auto"
-                          ) -> Spectrum:
+                          tile_cols: int = 32, client=None, scheduler: str = "auto",
+                          keep_segments: bool | None = None) -> Spectrum:
     """:func:`truncated_svd` of the fit rows of a sharded matrix, loaded on the workers.
 
     Parameters
@@ -186,6 +186,9 @@ def sharded_truncated_svd(rows, k: int, *, oversampling: int | None = None,
     scheduler : {"auto", "threads", "distributed"}
         ``auto`` and ``distributed``: the workers of ``client`` (this process never holds the
         matrix); ``threads`` or no client: threads in this process.
+    keep_segments : bool, optional
+        Keep the loaded rows between passes, else load them again every pass (None: keep
+        them while they fit, :class:`bigcos.shard_gram.ShardGramOperator`); same results.
 
     Returns
     -------
@@ -207,7 +210,8 @@ def sharded_truncated_svd(rows, k: int, *, oversampling: int | None = None,
     oversampling, n_iter, tile_cols = _check_krylov(oversampling, n_iter, tile_cols, tol)
     with RowChunks() as blas:
         op = ShardGramOperator(rows, blas=blas, dtype=dtype, col_center=mu, col_scale=s,
-                               tile_cols=tile_cols, client=shard_pass_client(client, scheduler))
+                               tile_cols=tile_cols, client=shard_pass_client(client, scheduler),
+                               keep_segments=keep_segments)
         return _krylov(op, k, oversampling, n_iter, seed, tol, dtype, blas, t_start)
 
 

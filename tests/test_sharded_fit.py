@@ -219,3 +219,30 @@ def test_user_mistakes_are_one_line_errors(sharded_matrix, tmp_path):
     with pytest.raises(UserError, match="in_memory"):
         fit(sharded_matrix, tmp_path / "x", SPECS[1:2], SVDOptions(k=3, exact=True),
             in_memory=False)
+
+
+def test_passes_that_reload_their_rows_give_the_kept_rows_bits(sharded_matrix):
+    """A matrix larger than the workers' memory is loaded again by every pass instead of
+    kept: the same blocks, the same sums, the same bits."""
+    from bigcos.dense import RowChunks
+    from bigcos.shard_gram import FitShard, ShardGramOperator, summarize
+
+    matrix = MatrixShards(sharded_matrix)
+    users_file = str(matrix.directory / "users.parquet")
+    fit_shards = [FitShard(s, users_file, (), Preprocessing(), "float32")
+                  for s in matrix.shards]
+    rows = summarize(fit_shards, matrix.shape[1], 700)  # several blocks per shard
+    assert sum(len(b) for b in rows.bounds) > len(fit_shards)
+    Q = np.random.default_rng(0).standard_normal((matrix.shape[1], 5))
+    out = {}
+    with RowChunks() as blas:
+        for keep in (True, False):
+            op = ShardGramOperator(rows, blas=blas, keep_segments=keep)
+            out[keep] = (op(Q), op(Q), op.describe()["keep_segments"])
+            op.close()
+    assert out[True][2] is True and out[False][2] is False
+    for a, b in zip(out[True][:2], out[False][:2], strict=True):
+        assert np.array_equal(a, b)
+    X = matrix.load_matrix()[np.flatnonzero(~pd.read_parquet(users_file).heldout.to_numpy())]
+    np.testing.assert_allclose(out[False][0], X.T @ (X @ Q.astype(np.float32)), rtol=2e-5,
+                               atol=1e-3)
