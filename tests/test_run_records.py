@@ -7,7 +7,9 @@ import os
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from bigcos.cli import main
 from bigcos.cluster import ClusterOptions
 from bigcos.pipeline import load_job, run_job
 from bigcos.stage_resources import directory_bytes, peak_rss_bytes, reset_peak_rss
@@ -93,3 +95,16 @@ def test_each_stage_records_time_peak_rss_and_bytes_written(tmp_path):
                      echo=lambda s: None)  # small: on threads (no Dask workers)
     records = check_records(job.out, result.ran, cluster=False)
     assert records == json.loads(json.dumps(result.resources))
+    # bigcos bench scale --job reads them back (issue 15 point 7 (d))
+    figures = tmp_path / "scale.json"
+    cli = CliRunner().invoke(main, ["bench", "scale", "--parts", "", "--job", str(job.out),
+                                    "--json", str(figures)])
+    assert cli.exit_code == 0, cli.output
+    rows = {r["name"]: r for r in json.loads(figures.read_text())["rows"]}
+    assert sorted(rows) == sorted(records)
+    for label, rec in records.items():
+        assert rows[label]["seconds"] == rec["seconds"]
+        assert rows[label]["bytes_written_mib"] == round(rec["bytes_written"] / 2**20, 1)
+        assert rows[label]["peak_rss_client_mib"] == round(
+            rec["peak_rss_bytes"]["client"] / 2**20, 1)
+        assert rows[label]["workers"] == 0
