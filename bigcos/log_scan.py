@@ -173,8 +173,8 @@ def scan_vocabularies(log: Path, *, columns: dict[str, str | None], need_time: b
 class CodeMap:
     """Original ids → int32 codes into a sorted vocabulary (every id must be in it).
 
-    Integer ids use a direct-address table (4 bytes per id in the vocabulary's range) when it
-    takes at most ``table_bytes``, else a binary search of the sorted batch; string ids a
+    Integer ids use a direct-address table (4 bytes per id in the vocabulary's range, from 0
+    when that at most doubles it) when it takes at most ``table_bytes``, else a binary search of the sorted batch; string ids a
     hash lookup of each batch's dictionary.
     """
 
@@ -185,6 +185,8 @@ class CodeMap:
         if not self.strings and len(self.vocab):
             self.lo = int(self.vocab[0])
             span = int(self.vocab[-1]) - self.lo + 1
+            if 0 <= self.lo <= span:  # the table from id 0: ids index it without a subtraction
+                span, self.lo = span + self.lo, 0
             if 4 * span <= max(table_bytes, 1 << 22):
                 self.table = np.full(span, -1, np.int32)
                 self.table[self.vocab - self.lo] = np.arange(len(self.vocab), dtype=np.int32)
@@ -196,7 +198,7 @@ class CodeMap:
             return mapping.to_numpy(zero_copy_only=False).astype(np.int32)[part.codes]
         ids = column.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
         if self.table is not None:
-            return self.table[ids - self.lo]
+            return self.table[ids - self.lo if self.lo else ids]
         order = np.argsort(ids)  # sorted queries search the vocabulary cache-friendly
         codes = np.empty(len(ids), np.int32)
         codes[order] = np.searchsorted(self.vocab, ids[order])
