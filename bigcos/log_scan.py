@@ -174,8 +174,8 @@ class CodeMap:
     """Original ids → int32 codes into a sorted vocabulary (every id must be in it).
 
     Integer ids use a direct-address table (4 bytes per id in the vocabulary's range, from 0
-    when that at most doubles it) when it takes at most ``table_bytes``, else a binary search of the sorted batch; string ids a
-    hash lookup of each batch's dictionary.
+    when that at most doubles it) when it takes at most ``table_bytes``, else a binary search
+    of the sorted batch; string ids a hash lookup of each batch's dictionary.
     """
 
     def __init__(self, vocab: pa.Array, table_bytes: int):

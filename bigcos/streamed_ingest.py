@@ -40,7 +40,7 @@ import pyarrow as pa
 from bigcos import pairs, shards
 from bigcos.errors import UserError
 from bigcos.log_scan import CodeMap, scan_vocabularies, spill
-from bigcos.memory import release_memory, rss_bytes
+from bigcos.memory import release_memory, reuse_heap_within, rss_bytes
 
 BATCH_BYTES_PER_ROW = 2000  # a batch in flight: arrow columns, codes, order, copies, readers
 SPILL_BYTES_PER_ROW = 120  # combining one partition: raw columns, sort keys, order, results
@@ -262,6 +262,7 @@ def build_streamed(log: Path, out: Path, opts, memory_limit: int, client: Any = 
         raise UserError(f"memory_limit: {memory_limit:,} bytes leave less than "
                         f"{MIN_WORKING_BYTES >> 20} MiB beyond the {rss_bytes():,} this "
                         "process already uses", parameter="memory_limit")
+    reuse_heap_within(budget)
     batch_rows = int(np.clip(budget // BATCH_BYTES_PER_ROW, 1 << 14, 1 << 20))
     user_vocab, user_rows, item_vocab, n_rows = scan_vocabularies(
         log, columns=columns, need_time=need_time, batch_rows=batch_rows,
