@@ -16,7 +16,8 @@ is not allowed (or outside Linux), the peak since the process started
 process that ran the stage (the ``bigcos run`` process, or with stages side by side the
 stage's own worker process) and there are no workers; on a Dask cluster, "client" is the
 ``bigcos run`` process and "workers" every worker of the cluster, each sampled once when the
-stage ends (a worker restarted during the stage reports the peak of its new process).
+stage ends (a worker restarted during the stage reports the peak of its new process; when the
+workers cannot be asked, they are left out and ``workers_not_measured`` names the error).
 """
 
 from __future__ import annotations
@@ -80,8 +81,9 @@ class StageMeter:
 
     def __enter__(self) -> StageMeter:
         self.windowed = reset_peak_rss()
+        self.worker_error: str | None = None
         if self.client is not None:
-            self.windowed &= all(self.client.run(reset_peak_rss).values())
+            self.windowed &= all(self._on_workers(reset_peak_rss).values())
         self._t0 = time.perf_counter()
         return self
 
@@ -89,12 +91,24 @@ class StageMeter:
         self.seconds = time.perf_counter() - self._t0
         self.client_peak = peak_rss_bytes()
         if self.client is not None and exc[0] is None:
-            self.worker_peaks = dict(self.client.run(peak_rss_bytes))
+            self.worker_peaks = self._on_workers(peak_rss_bytes)
+
+    def _on_workers(self, fn) -> dict:
+        """``client.run(fn)``; measuring never fails a run: a worker that cannot answer (lost,
+        or stopping on Ctrl-C) leaves the workers' peaks out and the error named."""
+        try:
+            return dict(self.client.run(fn))
+        except Exception as exc:  # noqa: BLE001 - any failure only loses the figures
+            self.worker_error = type(exc).__name__
+            return {}
 
     def record(self, directory: Path | storage.StorePath) -> dict:
         """The stage's entry of the run manifest's ``resources`` (see the module docstring)."""
-        return stage_record(self.seconds, directory, self.client_peak, self.worker_peaks,
-                            self.windowed)
+        record = stage_record(self.seconds, directory, self.client_peak, self.worker_peaks,
+                              self.windowed)
+        if self.worker_error is not None:
+            record["workers_not_measured"] = self.worker_error
+        return record
 
 
 def stage_record(seconds: float, directory: Path | storage.StorePath, client_peak: int,
