@@ -60,10 +60,11 @@ class _Counter:
     Integer ids count into a dense array over their range while it takes at most
     ``table_bytes`` (8 bytes per id in range); beyond that, and for strings, each batch's
     (distinct ids, counts) is kept pending and merged whenever ``merge_rows`` accumulate.
+    ``counts=False``: only the distinct ids matter (the counts of the result are not usable).
     """
 
-    def __init__(self, merge_rows: int, table_bytes: int):
-        self.merge_rows, self.table_bytes = merge_rows, table_bytes
+    def __init__(self, merge_rows: int, table_bytes: int, counts: bool = True):
+        self.merge_rows, self.table_bytes, self.counts = merge_rows, table_bytes, counts
         self.pending: list[tuple] = []
         self.pending_rows = 0
         self.id_type: pa.DataType | None = None
@@ -84,7 +85,12 @@ class _Counter:
                 grown[self.lo - lo:self.lo - lo + len(self.dense)] = self.dense
             self.dense, self.lo = grown, lo
         at = part.base - self.lo
-        self.dense[at:at + part.top + 1] += np.bincount(part.codes, minlength=part.top + 1)
+        # in place: a bincount over the batch's id range would allocate (and page-fault) a
+        # range-sized array per batch, several times slower for sparse id ranges
+        if self.counts:
+            np.add.at(self.dense[at:at + part.top + 1], part.codes, 1)
+        else:  # presence only (a count of 1): a plain scatter
+            self.dense[at:at + part.top + 1][part.codes] = 1
         return True
 
     def add(self, part: IdPart) -> None:
@@ -149,7 +155,8 @@ def scan_vocabularies(log: Path, *, columns: dict[str, str | None], need_time: b
     dataset, cols = open_log(log, user_col=columns["user"], item_col=columns["item"],
                              value_col=columns["value"], time_col=columns["time"],
                              need_time=need_time)
-    users, items = _Counter(merge_rows, table_bytes), _Counter(merge_rows, table_bytes)
+    users = _Counter(merge_rows, table_bytes)
+    items = _Counter(merge_rows, table_bytes, counts=False)  # only the vocabulary is needed
     rows = 0
     for (user_part, item_part), n in map_batches(log, dataset, cols, False, batch_rows,
                                                  _distinct_batch, in_flight=2, readahead=False):
@@ -166,9 +173,9 @@ def scan_vocabularies(log: Path, *, columns: dict[str, str | None], need_time: b
 class CodeMap:
     """Original ids → int32 codes into a sorted vocabulary (every id must be in it).
 
-    Integer ids use a direct-address table (4 bytes per id in the vocabulary's range) when it
-    takes at most ``table_bytes``, else a binary search of the sorted batch; string ids a
-    hash lookup of each batch's dictionary.
+    Integer ids use a direct-address table (4 bytes per id in the vocabulary's range, from 0
+    when that at most doubles it) when it takes at most ``table_bytes``, else a binary search
+    of the sorted batch; string ids a hash lookup of each batch's dictionary.
     """
 
     def __init__(self, vocab: pa.Array, table_bytes: int):
@@ -178,6 +185,8 @@ class CodeMap:
         if not self.strings and len(self.vocab):
             self.lo = int(self.vocab[0])
             span = int(self.vocab[-1]) - self.lo + 1
+            if 0 <= self.lo <= span:  # the table from id 0: ids index it without a subtraction
+                span, self.lo = span + self.lo, 0
             if 4 * span <= max(table_bytes, 1 << 22):
                 self.table = np.full(span, -1, np.int32)
                 self.table[self.vocab - self.lo] = np.arange(len(self.vocab), dtype=np.int32)
@@ -189,7 +198,7 @@ class CodeMap:
             return mapping.to_numpy(zero_copy_only=False).astype(np.int32)[part.codes]
         ids = column.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
         if self.table is not None:
-            return self.table[ids - self.lo]
+            return self.table[ids - self.lo if self.lo else ids]
         order = np.argsort(ids)  # sorted queries search the vocabulary cache-friendly
         codes = np.empty(len(ids), np.int32)
         codes[order] = np.searchsorted(self.vocab, ids[order])
@@ -209,21 +218,31 @@ def spill(log: Path, *, columns: dict[str, str | None], need_time: bool, batch_r
                              value_col=columns["value"], time_col=columns["time"],
                              need_time=need_time)
 
+    n_parts = len(part_dirs)
+    part_type = np.uint16 if n_parts <= 1 << 16 else np.int64  # small: a radix sort
+    part_of_user = np.repeat(np.arange(n_parts, dtype=part_type), np.diff(user_starts))
+
     def encode(log: Path, batch: pa.RecordBatch, cols: dict, offset: int) -> tuple:
         users = user_map(batch.column(cols["user"]))
-        part = np.searchsorted(user_starts, users, side="right") - 1
+        part = part_of_user[users]
         order = np.argsort(part, kind="stable")
-        bounds = np.searchsorted(part[order], np.arange(len(part_dirs) + 1))
+        bounds = np.concatenate(([0], np.cumsum(np.bincount(part, minlength=n_parts))))
         arrays = {"users.i32": users, "items.i32": item_map(batch.column(cols["item"])),
                   "values.f32": values_of(log, batch, cols["value"], offset)}
         if need_time:
             arrays["times.i64"] = times_of(batch, cols["time"])
         return {name: a[order] for name, a in arrays.items()}, bounds
 
-    for (arrays, bounds), _ in map_batches(log, dataset, cols, need_time, batch_rows, encode,
-                                           in_flight=2, readahead=False):
-        for p in np.flatnonzero(np.diff(bounds)):
-            lo, hi = bounds[p], bounds[p + 1]
-            for name, a in arrays.items():
-                with open(part_dirs[p] / name, "ab") as fh:
-                    a[lo:hi].tofile(fh)
+    files: dict = {}  # (partition, column) -> open file, kept open for the whole pass
+    try:
+        for (arrays, bounds), _ in map_batches(log, dataset, cols, need_time, batch_rows,
+                                               encode, in_flight=2, readahead=False):
+            for p in np.flatnonzero(np.diff(bounds)):
+                lo, hi = bounds[p], bounds[p + 1]
+                for name, a in arrays.items():
+                    if (p, name) not in files:
+                        files[p, name] = open(part_dirs[p] / name, "ab")  # noqa: SIM115
+                    a[lo:hi].tofile(files[p, name])
+    finally:
+        for fh in files.values():
+            fh.close()

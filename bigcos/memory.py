@@ -44,6 +44,22 @@ def _glibc():
 
 
 _LIBC: list = []  # [glibc or None] once tuned
+MAX_MMAP_THRESHOLD = 32 << 20
+
+
+def reuse_heap_within(budget: int) -> None:
+    """Let arrays up to ``budget / 64`` bytes (1 to 32 MiB) be reused from glibc's heap, and
+    keep up to twice that free there until :func:`release_memory`: a record batch's columns
+    are then not mapped and page-faulted afresh for every batch (with the 1 MiB threshold,
+    about 40% of the streamed ingest's CPU time went to the kernel), while larger arrays
+    still return to the system when freed. The RSS stays within ``budget`` (the batches,
+    partitions and shards are sized from it). For the rest of the process; nothing where the
+    C library is not glibc."""
+    release_memory()  # tunes glibc first
+    if _LIBC[0] is not None:
+        threshold = int(min(max(budget // 64, 1 << 20), MAX_MMAP_THRESHOLD))
+        _LIBC[0].mallopt(-3, threshold)  # M_MMAP_THRESHOLD
+        _LIBC[0].mallopt(-1, 2 * threshold)  # M_TRIM_THRESHOLD
 
 
 def release_memory() -> None:

@@ -22,7 +22,6 @@ import contextlib
 import dataclasses
 import logging
 import os
-import time
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -116,6 +115,7 @@ class RunResult:
     skipped: list[str]
     reports: list[Path | storage.StorePath]
     timings: dict[str, float]
+    resources: dict[str, dict] = dataclasses.field(default_factory=dict)
 
 
 def estimated_interactions(job: Job) -> int:
@@ -182,6 +182,7 @@ def run_job(job: Job, cluster: ClusterOptions, force: bool = False,
         log.info("removed %s, left by an interrupted run", tmp)
     stages_ = plan(job)
     ran, skipped = [], []
+    resources: dict[str, dict] = {}  # label -> bigcos.stage_resources.stage_record
     with job_client(cluster, estimated_interactions(job)) as client:
         if client is not None:
             echo(f"Dask dashboard: {client.dashboard_link}")
@@ -189,12 +190,13 @@ def run_job(job: Job, cluster: ClusterOptions, force: bool = False,
         bar = JobProgress(len(stages_), progress and sys.stdout.isatty(), echo, client)
         try:
             if processes > 1:  # threads: independent stages side by side, a process each
-                ran, skipped, seconds = run_stages(stages_, processes, force, bar, cluster)
+                ran, skipped, seconds = run_stages(stages_, processes, force, bar, cluster,
+                                                   resources)
                 timings.seconds.update(seconds)
             else:
                 with _performance_report(client, job.out / "dask-performance-report.html"):
                     ran, skipped = _run_in_order(stages_, client, force, bar, timings, retries,
-                                                 echo)
+                                                 echo, resources)
         finally:
             bar.close()
     reports = [s.directory / "report.html" for s in stages_ if s.name == "report"]
@@ -205,14 +207,18 @@ def run_job(job: Job, cluster: ClusterOptions, force: bool = False,
                       timings=timings, ran=ran, skipped=skipped,
                       stages={s.label: {"key": s.key, "directory": str(s.directory)}
                               for s in stages_},
-                      reports=[str(r) for r in reports])
-    return RunResult(job.out, ran, skipped, reports, timings.as_dict())
+                      resources=resources, reports=[str(r) for r in reports])
+    return RunResult(job.out, ran, skipped, reports, timings.as_dict(), resources)
 
 
 def _run_in_order(stages_: list[Stage], client, force: bool, bar: JobProgress,
-                  timings: io.Timings, retries: int, echo: Callable[[str], None]
-                  ) -> tuple[list[str], list[str]]:
-    """Run the stages one after the other here (on ``client``, or threads when None)."""
+                  timings: io.Timings, retries: int, echo: Callable[[str], None],
+                  resources: dict[str, dict]) -> tuple[list[str], list[str]]:
+    """Run the stages one after the other here (on ``client``, or threads when None);
+    each stage's wall time, peak RSS (this process and every worker) and bytes written go
+    into ``resources`` (:mod:`bigcos.stage_resources`)."""
+    from bigcos.stage_resources import StageMeter
+
     ran, skipped = [], []
     for stage in stages_:
         bar.start(stage.label)
@@ -220,11 +226,11 @@ def _run_in_order(stages_: list[Stage], client, force: bool, bar: JobProgress,
             skipped.append(stage.label)
             bar.finish(stage.label, None)
             continue
-        t0 = time.perf_counter()
-        with timings(stage.label):
+        with timings(stage.label), StageMeter(client) as meter:
             _run_with_retries(stage, client, retries, echo)
-        seconds = time.perf_counter() - t0
+        seconds = meter.seconds
         mark_complete(stage, seconds)
+        resources[stage.label] = meter.record(stage.directory)
         ran.append(stage.label)
         bar.finish(stage.label, seconds)
     return ran, skipped

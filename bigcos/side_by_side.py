@@ -33,15 +33,20 @@ def default_processes(requested: int | None) -> int:
     return requested or max(1, min(os.cpu_count() or 1, MAX_DEFAULT))
 
 
-def _run_stage(stage: Stage, *upstream_seconds: float) -> float:
-    """The task: run ``stage`` on threads in this worker; its wall-clock seconds."""
+def _run_stage(stage: Stage, *upstream: tuple) -> tuple[float, int, bool]:
+    """The task: run ``stage`` on threads in this worker. Returns its wall-clock seconds,
+    the peak RSS of this process meanwhile, and whether that peak is the stage's own (else
+    since the process started; see :mod:`bigcos.stage_resources`)."""
+    from bigcos.stage_resources import peak_rss_bytes, reset_peak_rss
+
+    windowed = reset_peak_rss()
     t0 = time.perf_counter()
     stage.run(stage.directory, None)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, peak_rss_bytes(), windowed
 
 
 def run_stages(stages: list[Stage], processes: int, force: bool, progress,
-               cluster: ClusterOptions | None = None
+               cluster: ClusterOptions | None = None, resources: dict | None = None
                ) -> tuple[list[str], list[str], dict[str, float]]:
     """Run the incomplete ``stages`` (planned order; upstream before downstream) side by side.
 
@@ -57,6 +62,9 @@ def run_stages(stages: list[Stage], processes: int, force: bool, progress,
         Told which stages run, and each stage's end (skipped ones first).
     cluster : ClusterOptions, optional
         The job's options: memory limit, spill directory and dashboard of the processes.
+    resources : dict, optional
+        Filled with label -> :func:`bigcos.stage_resources.stage_record` of each stage that
+        ran ("client": the worker process that ran it).
 
     Returns
     -------
@@ -73,6 +81,7 @@ def run_stages(stages: list[Stage], processes: int, force: bool, progress,
     import distributed  # noqa: F401 - its config (the nanny's environment) is read below
 
     from bigcos.cluster import dask_client
+    from bigcos.stage_resources import stage_record
 
     skipped = [s.label for s in stages if not force and is_complete(s)]
     for label in skipped:
@@ -119,8 +128,11 @@ def run_stages(stages: list[Stage], processes: int, force: bool, progress,
                     if future.status == "error":
                         failed.append((order[stage.label], future.exception()))
                     continue
-                seconds[stage.label] = future.result()
+                seconds[stage.label], peak, windowed = future.result()
                 mark_complete(stage, seconds[stage.label])
+                if resources is not None:
+                    resources[stage.label] = stage_record(seconds[stage.label],
+                                                          stage.directory, peak, {}, windowed)
                 ran.append(stage.label)
                 progress.finish(stage.label, seconds[stage.label])
             if failed:  # drop what has not started; let the running stages finish and keep

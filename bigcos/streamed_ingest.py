@@ -40,7 +40,7 @@ import pyarrow as pa
 from bigcos import pairs, shards
 from bigcos.errors import UserError
 from bigcos.log_scan import CodeMap, scan_vocabularies, spill
-from bigcos.memory import release_memory, rss_bytes
+from bigcos.memory import release_memory, reuse_heap_within, rss_bytes
 
 BATCH_BYTES_PER_ROW = 2000  # a batch in flight: arrow columns, codes, order, copies, readers
 SPILL_BYTES_PER_ROW = 120  # combining one partition: raw columns, sort keys, order, results
@@ -105,7 +105,7 @@ def _combine_part(part: _Part, n_items: int, how: str, threshold: float | None,
     del users
     for name in ("users.i32", "items.i32", "values.f32", "times.i64"):
         (d / name).unlink(missing_ok=True)
-    keep = np.ones(len(rows), bool)
+    keep = None  # every pair kept: no keep.bool file
     if threshold is not None:
         keep = vals >= threshold
         vals = np.ones_like(vals)
@@ -113,35 +113,55 @@ def _combine_part(part: _Part, n_items: int, how: str, threshold: float | None,
                     ("keep.bool", keep), ("times.i64", times if keep_time else None)):
         if a is not None:
             a.tofile(d / name)
-    return {"pairs": len(rows), "below_threshold": int((~keep).sum()),
-            "users": np.bincount(rows[keep], minlength=n),
-            "items": np.bincount(items[keep], minlength=n_items)}
+    return {"pairs": len(rows), "below_threshold": 0 if keep is None else int((~keep).sum()),
+            "users": np.bincount(_kept_only(rows, keep), minlength=n),
+            "items": np.bincount(_kept_only(items, keep), minlength=n_items)}
+
+
+def _kept_only(a: np.ndarray, keep: np.ndarray | None) -> np.ndarray:
+    """``a[keep]``; ``a`` itself when ``keep`` is None (every element kept)."""
+    return a if keep is None else a[keep]
+
+
+def _load_keep(part: _Part, lo: int = 0, hi: int = -1) -> np.ndarray | None:
+    """The threshold's keep mask of pairs ``lo:hi`` of a combined partition (None: all)."""
+    if not (Path(part.path) / "keep.bool").exists():
+        return None
+    return _load(part, "keep.bool", bool, lo, hi)
+
+
+def _filtered(keep: np.ndarray | None, rows: np.ndarray, items: np.ndarray,
+              users_ok: np.ndarray | None, items_ok: np.ndarray | None) -> np.ndarray | None:
+    """``keep`` (None: all) and the user/item filters (None: none), None when all kept."""
+    if users_ok is None:
+        return keep
+    ok = users_ok[rows] & items_ok[items]
+    return ok if keep is None else keep & ok
 
 
 def _kept(part: _Part, users_ok: np.ndarray | None, items_ok: np.ndarray | None
-          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(local rows, items, kept mask) of a combined partition under the user/item filters."""
+          ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(local rows, items, kept mask or None: all) of a combined partition under the
+    user/item filters."""
     rows = _load(part, "rows.i32", np.int32)
     items = _load(part, "items.i32", np.int32)
-    keep = _load(part, "keep.bool", bool)
-    if users_ok is not None:
-        keep &= users_ok[rows] & items_ok[items]
-    return rows, items, keep
+    return rows, items, _filtered(_load_keep(part), rows, items, users_ok, items_ok)
 
 
 def _count_part(part: _Part, users_ok: np.ndarray, items_ok: np.ndarray, n_items: int
                 ) -> tuple[np.ndarray, np.ndarray]:
     """Pairs kept per user (local) and per item under the filters."""
     rows, items, keep = _kept(part, users_ok, items_ok)
-    return (np.bincount(rows[keep], minlength=part.stop - part.start),
-            np.bincount(items[keep], minlength=n_items))
+    return (np.bincount(_kept_only(rows, keep), minlength=part.stop - part.start),
+            np.bincount(_kept_only(items, keep), minlength=n_items))
 
 
 def _time_histogram(part: _Part, users_ok, items_ok, prefix: int, shift: int) -> np.ndarray:
     """Histogram of bits ``shift .. shift + 16`` of the kept pairs' times (as order-preserving
     unsigned keys) among those whose higher bits equal ``prefix``."""
     _, _, keep = _kept(part, users_ok, items_ok)
-    key = _load(part, "times.i64", np.int64)[keep].view(np.uint64) ^ np.uint64(1 << 63)
+    key = _kept_only(_load(part, "times.i64", np.int64), keep).view(np.uint64) ^ np.uint64(
+        1 << 63)
     if shift < 48:
         key = key[(key >> np.uint64(shift + 16)) == np.uint64(prefix)]
     return np.bincount(((key >> np.uint64(shift)) & np.uint64(0xFFFF)).astype(np.int64),
@@ -177,14 +197,12 @@ def _build_shard(job: _ShardJob, remap_u: np.ndarray, filters: tuple, n_items: i
         del sorted_rows
         rows = _load(part, "rows.i32", np.int32, lo, hi).astype(np.int64) + part.start
         items = _load(part, "items.i32", np.int32, lo, hi)
-        keep = _load(part, "keep.bool", bool, lo, hi)
-        if users_ok is not None:
-            keep &= users_ok[rows] & items_ok[items]
-        cols["rows"].append(remap_u[rows[keep]] - np.int32(job.start))
-        cols["items"].append(remap_i[items[keep]])
-        cols["values"].append(_load(part, "values.f32", np.float32, lo, hi)[keep])
+        keep = _filtered(_load_keep(part, lo, hi), rows, items, users_ok, items_ok)
+        cols["rows"].append(remap_u[_kept_only(rows, keep)] - np.int32(job.start))
+        cols["items"].append(remap_i[_kept_only(items, keep)])
+        cols["values"].append(_kept_only(_load(part, "values.f32", np.float32, lo, hi), keep))
         if split["protocol"] == "time":
-            cols["times"].append(_load(part, "times.i64", np.int64, lo, hi)[keep])
+            cols["times"].append(_kept_only(_load(part, "times.i64", np.int64, lo, hi), keep))
     rows, items, vals = (np.concatenate(cols[c]) for c in ("rows", "items", "values"))
     shape = (job.stop - job.start, n_items)
     test = np.zeros(len(rows), bool)
@@ -244,6 +262,7 @@ def build_streamed(log: Path, out: Path, opts, memory_limit: int, client: Any = 
         raise UserError(f"memory_limit: {memory_limit:,} bytes leave less than "
                         f"{MIN_WORKING_BYTES >> 20} MiB beyond the {rss_bytes():,} this "
                         "process already uses", parameter="memory_limit")
+    reuse_heap_within(budget)
     batch_rows = int(np.clip(budget // BATCH_BYTES_PER_ROW, 1 << 14, 1 << 20))
     user_vocab, user_rows, item_vocab, n_rows = scan_vocabularies(
         log, columns=columns, need_time=need_time, batch_rows=batch_rows,

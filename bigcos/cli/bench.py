@@ -16,6 +16,7 @@ BENCHMARKS = [
     ("metrics", "metrics_bench"),
     ("overhead", "overhead"),
     ("audit", "audit_bench"),
+    ("scale", "scale"),
 ]
 
 
