@@ -1,23 +1,20 @@
 """Exact top-N neighbours of a model's items and users, by cosine and by dot product, on Dask.
 
 Kinds (MATH.md): ``item-item`` (rows of B against B), ``user-user`` (XA against XA), and
-``user-item`` (XA against B). Every kind runs through the one kernel of :mod:`bigcos.topn`,
-which produces the dot and the cosine lists from the same products. The query itself is
-excluded for item-item and user-user; for user-item the user's training items are excluded
-unless ``exclude_train=False``. Ties go to the smaller matrix index, so the output does not
+``user-item`` (XA against B). Every kind runs through the kernels of :mod:`bigcos.topn`
+(query blocks) and :mod:`bigcos.symmetric_topn` (pairs of groups), which produce the dot and
+the cosine lists from the same products. The query itself is excluded for item-item and
+user-user; for user-item the user's training items are excluded unless
+``exclude_train=False``. Ties go to the smaller matrix index, so the output does not
 depend on block sizes, the number of workers or the scheduler.
 
-Two task graphs, same results:
-
-- *groups* (user-item always; the others when ``symmetric=False``): queries are cut into
-  groups of at most ``group_rows`` (one Dask task and one output file per group and metric),
-  groups into query blocks of ``query_block`` rows, candidates into tiles of
-  ``candidate_block``; a task scores its group against all candidates and writes its part.
-- *pairs* (item-item and user-user, the default while the running lists of all queries,
-  ``2 * n_queries * N * 8 * m`` bytes, fit in :data:`SYMMETRIC_HELD_BYTES`): the product of a
-  and b serves a's list and b's, so half the GEMM. Groups meet in a round-robin tournament
-  of tasks on square tiles of ``symmetric_block``; each task resumes the two groups' lists
-  (and thresholds) from their previous task; a last task per group writes its part.
+Queries go through one of three task graphs, with the same results
+(:mod:`bigcos.neighbor_graphs`): *groups* of queries against all candidates (user-item, or
+``symmetric=False``); *pairs* of groups whose products serve both sides' lists (item-item and
+user-user, the default while their running lists fit in :data:`SYMMETRIC_HELD_BYTES`); and
+*sampled* groups of a seeded sample of queries (``max_queries``). This module is the driver:
+it checks the request, writes the operands, builds the graphs, runs them, and writes the
+manifest; :func:`read_neighbors` reads the dataset back.
 
 Peak memory of one task (one worker thread), with R = query_block, C = candidate_block,
 S = symmetric_block, G = group_rows, m = number of metrics, N = neighbours::
@@ -63,34 +60,37 @@ import pyarrow.dataset as pads
 import scipy.sparse as sp
 
 from bigcos import io, storage
-from bigcos.blocked_topn import Blocking, check_metrics, group_keys
+from bigcos.blocked_topn import Blocking, check_metrics
 from bigcos.dask_tasks import run_tasks, task
 from bigcos.errors import UserError
+from bigcos.neighbor_graphs import (
+    SYMMETRIC_GROUPS,
+    SYMMETRIC_HELD_BYTES,
+    group_graph,
+    neighbor_table,
+    pair_graph,
+    query_sample,
+    sampled_graph,
+    use_symmetric,
+    with_sample,
+)
 from bigcos.neighbor_operands import (
     SIDES,
     Job,
     check_shape,
-    load_array,
-    train_rows,
-    train_rows_at,
     train_shards,
     write_items,
     write_user_part,
 )
 from bigcos.options import parse_size
-from bigcos.topn import (
-    METRICS,
-    decode_keys,
-    fill_zero_queries,
-    inverse_norms,
-    symmetric_topn,
-)
+from bigcos.topn import METRICS, inverse_norms
+
+__all__ = ["KINDS", "MEMORY_BUDGET", "METRICS", "SYMMETRIC_GROUPS", "SYMMETRIC_HELD_BYTES",
+           "Blocking", "check_request", "neighbor_table", "neighbors", "query_sample",
+           "read_neighbors", "training_items"]
 
 KINDS = ("item-item", "user-user", "user-item")
-GiB = 2**30
 MEMORY_BUDGET = "512MiB"  # the default working memory per worker thread (one source)
-SYMMETRIC_GROUPS = 8  # at least this many groups (4 parallel pair tasks per round)
-SYMMETRIC_HELD_BYTES = 4 * GiB  # running lists the symmetric graph may hold, cluster-wide
 log = logging.getLogger(__name__)
 
 
@@ -121,8 +121,9 @@ def neighbors(model_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, *
     system), or with None on Dask's threaded scheduler in this process, one BLAS thread each.
     ``blocking`` fixes block sizes; otherwise they are sized from ``memory_budget`` (bytes
     per worker thread, default MEMORY_BUDGET). ``symmetric`` (item-item, user-user): compute each
-    product once for both of its lists (pair tasks, see :func:`_pair_graph`); None = when the
-    partial lists fit in :data:`SYMMETRIC_HELD_BYTES`.
+    product once for both of its lists (pair tasks, see
+    :func:`bigcos.neighbor_graphs.pair_graph`); None = when the partial lists fit in
+    :data:`SYMMETRIC_HELD_BYTES`.
 
     ``max_queries``: per model and kind with more queries, the lists of one seeded sample of
     that many query rows only (``np.sort(default_rng(seed).choice(n_queries, max_queries,
@@ -176,12 +177,12 @@ def neighbors(model_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, *
                     full = kind == "item-item" and model.name in full_models
                     if max_queries is not None and not full \
                             and counts[key]["queries"] > max_queries:
-                        job = _with_sample(job, counts[key], max_queries, seed)
-                        graph, use_pairs = _sampled_graph, False
+                        job = with_sample(job, counts[key], max_queries, seed)
+                        graph, use_pairs = sampled_graph, False
                     else:
-                        use_pairs = _use_symmetric(symmetric, kind, counts[key]["queries"], n,
+                        use_pairs = use_symmetric(symmetric, kind, counts[key]["queries"], n,
                                                    len(metrics))
-                        graph = _pair_graph if use_pairs else _group_graph
+                        graph = pair_graph if use_pairs else group_graph
                     counts[key]["symmetric"] = use_pairs
                     for task in graph(job, counts[key]["queries"], fills):
                         tasks.append(task)
@@ -288,161 +289,6 @@ def _warn_short_lists(n: int, counts: dict[str, Any]) -> None:
     if short:
         log.warning("N = %d exceeds the candidates of %s: lists hold at most that many "
                     "neighbours", n, ", ".join(f"{k} ({v})" for k, v in short.items()))
-
-
-def _group_graph(job: Job, n_queries: int, after: list) -> list:
-    """One task per group of queries against all candidates; each writes its own parts.
-    ``after``: the tasks writing the user operand (their results are not used)."""
-    return [task(_run_group)(job, part, g0, g1, after)
-            for part, (g0, g1) in enumerate(job.blocking.groups(n_queries))]
-
-
-def query_sample(n_queries: int, max_queries: int, seed: int) -> np.ndarray:
-    """The seeded sample of query rows: ascending int64, ``min(n_queries, max_queries)`` rows
-    drawn uniformly without replacement (all rows when there are at most ``max_queries``)."""
-    if n_queries <= max_queries:
-        return np.arange(n_queries, dtype=np.int64)
-    rows = np.random.default_rng(seed).choice(n_queries, max_queries, replace=False)
-    return np.sort(rows).astype(np.int64)
-
-
-def _with_sample(job: Job, counts: dict[str, Any], max_queries: int, seed: int) -> Job:
-    """The job restricted to the seeded query sample (written to its scratch directory)."""
-    path = job.scratch / f"sample-{job.kind}.npy"
-    io.save_npy(path, query_sample(counts["queries"], max_queries, seed))
-    counts["sampled_from"] = counts["queries"]
-    counts["queries"] = min(counts["queries"], max_queries)
-    return dataclasses.replace(job, sample=path)
-
-
-def _sampled_graph(job: Job, n_sampled: int, after: list) -> list:
-    """One task per group of sampled queries against all candidates (``job.sample``)."""
-    return [task(_run_sampled_group)(job, part, i0, i1, after)
-            for part, (i0, i1) in enumerate(job.blocking.groups(n_sampled))]
-
-
-def _run_sampled_group(job: Job, part: int, i0: int, i1: int, after=None) -> dict[str, int]:
-    """One task: the lists of sampled queries i0:i1 (rows ``sample[i0:i1]``), written as part
-    ``part``. A query's own row (item-item, user-user) and training items (user-item) are
-    excluded pairs, so each list equals the full run's list of that query."""
-    query_side, candidate_side = job.sides
-    rows = load_array(job.sample)[i0:i1]
-    candidates = job.rows(candidate_side)
-    if job.shards is not None:
-        exclude = train_rows_at(job.shards, rows)
-    elif job.exclude_self:
-        exclude = sp.csr_matrix((np.ones(len(rows), np.float32), rows,
-                                 np.arange(len(rows) + 1)), shape=(len(rows), len(candidates)))
-    else:
-        exclude = None
-    keys = group_keys(job.rows(query_side)[rows], job.rows(query_side, "inv")[rows],
-                      candidates, job.rows(candidate_side, "inv"), job.n, job.metrics,
-                      job.blocking, None, exclude)
-    return _write_lists(job, part, job.ids_at(query_side, rows), keys)
-
-
-def _pair_graph(job: Job, n_queries: int, after: list) -> list:
-    """Symmetric kinds: every product between two groups g <= h is scored once, for the lists
-    of both sides. The pairs are played as a round-robin tournament: first each group against
-    itself, then rounds of disjoint pairs (len(groups) / 2 parallel tasks per round), each
-    task resuming both groups' lists from their previous tasks, so thresholds stay as high as
-    in one long pass. A last task per group sorts, fills zero-norm rows and writes."""
-    import dask
-
-    groups = job.blocking.groups(n_queries, min_groups=SYMMETRIC_GROUPS)
-    lists = [dask.delayed(_pair_task, pure=False, nout=2)(job, g, g, None, None, after)[0]
-             for g in groups]
-    for round_pairs in _round_robin(len(groups)):
-        for g, h in round_pairs:
-            pair = dask.delayed(_pair_task, pure=False, nout=2)(job, groups[g], groups[h],
-                                                               lists[g], lists[h])
-            lists[g], lists[h] = pair[0], pair[1]
-    return [task(_finish_group)(job, part, g0, g1, lists[part])
-            for part, (g0, g1) in enumerate(groups)]
-
-
-def _round_robin(n_groups: int) -> list[list[tuple[int, int]]]:
-    """Rounds of disjoint pairs (g < h) covering every pair of groups once (circle method)."""
-    players: list[int | None] = list(range(n_groups)) + ([None] if n_groups % 2 else [])
-    rounds = []
-    for _ in range(len(players) - 1):
-        half = len(players) // 2
-        pairs = zip(players[:half], reversed(players[half:]), strict=True)
-        rounds.append([(min(a, b), max(a, b)) for a, b in pairs if a is not None and b is not None])
-        players = [players[0], players[-1], *players[1:-1]]
-    return rounds
-
-
-def _use_symmetric(symmetric: bool | None, kind: str, n_queries: int, n: int,
-                   n_metrics: int) -> bool:
-    if kind == "user-item":
-        return False
-    if symmetric is not None:
-        return symmetric
-    return n_queries * n * 8 * n_metrics * 2 <= SYMMETRIC_HELD_BYTES
-
-
-def _run_group(job: Job, part: int, g0: int, g1: int, after=None) -> dict[str, int]:
-    """One task: the lists of queries g0:g1, written as part ``part`` of every metric."""
-    query_side, candidate_side = job.sides
-    queries, inv_queries = job.rows(query_side), job.rows(query_side, "inv")
-    exclude = None if job.shards is None else train_rows(job.shards, g0, g1)
-    keys = group_keys(queries[g0:g1], inv_queries[g0:g1], job.rows(candidate_side),
-                      job.rows(candidate_side, "inv"), job.n, job.metrics, job.blocking,
-                      g0 if job.exclude_self else None, exclude)
-    return _write_group(job, part, g0, g1, keys)
-
-
-def _pair_task(job: Job, g: tuple[int, int], h: tuple[int, int], lists_g, lists_h,
-               after=None):
-    side = job.sides[0]
-    return symmetric_topn(job.rows(side), job.rows(side, "inv"), job.n, job.metrics,
-                          g, h, block=job.blocking.symmetric_block, lists_g=lists_g,
-                          lists_h=lists_h)
-
-
-def _finish_group(job: Job, part: int, g0: int, g1: int,
-                  keys: dict[str, np.ndarray]) -> dict[str, int]:
-    keys = {m: keys[m].copy() for m in job.metrics}
-    side = job.sides[0]
-    inv = job.rows(side, "inv")[g0:g1]
-    fill_zero_queries(keys, inv, job.n, len(job.rows(side, "inv")), g0, None)
-    return _write_group(job, part, g0, g1, keys)
-
-
-def _write_group(job: Job, part: int, g0: int, g1: int,
-                 keys: dict[str, np.ndarray]) -> dict[str, int]:
-    """Write the lists (keys) of queries g0:g1 as part ``part`` of every metric."""
-    return _write_lists(job, part, job.ids(job.sides[0], g0, g1), keys)
-
-
-def _write_lists(job: Job, part: int, query_ids: pa.Array,
-                 keys: dict[str, np.ndarray]) -> dict[str, int]:
-    """Write the lists (keys) of the queries ``query_ids`` as part ``part`` of every metric."""
-    candidate_ids = job.ids(job.sides[1])
-    written = {}
-    for metric in job.metrics:
-        table = neighbor_table(query_ids, keys[metric], candidate_ids)
-        directory = job.out / f"kind={job.kind}" / f"model={job.model}" / f"metric={metric}"
-        io.write_table(directory / f"part-{part:05d}.parquet", table)
-        written[f"rows_{metric}"] = table.num_rows
-        written[f"short_lists_{metric}"] = int(np.sum(decode_keys(keys[metric][:, -1])[0]
-                                                      == -np.inf))
-    return written
-
-
-def neighbor_table(query_ids: pa.Array, keys: np.ndarray, candidate_ids: pa.Array) -> pa.Table:
-    """Rows (query_id, rank, neighbor_id, score) of lists of keys (queries, n), best first."""
-    scores, index = decode_keys(keys)
-    valid = scores > -np.inf  # a prefix of each row: EMPTY slots and excluded pairs sort last
-    per_row = valid.sum(axis=1)
-    rank = (np.arange(keys.shape[1], dtype=np.int32)[None, :] + 1)
-    return pa.table({
-        "query_id": query_ids.take(pa.array(np.repeat(np.arange(len(keys)), per_row))),
-        "rank": pa.array(np.broadcast_to(rank, keys.shape)[valid]),
-        "neighbor_id": candidate_ids.take(pa.array(index[valid])),
-        "score": pa.array(scores[valid]),
-    })
 
 
 def _scheduler_info(client) -> dict[str, Any]:

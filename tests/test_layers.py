@@ -11,9 +11,9 @@ import sys
 import pytest
 
 MATHS = ["bigcos.closed_form", "bigcos.column_remedies", "bigcos.krylov", "bigcos.dense",
-         "bigcos.topn", "bigcos.blocked_topn", "bigcos.metrics", "bigcos.evaluation",
-         "bigcos.validation", "bigcos.cosine_model", "bigcos.stats", "bigcos.options",
-         "bigcos.canonical"]
+         "bigcos.topn", "bigcos.symmetric_topn", "bigcos.blocked_topn", "bigcos.metrics",
+         "bigcos.evaluation", "bigcos.validation", "bigcos.cosine_model", "bigcos.stats",
+         "bigcos.options", "bigcos.canonical"]
 FORBIDDEN = ("dask", "distributed", "bigcos.io", "pyarrow.dataset", "bigcos.cluster",
              "bigcos.pipeline")
 

@@ -321,7 +321,7 @@ def test_string_ids_are_kept(tmp_path):
 
 
 def test_failed_run_leaves_previous_output_intact(models, tmp_path, monkeypatch):
-    import bigcos.neighbor_lists as nb
+    import bigcos.neighbor_graphs as nb  # the writer of the tasks
 
     out = tmp_path / "nb"
     neighbors([models["a"]], out, kinds=["item-item"], n=5)
