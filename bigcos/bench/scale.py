@@ -1,14 +1,20 @@
 """``bigcos bench scale``: the sharded data plane beside the in-memory one (issue 15 point 7).
 
-At ``--rows`` log rows (default 10M, about 10M non-zeros), in one process, side by side:
+At ``--rows`` log rows (default 10M, about 10M non-zeros), side by side:
 
 (a) ingest: ``bigcos ingest`` in memory vs streamed out of core into shards (the same shards);
-(b) one SVD pass, the Gram product X^T (X Q) with Q of width l = k + oversampling (k = 64,
-    l = 80): :class:`bigcos.gram.GramOperator` on the whole CSR (threads, ``client=None``) vs
-    :func:`sharded_gram_pass` over the matrix's shard files, with scipy's ``X.T @ (X @ Q)``
-    as the peer;
+(b) one SVD pass, the Gram product X^T (X Q) of the fit rows (the users not held out) with Q
+    of width l = k + oversampling (k = 64, l = 80), as the fit runs it: in memory,
+    :class:`bigcos.gram.GramOperator` on one CSR (threads in this process, where a fit's
+    in-memory passes run), vs from the shard files, :class:`bigcos.shard_gram.ShardGramOperator`
+    on a LocalCluster's workers (where ``bigcos run``'s sharded fit runs them), its segments
+    kept between passes and loaded again by every pass (``keep_segments``, two rows); with
+    scipy's ``X.T @ (X @ Q)`` as the peer. All but scipy give the same bits. A sharded row
+    also has its first pass with the setup (summaries, loading kept segments), untimed
+    otherwise, as the fit's first of ~7 passes pays it;
 (c) the neighbour kernel (item-item top-N by cos and dot, :mod:`bigcos.bench.neighbors`) on
-    threads in this process vs on a LocalCluster whose workers read the model by path;
+    threads in this process vs on the same LocalCluster, whose workers read the model by
+    path;
 (d) with ``--job DIR``: the per-stage figures a finished ``bigcos run`` recorded in
     ``DIR/manifest.json`` (wall time, peak RSS of the client and of each worker, bytes
     written; see :mod:`bigcos.stage_resources`).
@@ -21,6 +27,7 @@ are printed as a table and written with their parameters, versions and load aver
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -63,69 +70,87 @@ def versus(m, base, work: float, unit: str = "nnz_per_s") -> dict:
 
 
 # --------------------------------------------------------------------------- (b) SVD pass
-def sharded_gram_pass(shards, Q: np.ndarray, blas) -> np.ndarray:
-    """X^T (X Q) over the shards of a matrix directory: each shard file is loaded and its
-    product taken by :class:`bigcos.gram.GramOperator` (threads), summed in shard order.
-
-    This is the stand-in for the fit's own sharded pass (where each shard's product runs on
-    the worker that loads it); swap this function for that one to bench it.
+def sharded_operator(matrix_dir: Path, blas, client=None, keep_segments: bool | None = None):
+    """The fit's own Gram operator over the fit rows of ``matrix_dir``'s shards (not held-out
+    users; no remedy, no validation rows): a :class:`bigcos.shard_gram.FitShard` per shard,
+    :func:`bigcos.shard_gram.summarize`, :class:`bigcos.shard_gram.ShardGramOperator`.
 
     Parameters
     ----------
-    shards : list of bigcos.shards.Shard
-    Q : (p, l) float32
+    matrix_dir : Path
     blas : bigcos.dense.RowChunks
+    client : distributed.Client, optional
+        Whose workers load the segments and run the passes (None: threads here).
+    keep_segments : bool, optional
+        As :class:`~bigcos.shard_gram.ShardGramOperator`: segments loaded once and kept, or
+        loaded again by every pass.
 
     Returns
     -------
-    (p, l) float32
+    ShardGramOperator
+        Float32; its ``timings["place_blocks"]`` holds the seconds of loading the kept
+        segments. Close it after use.
     """
-    from bigcos.gram import GramOperator
-
-    total = None
-    for shard in shards:
-        op = GramOperator(shard.load("train"), blas=blas, dtype=np.float32)
-        part = op(Q)
-        op.close()
-        total = part if total is None else total + part
-    return total
-
-
-def sharded_pass_seconds(matrix_dir: Path, Q: np.ndarray, blas) -> tuple[float, np.ndarray]:
-    """Wall seconds of one :func:`sharded_gram_pass` over ``matrix_dir``'s shards (loading
-    included), and its result."""
+    from bigcos.column_remedies import Preprocessing
+    from bigcos.shard_gram import FitShard, ShardGramOperator, summarize
     from bigcos.shards import MatrixShards
 
-    shards = MatrixShards(matrix_dir).shards
-    t0 = time.perf_counter()
-    Y = sharded_gram_pass(shards, Q, blas)
-    return time.perf_counter() - t0, Y
+    matrix = MatrixShards(matrix_dir)
+    users_file = str(matrix.directory / "users.parquet")
+    shards = [FitShard(s, users_file, (), Preprocessing(), "float32") for s in matrix.shards]
+    rows = summarize(shards, matrix.shape[1], None, client)
+    return ShardGramOperator(rows, blas=blas, dtype=np.float32, client=client,
+                             keep_segments=keep_segments)
 
 
-def svd_pass_rows(matrix_dir: Path, k: int, oversampling: int, repeat: int, seed: int
-                  ) -> list[dict]:
+def in_memory_operands(matrix_dir: Path):
+    """The fit's in-memory SVD input (:func:`bigcos.fit_data.load_in_memory`): the fit rows
+    as one float32 CSR and their row blocks (cut shard by shard, as the sharded operator's)."""
+    from bigcos.column_remedies import Preprocessing
+    from bigcos.fit_data import load_in_memory
+    from bigcos.svd_cache import SVDOptions
+
+    data = load_in_memory(matrix_dir, Preprocessing(), None, SVDOptions(dtype="float32"))
+    return data.svd_input, data.row_blocks
+
+
+def svd_pass_rows(matrix_dir: Path, k: int, oversampling: int, repeat: int, seed: int,
+                  client) -> list[dict]:
+    """One pass of the fit's in-memory operator (threads here, as the fit runs it) vs the
+    fit's sharded operator on ``client``'s workers, segments kept and reloaded every pass;
+    scipy as the peer. Memory: the fit rows twice (the CSR and scipy's product)."""
     from bigcos.dense import RowChunks
     from bigcos.gram import GramOperator
-    from bigcos.shards import MatrixShards
 
-    X = MatrixShards(matrix_dir).load_matrix("train").astype(np.float32)
-    n_shards = len(MatrixShards(matrix_dir).shards)
+    X, row_blocks = in_memory_operands(matrix_dir)
     Q = np.random.default_rng(seed).standard_normal((X.shape[1], k + oversampling),
                                                     dtype=np.float32)
+    workers = len(client.scheduler_info()["workers"])
     with RowChunks() as blas:
-        op = GramOperator(X, blas=blas, dtype=np.float32)
+        op = GramOperator(X, blas=blas, dtype=np.float32, row_blocks=row_blocks)
         op(Q)  # warm-up
         base, Y = timed("SVD pass, in memory (GramOperator, threads)", lambda: op(Q), repeat)
         op.close()
-        sharded, Y_sharded = timed(f"SVD pass, sharded ({n_shards} shard files)",
-                                   lambda: sharded_pass_seconds(matrix_dir, Q, blas)[1], repeat)
+        sharded = []
+        for keep, label in ((True, "segments kept"), (False, "segments loaded every pass")):
+            t0 = time.perf_counter()
+            op = sharded_operator(matrix_dir, blas, client, keep)
+            op(Q)  # warm-up: worker imports, page cache, and loading the kept segments
+            first = time.perf_counter() - t0
+            m, Y_op = timed(f"SVD pass, sharded, {label} ({op.n_shards} shard files, "
+                            f"{workers} workers)", lambda op=op: op(Q), repeat)
+            m.extra.update(first_pass_with_setup_s=round(first, 3),
+                           identical_to_in_memory=bool(np.array_equal(Y_op, Y)))
+            op.close()
+            sharded.append((m, Y_op))
         scipy_m, Y_scipy = timed("SVD pass, scipy X.T @ (X @ Q)", lambda: X.T @ (X @ Q), repeat)
     scale = max(float(np.abs(Y).max()), 1e-30)
-    for m, other in ((sharded, Y_sharded), (scipy_m, Y_scipy)):
+    for m, other in (*sharded, (scipy_m, Y_scipy)):
         m.extra["max_rel_diff_vs_in_memory"] = float(f"{np.abs(other - Y).max() / scale:.2g}")
-    for m in (base, sharded, scipy_m):
-        m.extra.update(part="svd pass", k=k, l=k + oversampling)
-    return [versus(m, base, X.nnz) for m in (base, sharded, scipy_m)]
+    figures = [base, *(m for m, _ in sharded), scipy_m]
+    for m in figures:
+        m.extra.update(part="svd pass", k=k, l=k + oversampling, fit_rows=X.shape[0])
+    return [versus(m, base, X.nnz) for m in figures]
 
 
 # --------------------------------------------------------------------------- (a) ingest
@@ -159,14 +184,15 @@ def ingest_rows(log: Path, tmp: Path, rows: int, shard_nnz: int, memory_limit: s
 
 
 # --------------------------------------------------------------------------- (c) kernel
-def kernel_rows(tmp: Path, p: int, k: int, n: int, seed: int, repeat: int) -> list[dict]:
+def kernel_rows(tmp: Path, p: int, k: int, n: int, seed: int, repeat: int, client
+                ) -> list[dict]:
+    """The kernel on threads here (``client=None``) vs on ``client``'s workers."""
     from bigcos.bench.neighbors import (
         embedding,
         run_bigcos,
         worker_peak_rss,
         write_model,
     )
-    from bigcos.cluster import ClusterOptions, dask_client
 
     model = write_model(tmp / "kernel-model", embedding(p, k, seed))
     pairs = p * p
@@ -174,11 +200,10 @@ def kernel_rows(tmp: Path, p: int, k: int, n: int, seed: int, repeat: int) -> li
     run_bigcos(model, tmp / "kernel-threads", n, None)  # warm-up
     base, _ = timed("neighbour kernel, threads (client=None)",
                     lambda: run_bigcos(model, tmp / "kernel-threads", n, None), repeat)
-    with dask_client(ClusterOptions()) as client:
-        run_bigcos(model, tmp / "kernel-cluster", n, client)  # warm-up (worker imports)
-        cluster, _ = timed("neighbour kernel, LocalCluster workers",
-                           lambda: run_bigcos(model, tmp / "kernel-cluster", n, client), repeat)
-        cluster.extra["worker_peak_rss_mib"] = round(worker_peak_rss(client) / 2**20)
+    run_bigcos(model, tmp / "kernel-cluster", n, client)  # warm-up (worker imports)
+    cluster, _ = timed("neighbour kernel, LocalCluster workers",
+                       lambda: run_bigcos(model, tmp / "kernel-cluster", n, client), repeat)
+    cluster.extra["worker_peak_rss_mib"] = round(worker_peak_rss(client) / 2**20)
     out = []
     for m in (base, cluster):
         m.extra.update(part="neighbour kernel", items=p, k=k, n=n, metric="cos+dot",
@@ -265,6 +290,7 @@ def scale(rows, n_users, n_items, shard_nnz, memory_limit, k, oversampling, kern
       bigcos bench scale --parts '' --job out/scale-1b
     """
     from bigcos.bench.ingest import generate_log
+    from bigcos.cluster import ClusterOptions, dask_client
 
     wanted = {p.strip() for p in parts.split(",") if p.strip()}
     unknown = wanted - {"ingest", "svd", "kernel"}
@@ -279,8 +305,16 @@ def scale(rows, n_users, n_items, shard_nnz, memory_limit, k, oversampling, kern
                "load_average_before": [round(v, 2) for v in os.getloadavg()],
                "versions": io.versions()}
     out: list[dict] = []
-    with tempfile.TemporaryDirectory(prefix="bigcos-bench-scale-") as tmp_dir:
+    with tempfile.TemporaryDirectory(prefix="bigcos-bench-scale-") as tmp_dir, \
+            contextlib.ExitStack() as stack:
         tmp = Path(tmp_dir)
+        started = []
+
+        def cluster():  # one LocalCluster (of `bigcos run`'s defaults) for svd and kernel
+            if not started:
+                started.append(stack.enter_context(dask_client(ClusterOptions())))
+            return started[0]
+
         if wanted & {"ingest", "svd"}:
             log = tmp / "log.parquet"
             click.echo(f"generating {rows:,} rows ...")
@@ -291,9 +325,9 @@ def scale(rows, n_users, n_items, shard_nnz, memory_limit, k, oversampling, kern
             if "ingest" in wanted:
                 out += ingest_figures
             if "svd" in wanted:
-                out += svd_pass_rows(matrix_dir, k, oversampling, repeat, seed)
+                out += svd_pass_rows(matrix_dir, k, oversampling, repeat, seed, cluster())
         if "kernel" in wanted:
-            out += kernel_rows(tmp, kernel_items, kernel_k, n, seed, repeat)
+            out += kernel_rows(tmp, kernel_items, kernel_k, n, seed, repeat, cluster())
     if job_dir is not None:
         out += job_rows(Path(job_dir))
     context["load_average_after"] = [round(v, 2) for v in os.getloadavg()]
