@@ -230,8 +230,8 @@ def neighbors(p, k, n, workers, peers, peer_names, scale, full_max, sample, repe
                                   lambda: run_bigcos(model, tmp / "out", n, client))
             m.extra.update(items=p, metric="cos+dot", cpu_s=round(cpu_seconds(client) - cpu0, 1),
                            worker_peak_rss_mib=round(worker_peak_rss(client) / 2**20),
-                           flop_bound_s=round(2 * p * p * k / rate, 2))
-            m.extra["x_bound"] = round(m.seconds / m.extra["flop_bound_s"], 2)
+                           flop_bound_s=float(f"{2 * p * p * k / rate:.3g}"))
+            m.extra["x_bound"] = round(m.seconds * rate / (2 * p * p * k), 2)
             rows.append(m.row())
             ours = {metric: read_lists(tmp / "out", metric, p, n) for metric in ("cos", "dot")}
             if peers:
@@ -276,8 +276,8 @@ def _full_run(x: np.ndarray, model: Path, out: Path, n: int, client, rate: float
                    client_peak_rss_mib=round(resource.getrusage(
                        resource.RUSAGE_SELF).ru_maxrss / 2**10),
                    bytes_written=sum(f.stat().st_size for f in out.rglob("*") if f.is_file()),
-                   flop_bound_s=round(2 * p * p * k / rate, 2))
-    m.extra["x_bound"] = round(m.seconds / m.extra["flop_bound_s"], 2)
+                   flop_bound_s=float(f"{2 * p * p * k / rate:.3g}"))
+    m.extra["x_bound"] = round(m.seconds * rate / (2 * p * p * k), 2)
     if check_queries:
         m.extra.update(check_against_brute_force(x, out, n, check_queries, seed))
     return m.row()
@@ -354,7 +354,7 @@ def _scale_run(p: int, k: int, n: int, seed: int, tmp: Path, full_max: int, samp
         m, _ = measure(f"bigcos p={p}", lambda: run_bigcos(model, tmp / f"out-{p}", n, client))
         m.extra.update(items=p, metric="cos+dot",
                        worker_peak_rss_mib=round(worker_peak_rss(client) / 2**20),
-                       flop_bound_s=round(2 * p * p * k / rate, 2))
+                       flop_bound_s=float(f"{2 * p * p * k / rate:.3g}"))
         return m.row()
     from threadpoolctl import threadpool_limits
 
@@ -379,6 +379,6 @@ def _scale_run(p: int, k: int, n: int, seed: int, tmp: Path, full_max: int, samp
                    ns_per_pair=round(seconds / pairs * 1e9, 3),
                    task_peak_rss_mib=round(m.peak_extra_rss_bytes / 2**20),
                    embedding_mib=round(x.nbytes / 2**20),
-                   flop_bound_s=round(2 * p * p * k / rate, 2))
+                   flop_bound_s=float(f"{2 * p * p * k / rate:.3g}"))
     m.seconds = round(seconds * p * p / pairs / workers, 1)
     return m.row()
