@@ -229,8 +229,8 @@ def _run_in_order(stages_: list[Stage], client, force: bool, bar: JobProgress,
         with timings(stage.label), StageMeter(client) as meter:
             _run_with_retries(stage, client, retries, echo)
         seconds = meter.seconds
-        mark_complete(stage, seconds)
         resources[stage.label] = meter.record(stage.directory)
+        mark_complete(stage, seconds, resources[stage.label])
         ran.append(stage.label)
         bar.finish(stage.label, seconds)
     return ran, skipped

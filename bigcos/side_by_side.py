@@ -129,10 +129,10 @@ def run_stages(stages: list[Stage], processes: int, force: bool, progress,
                         failed.append((order[stage.label], future.exception()))
                     continue
                 seconds[stage.label], peak, windowed = future.result()
-                mark_complete(stage, seconds[stage.label])
+                record = stage_record(seconds[stage.label], stage.directory, peak, {}, windowed)
+                mark_complete(stage, seconds[stage.label], record)
                 if resources is not None:
-                    resources[stage.label] = stage_record(seconds[stage.label],
-                                                          stage.directory, peak, {}, windowed)
+                    resources[stage.label] = record
                 ran.append(stage.label)
                 progress.finish(stage.label, seconds[stage.label])
             if failed:  # drop what has not started; let the running stages finish and keep

@@ -102,10 +102,14 @@ def is_complete(stage: Stage) -> bool:
         return False
 
 
-def mark_complete(stage: Stage, seconds: float) -> None:
+def mark_complete(stage: Stage, seconds: float, resources: dict | None = None) -> None:
+    """Write the stage's completion marker; ``resources`` (its record of
+    :mod:`bigcos.stage_resources`) is kept in it too, so a run that is cut later still leaves
+    the figures of the stages it completed."""
     io.write_json(stage.directory / STAGE_MARKER,
                   {"stage": stage.name, "dataset": stage.dataset, "key": stage.key,
-                   "seconds": round(seconds, 3), "completed_unix": round(time.time(), 3)})
+                   "seconds": round(seconds, 3), "completed_unix": round(time.time(), 3),
+                   **({"resources": resources} if resources is not None else {})})
 
 
 def plan(job: Job) -> list[Stage]:

@@ -40,11 +40,13 @@ fit = { lam1 = 50.0, lam2 = 2.0 }
 
 
 def du(directory: Path, skip: str | None = None) -> int:
-    """Bytes of the files below ``directory`` (os.walk), leaving out a subdirectory ``skip``."""
+    """Bytes of the files below ``directory`` (os.walk), leaving out a subdirectory ``skip``
+    and the stage's completion marker (written after its record)."""
     total = 0
     for root, dirs, files in os.walk(directory):
         dirs[:] = [d for d in dirs if d != skip]
-        total += sum(os.path.getsize(os.path.join(root, f)) for f in files)
+        total += sum(os.path.getsize(os.path.join(root, f)) for f in files
+                     if not (root == str(directory) and f == "stage.json"))
     return total
 
 
@@ -56,6 +58,7 @@ def check_records(out: Path, ran: list[str], cluster: bool) -> dict:
         directory = Path(manifest["stages"][label]["directory"])
         stamp = json.loads((directory / "stage.json").read_text())
         assert rec["seconds"] == pytest.approx(stamp["seconds"], abs=2e-3)
+        assert stamp["resources"] == rec  # kept with the stage: a cut run keeps its figures
         # the matrix directory later also holds the fit's SVD cache, written after it
         assert rec["bytes_written"] == du(directory, skip="svd-cache") > 0
         peaks = rec["peak_rss_bytes"]
@@ -108,3 +111,10 @@ def test_each_stage_records_time_peak_rss_and_bytes_written(tmp_path):
         assert rows[label]["peak_rss_client_mib"] == round(
             rec["peak_rss_bytes"]["client"] / 2**20, 1)
         assert rows[label]["workers"] == 0
+    # a run cut before its manifest: the completed stages' markers still hold their figures
+    (job.out / "manifest.json").unlink()
+    cli = CliRunner().invoke(main, ["bench", "scale", "--parts", "", "--job", str(job.out),
+                                    "--json", str(figures)])
+    assert cli.exit_code == 0, cli.output
+    assert {r["name"]: r["seconds"] for r in json.loads(figures.read_text())["rows"]} == {
+        label: rec["seconds"] for label, rec in records.items()}

@@ -214,15 +214,29 @@ def kernel_rows(tmp: Path, p: int, k: int, n: int, seed: int, repeat: int, clien
 
 
 # --------------------------------------------------------------------------- (d) a job
+def stage_records(job_dir: Path) -> dict[str, dict]:
+    """The records kept in the job's stage markers (``stage.json``), by stage label: those of
+    every stage completed so far, also of a run that was cut before its manifest."""
+    records = {}
+    for marker in sorted(Path(job_dir).glob("**/stage.json")):
+        stamp = json.loads(marker.read_text())
+        if "resources" in stamp:
+            records[f"{stamp['dataset']}/{stamp['stage']}"] = stamp["resources"]
+    return records
+
+
 def job_rows(job_dir: Path) -> list[dict]:
-    """Per-stage rows of a finished ``bigcos run`` from its run manifest."""
+    """Per-stage rows of a ``bigcos run``: from its run manifest, plus the stage markers of
+    stages completed by runs that were cut (:func:`stage_records`)."""
     path = Path(job_dir) / "manifest.json"
     try:
         manifest = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise click.UsageError(f"--job: {path}: not a finished bigcos run ({exc})") from None
-    resources = manifest.get("resources")
-    if resources is None:  # a run from before the records: its timings only
+        manifest = None
+        if not stage_records(job_dir):
+            raise click.UsageError(f"--job: {path}: not a bigcos run ({exc})") from None
+    resources = {**stage_records(job_dir), **((manifest or {}).get("resources") or {})}
+    if not resources:  # a run from before the records: its timings only
         return [{"name": label, "part": "job stage", "seconds": s, "recorded": "time only"}
                 for label, s in manifest.get("timings_s", {}).items()]
     rows = []
