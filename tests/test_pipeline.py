@@ -304,12 +304,20 @@ def test_a_killed_worker_does_not_change_the_result(local_run, remote_cluster, t
     assert tables(out) == tables(job.out)
 
 
+def _default_sigint() -> None:
+    """In the child before exec: SIGINT as a terminal's foreground job has it. A test run
+    started in the background by a non-interactive shell (``ci &``) inherits SIGINT ignored,
+    and Python keeps an inherited SIG_IGN, so the child would never see the Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_interrupted_run_resumes_without_redoing_complete_stages(local_run, tmp_path):
     job, _ = local_run
     out = tmp_path / "interrupted"
     cmd = [sys.executable, "-m", "bigcos", "run", str(job.source), "--out", str(out),
            "--workers", "1", "--threads-per-worker", "2", "--no-progress"]
-    run = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    run = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           preexec_fn=_default_sigint)
     marker = out / "sim" / "models" / "closed-form" / "stage.json"
     deadline = time.time() + 120
     while not marker.exists():
@@ -449,6 +457,7 @@ def test_ctrl_c_in_a_terminal_prints_one_line_and_exits_130_then_resumes(local_r
            *placement]
     pid, fd = pty.fork()
     if pid == 0:  # the child: `bigcos run` on the pty, as in a terminal
+        _default_sigint()
         os.execv(sys.executable, cmd)
     output = b""
     deadline = time.time() + 120
