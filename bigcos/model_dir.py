@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from bigcos import io, storage
+from bigcos import io
 from bigcos.closed_form import Solution
 from bigcos.errors import UserError
 from bigcos.user_parts import read_all_users, write_part
@@ -69,20 +69,16 @@ def load_model(directory: str | os.PathLike) -> Model:
         When the directory is not a model directory, the item and user embeddings differ in
         dimension, or an embedding holds NaN or inf (naming the file).
     """
-    d = io.require_dir(directory, "model", ITEMS)
-    manifest = io.read_manifest(d)
-    if "model_name" not in manifest:
-        raise UserError(f"{d / io.MANIFEST}: not a model manifest ('model_name' missing)")
-    item_ids, items = io.read_embeddings(d / ITEMS, "item_id")
-    user_ids, users = read_all_users(d)
+    from bigcos.model_info import load_model_info  # (it imports this module's file names)
+
+    info = load_model_info(directory)
+    items = info.item_embeddings
+    user_ids, users = read_all_users(info.directory)
     if items.shape[1] != users.shape[1]:
-        raise UserError(f"{d}: item embeddings have {items.shape[1]} dimensions, "
+        raise UserError(f"{info.directory}: item embeddings have {items.shape[1]} dimensions, "
                         f"user embeddings {users.shape[1]}")
-    dims = io.read_table(d / DIMENSIONS) if (d / DIMENSIONS).exists() else None
-    columns = io.read_table(d / COLUMNS) if (d / COLUMNS).exists() else None
-    matrix_dir = manifest.get("matrix_dir")
-    return Model(manifest["model_name"], item_ids, items, user_ids, users, manifest,
-                 storage.as_path(matrix_dir) if matrix_dir else None, dims, columns)
+    return Model(info.name, info.item_ids, items, user_ids, users, info.manifest,
+                 info.matrix_dir, info.dimensions, info.columns)
 
 
 def dimensions_table(solution: Solution, residuals: np.ndarray | None = None) -> pa.Table:
