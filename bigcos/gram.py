@@ -125,7 +125,7 @@ def row_block(X: sp.csr_matrix, a: int, b: int, dtype: np.dtype) -> sp.csr_matri
                          shape=(b - a, X.shape[1]), copy=False)
 
 
-def _gram_block(Xb: sp.csr_matrix, q_tiles: list[np.ndarray]) -> np.ndarray:
+def gram_block(Xb: sp.csr_matrix, q_tiles: list[np.ndarray]) -> np.ndarray:
     """X_b^T (X_b Q) for one row block, Q given as contiguous column tiles (p x t each).
 
     Tiling keeps the gathered rows of Q (and the scattered rows of the result) of popular
@@ -239,7 +239,7 @@ class GramOperator:
         """One delayed partial X_b^T (X_b Q) per row block, in block order."""
         from dask import delayed
 
-        return [delayed(_gram_block, pure=False)(b, q) for b in self._blocks]
+        return [delayed(gram_block, pure=False)(b, q) for b in self._blocks]
 
     def describe(self) -> dict[str, Any]:
         """Block layout, scheduler, shape and centring flags (for ``Spectrum.info``)."""

@@ -30,7 +30,7 @@ import scipy.sparse as sp
 from bigcos import storage
 from bigcos.column_remedies import ColumnSums, Preprocessing, column_sums, scale_rows
 from bigcos.dense import RowChunks
-from bigcos.gram import GramOperator, _gram_block, default_block_count, row_block, row_bounds
+from bigcos.gram import GramOperator, default_block_count, gram_block, row_block, row_bounds
 from bigcos.shards import Shard
 
 
@@ -190,7 +190,7 @@ def shard_pass_client(client, scheduler: str):
 
 def _gram_slice(seg: sp.csr_matrix, a: int, b: int, dtype, q_tiles: list[np.ndarray]
                 ) -> np.ndarray:
-    return _gram_block(row_block(seg, a, b, dtype), q_tiles)
+    return gram_block(row_block(seg, a, b, dtype), q_tiles)
 
 
 class ShardGramOperator(GramOperator):
