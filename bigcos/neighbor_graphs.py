@@ -33,7 +33,7 @@ import scipy.sparse as sp
 from bigcos import io
 from bigcos.blocked_topn import group_keys
 from bigcos.dask_tasks import task
-from bigcos.neighbor_operands import Job, load_array, train_rows, train_rows_at
+from bigcos.neighbor_operands import Job, load_array, train_rows
 from bigcos.symmetric_topn import symmetric_topn
 from bigcos.topn import decode_keys, fill_zero_queries
 
@@ -102,12 +102,13 @@ def query_sample(n_queries: int, max_queries: int, seed: int) -> np.ndarray:
     return np.sort(rows).astype(np.int64)
 
 
-def with_sample(job: Job, counts: dict[str, Any], max_queries: int, seed: int) -> Job:
-    """The job restricted to the seeded query sample (written to its scratch directory)."""
+def with_sample(job: Job, counts: dict[str, Any], sample: np.ndarray) -> Job:
+    """The job restricted to the query rows ``sample`` (:func:`query_sample`, written to its
+    scratch directory); ``counts`` record the queries sampled from."""
     path = job.scratch / f"sample-{job.kind}.npy"
-    io.save_npy(path, query_sample(counts["queries"], max_queries, seed))
+    io.save_npy(path, sample)
     counts["sampled_from"] = counts["queries"]
-    counts["queries"] = min(counts["queries"], max_queries)
+    counts["queries"] = len(sample)
     return dataclasses.replace(job, sample=path)
 
 
@@ -150,13 +151,14 @@ def _finish_group(job: Job, part: int, g0: int, g1: int,
 
 def _run_sampled_group(job: Job, part: int, i0: int, i1: int, after=None) -> dict[str, int]:
     """One task: the lists of sampled queries i0:i1 (rows ``sample[i0:i1]``), written as part
-    ``part``. A query's own row (item-item, user-user) and training items (user-item) are
+    ``part``. A query's own row (item-item, user-user) and training items (user-item, from
+    the :class:`~bigcos.neighbor_operands.SampledTrain` records in ``job.shards``) are
     excluded pairs, so each list equals the full run's list of that query."""
     query_side, candidate_side = job.sides
     rows = load_array(job.sample)[i0:i1]
     candidates = job.rows(candidate_side)
-    if job.shards is not None:
-        exclude = train_rows_at(job.shards, rows)
+    if job.shards is not None:  # the sample's train rows, by sample position
+        exclude = train_rows(job.shards, i0, i1)
     elif job.exclude_self:
         exclude = sp.csr_matrix((np.ones(len(rows), np.float32), rows,
                                  np.arange(len(rows) + 1)), shape=(len(rows), len(candidates)))

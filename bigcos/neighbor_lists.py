@@ -78,6 +78,7 @@ from bigcos.neighbor_operands import (
     SIDES,
     Job,
     check_shape,
+    sampled_train,
     train_shards,
     write_items,
     write_user_part,
@@ -134,8 +135,11 @@ def neighbors(model_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, *
 
     User embeddings are never read here: one task per user part writes its scratch operand
     where it runs (:func:`bigcos.neighbor_operands.write_user_part`), and the user-item tasks
-    read the training rows they exclude from the matrix's train shards. This process holds
-    the item embeddings (p x k), one record per user part and per shard, and the counts.
+    read the training rows they exclude from the matrix's train shards (sampled: from one
+    file per shard of the sample's rows, written once per matrix). When user-item is the only
+    kind with users and its queries are sampled, the part tasks write only the sampled users.
+    This process holds the item embeddings (p x k), one record per user part and per shard,
+    and the counts.
     """
     from bigcos.model_info import load_model_info
 
@@ -157,10 +161,12 @@ def neighbors(model_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, *
     counts: dict[str, Any] = {}
     with io.atomic_output_dir(out, overwrite=overwrite) as tmp, \
             _scratch_root(tmp, client) as scratch_root:
-        tasks, task_keys, zero_norm_users = [], [], {}
+        tasks, task_keys, zero_norm_users, sampled_trains = [], [], {}, {}
         with timings("prepare"):
             for model in models:
-                scratch, fills = _prepare_model(scratch_root / model.name, model, kinds)
+                user_sample = _sampled_users_only(model, kinds, max_queries, seed)
+                scratch, fills, sample_bounds = _prepare_model(scratch_root / model.name, model,
+                                                               kinds, user_sample)
                 zero_norm_users[model.name] = fills
                 for kind in kinds:
                     job = Job(scratch, tmp, kind, model.name, n, metrics, blocking,
@@ -175,16 +181,30 @@ def neighbors(model_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, *
                     counts[key]["n_used"] = n_used
                     _output_dirs(tmp, kind, model.name, metrics)
                     full = kind == "item-item" and model.name in full_models
+                    after, use_pairs = fills, False
                     if max_queries is not None and not full \
                             and counts[key]["queries"] > max_queries:
-                        job = with_sample(job, counts[key], max_queries, seed)
-                        graph, use_pairs = sampled_graph, False
+                        sample = query_sample(counts[key]["queries"], max_queries, seed)
+                        if job.shards is not None:  # the sample's train rows, once per matrix
+                            records, writers = sampled_trains.setdefault(
+                                str(model.matrix_dir), sampled_train(
+                                    scratch_root / f"train-{len(sampled_trains)}", job.shards,
+                                    sample))
+                            job, after = dataclasses.replace(job, shards=records), fills + writers
+                        if user_sample is not None and kind == "user-item":
+                            # the user scratch holds the sampled rows alone: groups over them
+                            counts[key]["sampled_from"] = counts[key]["queries"]
+                            counts[key]["queries"] = len(sample)
+                            job = dataclasses.replace(job, user_bounds=sample_bounds)
+                            graph = group_graph
+                        else:
+                            job, graph = with_sample(job, counts[key], sample), sampled_graph
                     else:
                         use_pairs = use_symmetric(symmetric, kind, counts[key]["queries"], n,
                                                    len(metrics))
                         graph = pair_graph if use_pairs else group_graph
                     counts[key]["symmetric"] = use_pairs
-                    for task in graph(job, counts[key]["queries"], fills):
+                    for task in graph(job, counts[key]["queries"], after):
                         tasks.append(task)
                         task_keys.append(key)
         _warn_short_lists(n, counts)
@@ -209,14 +229,31 @@ def neighbors(model_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, *
                                  counts=counts, scheduler=_scheduler_info(client))
 
 
-def _prepare_model(scratch: Path, model, kinds: tuple[str, ...]) -> tuple[Path, list]:
-    """Write the model's item operand here; return the scratch directory and the tasks that
-    write its user parts (none when no kind needs users)."""
+def _sampled_users_only(model, kinds: tuple[str, ...], max_queries: int | None,
+                        seed: int) -> np.ndarray | None:
+    """The user rows the lists need when user-item is the only kind with users and its
+    queries are sampled (the seeded sample, ascending); None: every user."""
+    user_kinds = [kind for kind in kinds if "users" in SIDES[kind]]
+    if user_kinds != ["user-item"] or max_queries is None or model.n_users <= max_queries:
+        return None
+    return query_sample(model.n_users, max_queries, seed)
+
+
+def _prepare_model(scratch: Path, model, kinds: tuple[str, ...],
+                   user_sample: np.ndarray | None = None) -> tuple[Path, list, tuple[int, ...]]:
+    """Write the model's item operand here; return the scratch directory, the tasks that
+    write its user parts (none when no kind needs users; only the rows of ``user_sample``
+    when given) and the first scratch row of each part plus the last stop."""
     scratch.mkdir(parents=True)
     write_items(scratch, model.item_ids, model.item_embeddings)
+    bounds = tuple(p.start for p in model.parts) + (model.n_users,)
     if not any("users" in SIDES[kind] for kind in kinds):
-        return scratch, []
-    return scratch, [task(write_user_part)(scratch, part) for part in model.parts]
+        return scratch, [], bounds
+    if user_sample is None:
+        return scratch, [task(write_user_part)(scratch, part) for part in model.parts], bounds
+    at = np.searchsorted(user_sample, bounds)
+    return scratch, [task(write_user_part)(scratch, part, user_sample[at[i]:at[i + 1]])
+                     for i, part in enumerate(model.parts)], tuple(int(b) for b in at)
 
 
 def _output_dirs(out: Path, kind: str, model: str, metrics: tuple[str, ...]) -> None:

@@ -8,10 +8,13 @@ and ``user_ids-<part>.arrow``. Later tasks see the parts as one array through
 :class:`StackedRows` (memory maps of local files; a store's files are downloaded once per
 worker process), so blocks and tiles may cross part boundaries and the results are those of
 one array. Disk footprint: ``n * (4k + 4)`` bytes plus the ids, once per model (shared by its
-user-user and user-item lists), removed when the lists are written.
+user-user and user-item lists), removed when the lists are written; when user-item is the
+only kind with users and its queries are sampled, only the sampled rows (``m * (4k + 4)``).
 
 The training items a user-item task excludes come from the matrix's train shards
-(:class:`bigcos.shards.MatrixShards`) overlapping its rows (:func:`train_rows`).
+(:class:`bigcos.shards.MatrixShards`) overlapping its rows (:func:`train_rows`); a sampled
+user-item job reads them from one small file per shard of the sample's rows
+(:func:`sampled_train`, written once per matrix).
 """
 
 from __future__ import annotations
@@ -29,8 +32,9 @@ import scipy.sparse as sp
 
 from bigcos import io, storage
 from bigcos.blocked_topn import Blocking
+from bigcos.dask_tasks import task
 from bigcos.errors import UserError
-from bigcos.shards import MatrixShards, Shard
+from bigcos.shards import MatrixShards, Shard, read_shard, write_shard
 from bigcos.topn import inverse_norms
 from bigcos.user_parts import UserPart
 
@@ -51,10 +55,14 @@ def write_items(scratch: Path, item_ids: pa.Array, items: np.ndarray) -> None:
     write_ids(scratch / "item_ids.arrow", item_ids)
 
 
-def write_user_part(scratch: Path, part: UserPart) -> int:
+def write_user_part(scratch: Path, part: UserPart, rows: np.ndarray | None = None) -> int:
     """Task: read user part ``part`` where it runs, write its scratch files; return its
-    number of zero-norm rows. Memory: the part, about twice ``rows * k * 4`` bytes."""
+    number of zero-norm rows written. ``rows``: only these matrix rows (ascending, inside the
+    part; a query sample), written in order, else every row. Memory: the part, about twice
+    ``rows * k * 4`` bytes."""
     ids, users = part.read()
+    if rows is not None:
+        ids, users = ids.take(pa.array(rows - part.start)), users[rows - part.start]
     inv = inverse_norms(users)
     io.save_npy(scratch / f"users-{part.index:05d}.npy", np.ascontiguousarray(users))
     io.save_npy(scratch / f"inv_users-{part.index:05d}.npy", inv)
@@ -162,20 +170,44 @@ def user_ids_at(scratch: Path, bounds: Sequence[int], rows: np.ndarray) -> pa.Ar
         scratch / "user_ids-00000.arrow").slice(0, 0)
 
 
-def train_rows_at(shards: Sequence[Shard], rows: np.ndarray) -> sp.csr_matrix:
-    """The train rows ``rows`` (ascending int array) from the shards holding them, loaded by
-    path where this runs: CSR (len(rows), p). Memory: those shards."""
-    blocks = []
+@dataclass(frozen=True)
+class SampledTrain:
+    """The train rows of a query sample held by one shard: sample positions [start, stop)
+    (rows ``sample[start:stop]`` of the matrix), in the scratch file ``train`` (CSR .npz)."""
+
+    start: int
+    stop: int
+    train: str
+
+    def load(self, part: str = "train") -> sp.csr_matrix:
+        return read_shard(self.train)
+
+
+def sampled_train(scratch: Path, shards: Sequence[Shard], sample: np.ndarray
+                  ) -> tuple[tuple[SampledTrain, ...], list]:
+    """Records of the sample's train rows (``sample`` ascending matrix rows) and the tasks
+    that write them, one per shard holding sampled rows: each loads its shard once where it
+    runs, so a group of sampled queries reads only its rows (:func:`train_rows` by sample
+    position), not every shard its users fall in."""
+    scratch.mkdir(parents=True, exist_ok=True)
+    records, tasks = [], []
     for shard in shards:
-        lo, hi = np.searchsorted(rows, [shard.start, shard.stop])
+        lo, hi = (int(i) for i in np.searchsorted(sample, [shard.start, shard.stop]))
         if hi > lo:
-            blocks.append(shard.load("train")[rows[lo:hi] - shard.start])
-    if len(blocks) == 1:
-        return blocks[0].tocsr()
-    return sp.vstack(blocks, format="csr")
+            path = scratch / f"train-sample-{shard.index:05d}.npz"
+            records.append(SampledTrain(lo, hi, str(path)))
+            tasks.append(task(_write_sampled_train)(path, shard, sample[lo:hi]))
+    return tuple(records), tasks
 
 
-def train_rows(shards: Sequence[Shard], start: int, stop: int) -> sp.csr_matrix:
+def _write_sampled_train(path: Path, shard: Shard, rows: np.ndarray) -> int:
+    """Task: the train rows ``rows`` (matrix rows inside ``shard``) as a CSR file; their nnz."""
+    block = shard.load("train")[rows - shard.start].tocsr()
+    write_shard(path, block)
+    return int(block.nnz)
+
+
+def train_rows(shards: Sequence[Shard | SampledTrain], start: int, stop: int) -> sp.csr_matrix:
     """Rows start:stop of a matrix's train part, from the shards overlapping them (loaded by
     path where this runs): CSR (stop - start, p). Memory: those shards."""
     blocks = []
@@ -229,7 +261,9 @@ class Job:
 
     ``scratch`` holds the model's operands (:mod:`bigcos.neighbor_operands`); ``user_bounds``
     the first row of each user part and the last stop; ``shards`` the train shards whose rows
-    are excluded (user-item), or None."""
+    are excluded (user-item), or None. A sampled user-item job may hold only the sample's
+    rows: its users' scratch then has the sampled rows alone (``user_bounds`` count them)
+    and ``shards`` are their :class:`SampledTrain` records, both by sample position."""
 
     scratch: Path
     out: Path  # the temporary output directory
@@ -239,7 +273,7 @@ class Job:
     metrics: tuple[str, ...]
     blocking: Blocking
     user_bounds: tuple[int, ...]
-    shards: tuple[Shard, ...] | None = None
+    shards: tuple[Shard, ...] | tuple[SampledTrain, ...] | None = None
     sample: Path | None = None  # .npy of the sampled query rows (ascending), None: every row
 
     @property

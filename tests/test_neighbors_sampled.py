@@ -48,6 +48,44 @@ def test_sampled_lists_are_the_full_lists_of_the_sampled_queries(sharded_models,
         assert all(q == sampled_sets[0] for q in sampled_sets)  # same queries per kind
 
 
+def test_sampled_user_item_alone_writes_only_the_sampled_users(sharded_models, tmp_path,  # noqa: F811
+                                                                  monkeypatch):
+    """Without user-user, a sampled user-item run writes the scratch rows of the sampled users
+    alone (and their train rows once per matrix), and its lists are the full run's lists."""
+    import bigcos.neighbor_operands as operands
+
+    models = sharded_models["parts"]
+    kinds = ("item-item", "user-item")
+    neighbors(models, tmp_path / "full", kinds=kinds, n=7, blocking=BLOCKING)
+    written, train_files = [], []
+    write_part, write_train = operands.write_user_part, operands._write_sampled_train
+
+    def spy_part(scratch, part, rows=None):
+        zero = write_part(scratch, part, rows)
+        written.append(len(np.load(scratch / f"users-{part.index:05d}.npy", mmap_mode="r")))
+        return zero
+
+    def spy_train(path, shard, rows):
+        train_files.append(path.name)
+        return write_train(path, shard, rows)
+
+    monkeypatch.setattr("bigcos.neighbor_lists.write_user_part", spy_part)
+    monkeypatch.setattr(operands, "_write_sampled_train", spy_train)
+    manifest = neighbors(models, tmp_path / "sampled", kinds=kinds, n=7, blocking=BLOCKING,
+                         max_queries=9, seed=3)
+    n_models = len(models)
+    assert sum(written) == 9 * n_models  # nine users per model, not all of them
+    assert len(train_files) == len(set(train_files))  # each matrix's sample rows once
+    whole, part = (_by_query(read_neighbors(tmp_path / d)) for d in ("full", "sampled"))
+    user_item = {key: rows for key, rows in part.items() if key[0] == "user-item"}
+    assert len(user_item) == 9 * n_models * 2  # 9 queries x models x 2 metrics
+    for key, rows in part.items():
+        assert np.array_equal(rows, whole[key]), key
+    for name, c in manifest["counts"].items():
+        if name.endswith("/user-item"):
+            assert c["queries"] == 9 and c["sampled_from"] > 9
+
+
 def test_query_sample_is_the_report_sample():
     rows = query_sample(1000, 50, seed=7)
     assert np.array_equal(rows, np.sort(np.random.default_rng(7).choice(
