@@ -23,3 +23,11 @@ def task(fn):
     import dask
 
     return dask.delayed(fn, pure=False)
+
+
+def share(value, client):
+    """``value`` as a task argument: on a client, scattered once to every worker (a future,
+    so tasks that take it do not each carry a copy); None (threads) or None values as is."""
+    if client is None or value is None:
+        return value
+    return client.scatter(value, broadcast=True, hash=False)

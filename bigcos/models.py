@@ -81,14 +81,14 @@ LAMCOS_SUFFIX = "-lamcos"
 
 
 def _validated_specs(specs: list[ModelSpec], sigma: np.ndarray, V: np.ndarray, P_val, val,
-                     selection: Selection, col_center, col_scale, several: bool
+                     selection: Selection, col_center, col_scale, several: bool, client=None
                      ) -> tuple[list[ModelSpec], list[dict], list[dict]]:
     """Specs with validated λ (plus ``-lamcos`` variants), their manifest fields, the path."""
     rows, fold_in, held_out = val
     heldout = HeldOut(rows, fold_in, held_out)
     todo = [s for s in specs if s.lam is None]
     path_rows, picks = select(sigma, V, P_val, heldout, todo, selection, solve,
-                              col_center, col_scale) if todo else ([], [])
+                              col_center, col_scale, client) if todo else ([], [])
     chosen = {s.name: pick for s, pick in zip(todo, picks, strict=True)}
     out_specs, sources = [], []
     for spec in specs:
@@ -265,7 +265,8 @@ def fit(matrix_dir: str | os.PathLike, out: str | os.PathLike, specs: Sequence[M
             P_val = project_rows(fold_in, V, col_center, col_scale)
             specs, sources, path_rows = _validated_specs(specs, spectrum.sigma, V, P_val, val,
                                                          selection, col_center, col_scale,
-                                                         several=root or len(specs) > 1)
+                                                         several=root or len(specs) > 1,
+                                                         client=client)
     else:
         sources = [{"lam_source": "fixed"} for _ in specs]
     names = _model_names(specs, preprocessing, name if len(specs) == 1 else None)

@@ -13,7 +13,8 @@ default), on a grid relative to the spectrum (MATH.md, "Choosing λ and stating 
 
 Ties in the measure go to the smaller λ (the grid is increasing), so the choice is a
 deterministic function of the validation users alone: the test users never enter.
-Pure numpy on top of the ranking kernel: no Dask, no IO.
+Numpy on top of the ranking kernel, no IO; :func:`select` runs its rankings (one per family,
+λ and metric) as Dask tasks on the caller's ``client``.
 """
 
 from __future__ import annotations
@@ -110,17 +111,34 @@ def path(sigma: np.ndarray, V: np.ndarray, P: np.ndarray, heldout: HeldOut,
     One row per (λ, metric): ``lam``, ``metric``, ``recall``, ``ndcg`` (means over the
     validation users), ``dims_kept``, ``n_users``.
     """
-    rows = []
-    for lam in grid:
-        sol = model_at(float(lam))
-        for metric in metric_names:
-            users, items = scoring_factors(sol, V, P, metric, col_center, col_scale)
-            scores = per_user(users, items, heldout, (metric,), k)[metric]
-            rows.append({"lam": float(lam), "metric": metric,
-                         "recall": float(np.nanmean(scores["recall"])),
-                         "ndcg": float(np.nanmean(scores["ndcg"])),
-                         "dims_kept": int(sol.kept.sum()), "n_users": len(heldout.users)})
-    return rows
+    points = _points(model_at, grid, metric_names)
+    measures = [measure(sol, metric, V, P, heldout, k, col_center, col_scale)
+                for _, metric, sol in points]
+    return _path_rows(points, measures, len(heldout.users))
+
+
+def _points(model_at: Callable[[float], Any], grid: Sequence[float],
+            metric_names: Sequence[str]) -> list[tuple[float, str, Any]]:
+    """(λ, metric, solution) of every grid point and metric, in path order."""
+    solutions = [(float(lam), model_at(float(lam))) for lam in grid]
+    return [(lam, metric, sol) for lam, sol in solutions for metric in metric_names]
+
+
+def _path_rows(points: list[tuple[float, str, Any]], measures: list[tuple[float, float]],
+               n_users: int) -> list[dict[str, Any]]:
+    return [{"lam": lam, "metric": metric, "recall": recall, "ndcg": ndcg,
+             "dims_kept": int(sol.kept.sum()), "n_users": n_users}
+            for (lam, metric, sol), (recall, ndcg) in zip(points, measures, strict=True)]
+
+
+def measure(solution: Any, metric: str, V: np.ndarray, P: np.ndarray, heldout: HeldOut,
+            k: int, col_center: np.ndarray | None = None,
+            col_scale: np.ndarray | None = None) -> tuple[float, float]:
+    """(mean Recall@k, mean NDCG@k) of the validation users ranked by ``solution`` and
+    ``metric`` (one ranking of the m users against all p items; arguments as :func:`path`)."""
+    users, items = scoring_factors(solution, V, P, metric, col_center, col_scale)
+    scores = per_user(users, items, heldout, (metric,), k)[metric]
+    return float(np.nanmean(scores["recall"])), float(np.nanmean(scores["ndcg"]))
 
 
 def choose(rows: Sequence[dict[str, Any]], metric: str, measure: str = "recall") -> float:
@@ -167,8 +185,8 @@ class Selection:
 
 def select(sigma: np.ndarray, V: np.ndarray, P: np.ndarray, heldout: HeldOut,
            specs: Sequence[Any], selection: Selection, solve: Callable[[np.ndarray, Any], Any],
-           col_center: np.ndarray | None = None, col_scale: np.ndarray | None = None
-           ) -> tuple[list[dict[str, Any]], list[dict[str, float]]]:
+           col_center: np.ndarray | None = None, col_scale: np.ndarray | None = None,
+           client=None) -> tuple[list[dict[str, Any]], list[dict[str, float]]]:
     """Validated λ of each spec, for dot and for cosine ranking.
 
     Parameters
@@ -180,6 +198,9 @@ def select(sigma: np.ndarray, V: np.ndarray, P: np.ndarray, heldout: HeldOut,
     selection : Selection
     solve : callable
         ``solve(sigma, spec) -> Solution`` (:func:`bigcos.closed_form.solve`).
+    client : distributed.Client or None
+        Where the rankings run: one Dask task per (family, λ, metric), the operands sent to
+        each worker once; None: Dask's threads in this process. The rows do not depend on it.
 
     Returns
     -------
@@ -195,21 +216,29 @@ def select(sigma: np.ndarray, V: np.ndarray, P: np.ndarray, heldout: HeldOut,
     """
     import dataclasses
 
-    rows: list[dict[str, Any]] = []
-    chosen: list[dict[str, float]] = []
-    dot_paths: dict[int, list[dict[str, Any]]] = {}
+    from bigcos.dask_tasks import run_tasks, share, task
+
+    paths: dict[tuple[Any, str], list[tuple[float, str, Any]]] = {}
     for spec in specs:
         grid = lambda_grid(sigma, spec.objective, selection.points)
 
         def model_at(lam: float, spec=spec):
             return solve(sigma, dataclasses.replace(spec, lam=lam))
 
-        if spec.objective not in dot_paths:
-            dot_paths[spec.objective] = path(sigma, V, P, heldout, model_at, grid, ("dot",),
-                                             selection.at, col_center, col_scale)
-        cos = path(sigma, V, P, heldout, model_at, grid, ("cos",), selection.at,
-                   col_center, col_scale)
-        mine = dot_paths[spec.objective] + cos
+        paths.setdefault((spec.objective, "dot"), _points(model_at, grid, ("dot",)))
+        paths[(spec.name, "cos")] = _points(model_at, grid, ("cos",))
+    operands = [share(x, client) for x in (V, P, heldout, col_center, col_scale)]
+    V_, P_, heldout_, center_, scale_ = operands
+    points = [(key, point) for key, path_points in paths.items() for point in path_points]
+    measures = run_tasks([task(measure)(sol, metric, V_, P_, heldout_, selection.at, center_,
+                                        scale_) for _, (_, metric, sol) in points], client)
+    done: dict[Any, list[dict[str, Any]]] = {}
+    for (key, point), result in zip(points, measures, strict=True):
+        done.setdefault(key, []).extend(_path_rows([point], [result], len(heldout.users)))
+    rows: list[dict[str, Any]] = []
+    chosen: list[dict[str, float]] = []
+    for spec in specs:
+        mine = done[(spec.objective, "dot")] + done[(spec.name, "cos")]
         pick = {m: choose(mine, m, selection.measure) for m in ("dot", "cos")}
         chosen.append(pick)
         rows += [{"model": spec.name, "objective": spec.objective, **r,

@@ -1,5 +1,7 @@
 """λ paths on validation users and the scores they rank by, against dense numpy."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -226,3 +228,41 @@ def test_als_regularisation_is_chosen_on_the_same_validation_users(validated, tm
     closed = json.loads((d / "models" / "obj1-symmetric" / "manifest.json").read_text())
     assert counts["validation_users"] == closed["counts"]["validation_users"] > 0
     assert counts["fit_users"] == closed["counts"]["fit_users"]
+
+
+def test_select_runs_its_rankings_as_tasks_with_the_rows_of_path():
+    """select ranks every (family, λ, metric) as a Dask task; its rows are the sequential
+    path's, whether the tasks run on threads or on a 2-process LocalCluster."""
+    from distributed import Client, LocalCluster
+
+    from bigcos.validation import Selection, select
+
+    X = sp.csr_matrix(_data(3, n=80, p=30))
+    rng = np.random.default_rng(5)
+    hide = X.multiply(sp.csr_matrix(rng.random(X.shape) < 0.3)).tocsr()
+    fold_in = (X - hide).tocsr()
+    fold_in.eliminate_zeros()
+    heldout = HeldOut(np.arange(X.shape[0]), fold_in, hide)
+    _, sigma, Vt = np.linalg.svd(X.toarray(), full_matrices=False)
+    V, sigma = Vt[:8].T, sigma[:8]
+    P = fold_in @ V
+    specs = [ModelSpec(1, None, Scaling("symmetric")), ModelSpec(1, None, Scaling("sigma")),
+             ModelSpec(2, None)]
+    selection = Selection(points=5, at=5)
+    rows, chosen = select(sigma, V, P, heldout, specs, selection, solve)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        assert select(sigma, V, P, heldout, specs, selection, solve, client=client) == (
+            rows, chosen)
+    for spec in specs:
+        grid = lambda_grid(sigma, spec.objective, selection.points)
+        expected = path(sigma, V, P, heldout,
+                        lambda lam, spec=spec: solve(sigma, dataclasses.replace(spec, lam=lam)),
+                        grid, ("dot",), 5) + path(
+            sigma, V, P, heldout,
+            lambda lam, spec=spec: solve(sigma, dataclasses.replace(spec, lam=lam)),
+            grid, ("cos",), 5)
+        mine = [{k: v for k, v in r.items() if k not in ("model", "objective", "chosen")}
+                for r in rows if r["model"] == spec.name]
+        assert mine == expected, spec.name
+        assert {r["lam"] for r in rows if r["model"] == spec.name and r["chosen"]} <= set(grid)
