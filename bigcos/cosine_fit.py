@@ -52,7 +52,9 @@ class CosineOptions:
     below it; ``seed``: validation split and SVD start; ``lam``: objective-1 shrinkage of the
     warm start G = sigma^2 / (sigma^2 + lam) (not a penalty of the loss: it has none);
     ``validation_fraction``: share of the fit rows held out for early stopping (0: none);
-    ``validation_holdout``: share of a validation row's items to recall; ``patience``:
+    ``validation_max_users``: at most this many validation rows (seeded; None: no cap), so
+    the rows the fit holds for early stopping stay bounded at any n; ``validation_holdout``:
+    share of a validation row's items to recall; ``patience``:
     iterations without a better validation Recall@20 before stopping; ``block_rows``: rows
     per task (None: blocks of about 5M non-zeros, a function of the data alone; another value
     changes the loss only by float rounding).
@@ -65,6 +67,7 @@ class CosineOptions:
     lam: float = 0.0
     validation_fraction: float = 0.1
     validation_holdout: float = 0.2
+    validation_max_users: int | None = 100_000
     patience: int = 10
     block_rows: int | None = None
 
@@ -85,6 +88,9 @@ class CosineOptions:
             fail("validation_fraction", "in [0, 1)")
         if not 0.0 < self.validation_holdout < 1.0:
             fail("validation_holdout", "in (0, 1)")
+        if self.validation_max_users is not None and (
+                not isinstance(self.validation_max_users, int) or self.validation_max_users < 1):
+            fail("validation_max_users", "None or an integer >= 1")
         if self.block_rows is not None and (not isinstance(self.block_rows, int)
                                             or self.block_rows < 1):
             fail("block_rows", "None or an integer >= 1")

@@ -153,7 +153,8 @@ def cosine_rows(matrix_dir, options, in_memory: bool, client=None,
 
     selection = (types.SimpleNamespace(fraction=options.validation_fraction,
                                        holdout=options.validation_holdout, seed=options.seed,
-                                       max_users=None, rows=validation_rows)
+                                       max_users=options.validation_max_users,
+                                       rows=validation_rows)
                  if options.validation_fraction > 0 or validation_rows is not None else None)
     svd = types.SimpleNamespace(dtype="float64", block_rows=None, exact=False)
     if in_memory:

@@ -154,7 +154,9 @@ def test_validation_split_partitions_each_row():
                                           ({"validation_fraction": 1.0}, "validation_fraction"),
                                           ({"validation_holdout": 0.0}, "validation_holdout"),
                                           ({"patience": 0}, "patience"), ({"seed": -1}, "seed"),
-                                          ({"block_rows": 0}, "block_rows")])
+                                          ({"block_rows": 0}, "block_rows"),
+                                          ({"validation_max_users": 0},
+                                           "validation_max_users")])
 def test_options_errors_name_the_parameter(change, name):
     with pytest.raises(UserError, match=f"^{name}: must be"):
         dataclasses.replace(CosineOptions(), **change)

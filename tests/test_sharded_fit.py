@@ -8,6 +8,7 @@ user embeddings (the concatenated parts against the one users.parquet) bit for b
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -203,6 +204,16 @@ def test_cosine_fit_from_shards_is_bitwise_the_in_memory_fit(sharded_matrix, tmp
     assert ma["counts"] | {"blocks": 0} == mb["counts"] | {"blocks": 0}
     assert ma["optimisation"]["loss_curve"] == mb["optimisation"]["loss_curve"]
     assert ma["optimisation"]["iterations"] == 3 and ma["counts"]["validation_rows"] > 0
+    # validation_max_users caps the rows held out (the same seeded rows in both paths)
+    capped = dataclasses.replace(opts, validation_max_users=5)
+    mem = fit_cosine(sharded_matrix, tmp_path / "mem5", capped, in_memory=True)
+    shard = fit_cosine(sharded_matrix, tmp_path / "shard5", capped, in_memory=False)
+    ma, mb = (json.loads((d / "manifest.json").read_text()) for d in (mem, shard))
+    assert ma["counts"]["validation_rows"] == mb["counts"]["validation_rows"] == 5
+    assert ma["counts"]["train_rows"] > json.loads((tmp_path / "mem" / "manifest.json"
+                                                    ).read_text())["counts"]["train_rows"]
+    assert (ma["optimisation"]["validation_rows_sha256"]
+            == mb["optimisation"]["validation_rows_sha256"])
 
 
 def test_user_mistakes_are_one_line_errors(sharded_matrix, tmp_path):
