@@ -82,13 +82,15 @@ def _counts_times(counts: np.ndarray, values: np.ndarray) -> np.ndarray:
         return blas.nn(counts, values)
 
 
-def _drawn_means(x: np.ndarray, n_resamples: int, seed: int) -> np.ndarray:
-    """(n_resamples,) means of ``x`` over the resamples of ``seed``, drawn block by block (for
-    inputs too large to keep their counts): the same draws as :func:`_resample_counts`."""
-    n = len(x)
-    means = np.empty(n_resamples, np.float64)
+def _drawn_means(xs: list[np.ndarray], n_resamples: int, seed: int) -> list[np.ndarray]:
+    """(n_resamples,) means of each of ``xs`` (all of n units) over the resamples of ``seed``,
+    drawn block by block (for inputs too large to keep their counts): the draws of
+    :func:`_resample_counts`, made once for all of ``xs``."""
+    n = len(xs[0])
+    means = [np.empty(n_resamples, np.float64) for _ in xs]
     for start, stop, idx in _resample_blocks(n, n_resamples, seed):
-        means[start:stop] = x[idx].mean(axis=1)
+        for x, m in zip(xs, means, strict=True):
+            m[start:stop] = x[idx].mean(axis=1)
     return means
 
 
@@ -165,8 +167,9 @@ def resample_means(xs: list[np.ndarray], n_resamples: int = 1000, seed: int = 0
                 out[i] = Resampled(float("nan"), 0, None)
             continue
         if n * n_resamples > _COUNTS_MAX:
-            for i, x in members:
-                out[i] = Resampled(float(x.mean()), n, _drawn_means(x, n_resamples, seed))
+            drawn = _drawn_means([x for _, x in members], n_resamples, seed)
+            for (i, x), means in zip(members, drawn, strict=True):
+                out[i] = Resampled(float(x.mean()), n, means)
             continue
         counts = _resample_counts(n, n_resamples, seed)
         means = np.empty((n_resamples, len(members)), np.float32)

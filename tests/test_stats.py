@@ -88,3 +88,26 @@ def test_intervals_computed_together_equal_those_computed_alone():
         np.testing.assert_allclose([iv.estimate, iv.lo, iv.hi],
                                    [alone.estimate, alone.lo, alone.hi], rtol=1e-6,
                                    equal_nan=True)  # float32 products: GEMM vs GEMV order
+
+
+def test_drawn_resamples_are_shared_by_every_figure_of_a_group(monkeypatch):
+    """Above the kept-counts limit, one set of draws serves every figure of n units: each
+    figure's bootstrap means are exactly those it gets alone, and the draws are made once."""
+    from bigcos import stats
+
+    monkeypatch.setattr(stats, "_COUNTS_MAX", 0)
+    rng = np.random.default_rng(3)
+    xs = [rng.random(500), rng.random(500) ** 2, rng.random(500) - 0.5]
+    alone = [stats.resample_means([x], 300, 9)[0] for x in xs]
+    blocks = []
+    original = stats._resample_blocks
+
+    def counted(*args):
+        blocks.append(args)
+        return original(*args)
+
+    monkeypatch.setattr(stats, "_resample_blocks", counted)
+    together = stats.resample_means(xs, 300, 9)
+    assert len(blocks) == 1  # one draw for the three figures
+    for a, t in zip(alone, together, strict=True):
+        assert a.estimate == t.estimate and np.array_equal(a.means, t.means)
