@@ -326,7 +326,7 @@ def test_tables_read_back_with_documented_schema(report_dir):
         schema = pq.read_schema(path)
         expected = reports.table_schema(name, pa.int64())
         assert schema.equals(expected, check_metadata=False), name
-        assert json.loads(schema.metadata[b"bigcos.schema"]) == {"table": name, "version": 4}
+        assert json.loads(schema.metadata[b"bigcos.schema"]) == {"table": name, "version": 5}
         frame = pd.read_parquet(path)
         assert list(frame.columns) == [f.name for f in expected]
         assert manifest["counts"][name] == len(frame) > 0
@@ -489,6 +489,21 @@ def test_ground_truth_beats_popularity_matched_baseline(report_dir, inputs):
     share = ((t["query_id"] - 500) % 3 == (t["neighbor_id"] - 500) % 3).mean()
     got = truth.set_index(["model", "metric"]).loc[("obj2", "cos"), "precision"]
     assert got == pytest.approx(share)
+    # intervals: the bootstrap of the per-query precisions recomputed from the same file
+    from bigcos.stats import bootstrap_mean
+
+    per_query = t.assign(hit=(t["query_id"] - 500) % 3 == (t["neighbor_id"] - 500) % 3
+                         ).groupby("query_id")["hit"].mean().to_numpy()
+    row = truth.set_index(["model", "metric"]).loc[("obj2", "cos")]
+    assert row["n_queries"] == len(per_query) and (truth["level"] == 0.95).all()
+    assert (truth["precision_lo"] <= truth["precision"]).all()
+    assert (truth["precision"] <= truth["precision_hi"]).all()
+    assert (truth["baseline_lo"] <= truth["baseline_precision"]).all()
+    assert (truth["above_baseline_lo"] > 0).all()  # every configuration beats its baseline
+    # the queries are in item order in both; the interval is the one of that array's mean
+    iv = bootstrap_mean(per_query, 1000, 0.95, 0)
+    assert row["precision_lo"] == pytest.approx(iv.lo, abs=2e-3)
+    assert row["precision_hi"] == pytest.approx(iv.hi, abs=2e-3)
 
 
 def test_heldout_matches_a_python_loop(report_dir, inputs):

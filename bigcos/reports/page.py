@@ -106,6 +106,28 @@ def _span(values: list[float]) -> str:
     return f"{lo:.3f}" if np.isclose(lo, hi, rtol=0, atol=5e-4) else f"{lo:.3f} to {hi:.3f}"
 
 
+def _ground_truth_finding(truth: list[dict[str, Any]], n: int) -> str:
+    """Label precision@n at its extremes with intervals, how many configurations beat their
+    popularity-matched baseline (paired interval above 0), and the AUC range (no interval:
+    a description of the random pairs)."""
+    label = truth[0]["label_source"]
+    lo, hi = (min(truth, key=lambda r: r["precision"]), max(truth, key=lambda r: r["precision"]))
+
+    def cite(r: dict[str, Any]) -> str:
+        return (f"{r['precision']:.3f} [{r['precision_lo']:.3f}, {r['precision_hi']:.3f}] "
+                f"({r['model']}/{r['metric']})")
+
+    above = sum(r["above_baseline_lo"] > 0 for r in truth)
+    auc = sorted(r["auc"] for r in truth)
+    return (f"Label precision@{n} (share of neighbours with a {label} in common with the query, "
+            f"{truth[0]['level']:.0%} intervals over queries) ranges from {cite(lo)} to "
+            f"{cite(hi)}; {above} of {len(truth)} configurations are above popularity-matched "
+            f"random neighbours ({_span([r['baseline_precision'] for r in truth])}; paired "
+            f"interval of the difference above 0). Same- vs different-{label} AUC over "
+            f"{truth[0]['n_auc_pairs']:,} random item pairs (no interval): {auc[0]:.3f} to "
+            f"{auc[-1]:.3f}.")
+
+
 def _family(row: dict[str, Any]) -> DFamily:
     return DFamily(*(row[f] for f in DFamily._fields))
 
@@ -143,14 +165,7 @@ def findings(report) -> list[str]:
     out += identical_configurations(report.params)
     truth = _rows(report, "ground_truth")
     if truth:
-        best = max(truth, key=lambda r: r["auc"])
-        worst = min(truth, key=lambda r: r["auc"])
-        out.append(f"Same-{truth[0]['label_source']} vs different-{truth[0]['label_source']} "
-                   f"AUC ranges from {worst['auc']:.3f} ({worst['model']}/{worst['metric']}) to "
-                   f"{best['auc']:.3f} ({best['model']}/{best['metric']}); label precision@{n} "
-                   f"is {_span([r['precision'] for r in truth])} against "
-                   f"{_span([r['baseline_precision'] for r in truth])} for popularity-matched "
-                   f"random neighbours.")
+        out.append(_ground_truth_finding(truth, n))
     pop = _rows(report, "popularity")
     if pop:
         by = {m: [r["frac_more_popular"] for r in pop if r["metric"] == m] for m in METRICS}

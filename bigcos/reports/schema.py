@@ -16,7 +16,7 @@ import pyarrow as pa
 from bigcos import io, storage
 from bigcos.errors import UserError
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 HELDOUT_KS = (20, 50, 100)  # Recall@K1, Recall@K2, NDCG@K3 of the heldout table
 
 _F64 = pa.float64()
@@ -67,7 +67,10 @@ TABLES: dict[str, list[tuple[str, pa.DataType | None]]] = {
     "ground_truth": [_DATASET, ("model", _STR), ("metric", _STR), ("label_source", _STR),
                      ("n_unlabelled_items", _I64), ("depth", _I32), ("n_queries", _I64),
                      ("precision", _F64), ("baseline_precision", _F64), ("lift", _F64),
-                     ("auc", _F64), ("n_auc_pairs", _I64)],
+                     ("auc", _F64), ("n_auc_pairs", _I64), ("precision_lo", _F64),
+                     ("precision_hi", _F64), ("baseline_lo", _F64), ("baseline_hi", _F64),
+                     ("above_baseline_lo", _F64), ("above_baseline_hi", _F64),
+                     ("level", _F64)],
     "heldout": heldout_fields(),
     "comparisons": [_DATASET, ("comparison", _STR), ("measure", _STR), ("model_a", _STR),
                     ("metric_a", _STR), ("model_b", _STR), ("metric_b", _STR),

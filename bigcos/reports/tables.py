@@ -281,12 +281,15 @@ def ground_truth(lists: list[NeighborLists], models: dict[str, Any], info: ItemI
     popularity : numpy.ndarray
         (n_items,) users per item, for the matched baseline.
     opts : Options
-        ``depth``, ``n_bins``, ``auc_pairs``, ``seed``.
+        ``depth``, ``n_bins``, ``auc_pairs``, ``seed``, ``n_resamples``, ``level``.
 
     Returns
     -------
     list of dict
-        One row per item-item configuration.
+        One row per item-item configuration. ``precision_lo/hi`` and ``baseline_lo/hi``:
+        percentile bootstrap intervals of the two means over the same resampled queries;
+        ``above_baseline_lo/hi``: the paired interval of precision - baseline (above 0: the
+        lists share labels more often than popularity-matched random neighbours).
     """
     if info.labels is None:
         return []
@@ -296,7 +299,7 @@ def ground_truth(lists: list[NeighborLists], models: dict[str, Any], info: ItemI
     keep = labelled[i] & labelled[j]
     i, j = i[keep], j[keep]
     same = metrics.shares_label(info.labels, i, j[:, None])[:, 0]
-    rows = []
+    rows, per_query = [], []
     for nl in lists:
         if nl.kind != "item-item":
             continue
@@ -304,16 +307,24 @@ def ground_truth(lists: list[NeighborLists], models: dict[str, Any], info: ItemI
         precision = metrics.label_precision(info.labels, nl.queries, nb)
         random_nb = metrics.popularity_matched_neighbors(nb, bins, opts.seed)
         baseline = metrics.label_precision(info.labels, nl.queries, random_nb)
+        both = ~np.isnan(precision) & ~np.isnan(baseline)  # paired: the same queries
+        precision, baseline = precision[both], baseline[both]
         model = models.get(nl.model)
         auc = (metrics.auc(pair_scores(model.item_embeddings, i, j, nl.metric), same)
                if model is not None else float("nan"))
-        p, b = float(np.nanmean(precision)), float(np.nanmean(baseline))
+        p, b = (float(x.mean()) if x.size else float("nan") for x in (precision, baseline))
         rows.append({"model": nl.model, "metric": nl.metric, "label_source": info.label_source,
                      "n_unlabelled_items": info.n_unlabelled, "depth": int(nb.shape[1]),
-                     "n_queries": int((~np.isnan(precision)).sum()),
+                     "n_queries": int(precision.size),
                      "precision": p, "baseline_precision": b,
                      "lift": p / b if b > 0 else float("nan"), "auc": auc,
-                     "n_auc_pairs": int(i.size)})
+                     "n_auc_pairs": int(i.size), "level": opts.level})
+        per_query += [precision, baseline, precision - baseline]
+    intervals = bootstrap_means(per_query, opts.n_resamples, opts.level, opts.seed)
+    for row, iv_p, iv_b, iv_d in zip(rows, intervals[::3], intervals[1::3], intervals[2::3],
+                                     strict=True):
+        row.update(precision_lo=iv_p.lo, precision_hi=iv_p.hi, baseline_lo=iv_b.lo,
+                   baseline_hi=iv_b.hi, above_baseline_lo=iv_d.lo, above_baseline_hi=iv_d.hi)
     return rows
 
 
