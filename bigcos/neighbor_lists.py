@@ -184,15 +184,16 @@ def neighbors(model_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, *
                     after, use_pairs = fills, False
                     if max_queries is not None and not full \
                             and counts[key]["queries"] > max_queries:
-                        sample = query_sample(counts[key]["queries"], max_queries, seed)
+                        compact = user_sample is not None and kind == "user-item"
+                        sample = user_sample if compact else query_sample(
+                            counts[key]["queries"], max_queries, seed)
                         if job.shards is not None:  # the sample's train rows, once per matrix
                             records, writers = sampled_trains.setdefault(
                                 str(model.matrix_dir), sampled_train(
                                     scratch_root / f"train-{len(sampled_trains)}", job.shards,
                                     sample))
                             job, after = dataclasses.replace(job, shards=records), fills + writers
-                        if user_sample is not None and kind == "user-item":
-                            # the user scratch holds the sampled rows alone: groups over them
+                        if compact:  # the user scratch holds the sampled rows alone
                             counts[key]["sampled_from"] = counts[key]["queries"]
                             counts[key]["queries"] = len(sample)
                             job = dataclasses.replace(job, user_bounds=sample_bounds)
