@@ -279,9 +279,11 @@ def test_killed_worker_during_svd_passes_gives_identical_sigma(four_workers, tmp
         if keep:  # kept segments with no copy elsewhere were loaded again from the files
             assert killed["segments"]
             loads = {k: v for k, v in done.items() if k.startswith("bigcos-fit-segment")}
-            assert len(loads) == n_shards
-            assert all(loads[k] == 2 for k in killed["only_there"]), (loads, killed)
-            assert all(v == 1 for k, v in loads.items() if k not in killed["only_there"])
+            assert len(loads) == n_shards and all(v in (1, 2) for v in loads.values())
+            # only a segment held by the killed worker alone is loaded again; one the scheduler
+            # copied to the other worker between the kill and the worker's removal is not
+            again = {k for k, v in loads.items() if v == 2}
+            assert again <= set(killed["only_there"]), (loads, killed)
         a, b = _spectrum(tmp_path / "cache-threads"), _spectrum(tmp_path / f"cache-{out}")
         assert np.array_equal(a.sigma, b.sigma) and np.array_equal(a.V, b.V)
         assert_same_fits(tmp_path / "threads", tmp_path / out, list(reference.models))
