@@ -25,9 +25,10 @@ import pyarrow as pa
 import scipy.sparse as sp
 
 from bigcos import cosine_model
+from bigcos.dask_tasks import shared
 from bigcos.fit_data import load_in_memory, load_sharded
 from bigcos.gram import default_block_count, row_block, row_bounds, segment_blocks
-from bigcos.shard_gram import FitShard, read_user_rows, shared
+from bigcos.shard_gram import FitShard, read_user_rows
 from bigcos.user_parts import write_part
 
 PROJECT_ROWS = 1 << 16  # rows of X per product when embedding users

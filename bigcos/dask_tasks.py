@@ -25,9 +25,15 @@ def task(fn):
     return dask.delayed(fn, pure=False)
 
 
-def share(value, client):
-    """``value`` as a task argument: on a client, scattered once to every worker (a future,
-    so tasks that take it do not each carry a copy); None (threads) or None values as is."""
-    if client is None or value is None:
-        return value
-    return client.scatter(value, broadcast=True, hash=False)
+
+def shared(value, client):
+    """``value`` as an argument of many tasks, shipped once: scattered to the workers of
+    ``client`` (not put into the task graph, which goes through the scheduler), or a Dask
+    delayed literal for threads in this process; None stays None."""
+    import dask
+
+    if value is None:
+        return None
+    if client is not None:
+        return client.scatter(value, broadcast=True, hash=False)
+    return dask.delayed(value)

@@ -33,11 +33,12 @@ import scipy.sparse as sp
 
 from bigcos import io, storage
 from bigcos.column_remedies import ColumnSums, Preprocessing, column_sums, scale_rows
+from bigcos.dask_tasks import shared
 from bigcos.errors import UserError
 from bigcos.evaluation import draw_positions, hide_items, validation_split
 from bigcos.gram import row_block, segment_blocks
 from bigcos.projection import column_sq_norms, project_block, project_rows, projection_operands
-from bigcos.shard_gram import FitShard, fit_candidates, read_user_rows, shared, summarize
+from bigcos.shard_gram import FitShard, fit_candidates, read_user_rows, summarize
 from bigcos.shards import MatrixShards, Shard
 from bigcos.user_parts import write_part
 

@@ -161,17 +161,6 @@ def summarize(shards: list[FitShard], p: int, block_rows: int | None, client=Non
     return ShardedRows(list(shards), [b for _, b in results], sums, (sums.n, p))
 
 
-def shared(value, client):
-    """``value`` as an argument of many tasks, shipped once: scattered to the workers of
-    ``client`` (not put into the task graph, which goes through the scheduler), or a Dask
-    delayed literal for threads in this process."""
-    import dask
-
-    if client is not None:
-        return client.scatter(value, broadcast=True, hash=False)
-    return dask.delayed(value)
-
-
 def shard_pass_client(client, scheduler: str):
     """Where the passes over a sharded matrix run: ``client``'s workers unless ``scheduler``
     is "threads" or there is no client (then threads in this process). Unlike

@@ -216,7 +216,7 @@ def select(sigma: np.ndarray, V: np.ndarray, P: np.ndarray, heldout: HeldOut,
     """
     import dataclasses
 
-    from bigcos.dask_tasks import run_tasks, share, task
+    from bigcos.dask_tasks import run_tasks, shared, task
 
     paths: dict[tuple[Any, str], list[tuple[float, str, Any]]] = {}
     for spec in specs:
@@ -225,9 +225,10 @@ def select(sigma: np.ndarray, V: np.ndarray, P: np.ndarray, heldout: HeldOut,
         def model_at(lam: float, spec=spec):
             return solve(sigma, dataclasses.replace(spec, lam=lam))
 
-        paths.setdefault((spec.objective, "dot"), _points(model_at, grid, ("dot",)))
+        if (spec.objective, "dot") not in paths:  # one dot path per objective (Notes)
+            paths[(spec.objective, "dot")] = _points(model_at, grid, ("dot",))
         paths[(spec.name, "cos")] = _points(model_at, grid, ("cos",))
-    operands = [share(x, client) for x in (V, P, heldout, col_center, col_scale)]
+    operands = [shared(x, client) for x in (V, P, heldout, col_center, col_scale)]
     V_, P_, heldout_, center_, scale_ = operands
     points = [(key, point) for key, path_points in paths.items() for point in path_points]
     measures = run_tasks([task(measure)(sol, metric, V_, P_, heldout_, selection.at, center_,
