@@ -121,6 +121,7 @@ def dask_client(options: ClusterOptions | None = None,
             raise UserError(f"cannot reach Dask scheduler at {options.scheduler}: "
                             f"{reason}{hint}") from None
         with client, _quiet_on_interrupt():
+            _reuse_heap_on_workers(client)
             log.info("connected to %s (dashboard: %s)", options.scheduler, client.dashboard_link)
             yield client
         return
@@ -136,8 +137,17 @@ def dask_client(options: ClusterOptions | None = None,
             silence_logs=worker_log_level,
         )
     with cluster, Client(cluster) as client, _quiet_on_interrupt(client):
+        _reuse_heap_on_workers(client)
         log.info("LocalCluster with %d workers (dashboard: %s)", n_workers, client.dashboard_link)
         yield client
+
+
+def _reuse_heap_on_workers(client) -> None:
+    """Register :class:`bigcos.worker_heap.HeapReuse` on the cluster of ``client``, so its
+    workers (and any that join later) reuse their malloc heap (see that module)."""
+    from bigcos.worker_heap import HeapReuse
+
+    client.register_plugin(HeapReuse())
 
 
 @contextlib.contextmanager
