@@ -1,3 +1,4 @@
 from bigcos.cli import main
 
-main()
+if __name__ == "__main__":  # not when a spawned worker process re-imports a script run as a path
+    main()
