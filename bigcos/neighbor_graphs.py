@@ -136,13 +136,14 @@ def _pair_task(job: Job, g: tuple[int, int], h: tuple[int, int], lists_g, lists_
     side = job.sides[0]
     return symmetric_topn(job.rows(side), job.rows(side, "inv"), job.n, job.metrics,
                           g, h, block=job.blocking.symmetric_block, lists_g=lists_g,
-                          lists_h=lists_h)
+                          lists_h=lists_h, best_first=False)
 
 
 def _finish_group(job: Job, part: int, g0: int, g1: int,
                   keys: dict[str, np.ndarray]) -> dict[str, int]:
-    """The last task of a group in the pairs graph: fill its zero-norm rows, write its part."""
-    keys = {m: keys[m].copy() for m in job.metrics}
+    """The last task of a group in the pairs graph: sort its lists (the pair tasks leave them
+    unsorted), fill its zero-norm rows, write its part."""
+    keys = {m: -np.sort(-keys[m], axis=1) for m in job.metrics}
     side = job.sides[0]
     inv = job.rows(side, "inv")[g0:g1]
     fill_zero_queries(keys, inv, job.n, len(job.rows(side, "inv")), g0, None)

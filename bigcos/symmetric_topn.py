@@ -46,6 +46,7 @@ def symmetric_topn(x: np.ndarray, inv: np.ndarray, n: int, metrics: Sequence[str
                    lists_g: dict[str, np.ndarray] | None = None,
                    lists_h: dict[str, np.ndarray] | None = None,
                    floor_sample: int | None = None, floor_rank: int | None = None,
+                   best_first: bool = True,
                    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
     """Update the top-``n`` lists of rows g and rows h of ``x`` with each other, self excluded.
 
@@ -73,11 +74,14 @@ def symmetric_topn(x: np.ndarray, inv: np.ndarray, n: int, metrics: Sequence[str
         ``floor_rank``-th best score of each row among ``floor_sample`` evenly spaced rows of
         ``x``. None = sized from p and n (:func:`floor_plan`); ``floor_sample=0`` = no floors.
         They change speed, never results.
+    best_first : bool
+        Sort each row's keys best first; False leaves them in no particular order, which is
+        all a later call resuming from them needs (it saves a sort per row and call).
 
     Returns
     -------
     lists_g : dict of str to numpy.ndarray, shape (g1 - g0, n), int64
-        Updated keys per metric, best first.
+        Updated keys per metric, best first (as ``best_first`` says).
     lists_h : dict of str to numpy.ndarray, shape (h1 - h0, n), int64, or None
         The same for h; None when g == h. Zero-norm rows are left to
         :func:`bigcos.topn.fill_zero_queries`.
@@ -117,12 +121,12 @@ def symmetric_topn(x: np.ndarray, inv: np.ndarray, n: int, metrics: Sequence[str
             _update_chunked(side_g.rows, s, True, i0, side_h, j0, j1, scratch)
             if not diagonal:
                 _update_chunked(side_h.rows, s, False, j0, side_g, i0, i1, scratch)
-    rows_g = side_g.unsorted_keys()
-    out_g = _settle_floors(rows_g, x, inv, n, g, (g[1] - g[0] - 1) if same
-                           else h[1] - h[0], block)
+    out_g = _settle_floors(side_g.keys_in_row_order(best_first), x, inv, n, g,
+                           (g[1] - g[0] - 1) if same else h[1] - h[0], block)
     if same:
         return out_g, None
-    return out_g, _settle_floors(side_h.unsorted_keys(), x, inv, n, h, g[1] - g[0], block)
+    return out_g, _settle_floors(side_h.keys_in_row_order(best_first), x, inv, n, h,
+                                 g[1] - g[0], block)
 
 
 _CHUNK = 64  # candidates sharing one norm range in the filter of _update_chunked
@@ -151,9 +155,10 @@ class _Sorted:
         return (np.minimum.reduceat(norms, starts), np.maximum.reduceat(norms, starts),
                 np.logical_or.reduceat(self.zero[c0:c1], starts))
 
-    def unsorted_keys(self) -> dict[str, np.ndarray]:
+    def keys_in_row_order(self, best_first: bool) -> dict[str, np.ndarray]:
+        """The lists of rows r0:r1 in their own order (not by norm)."""
         out = {}
-        for m, keys in self.rows.sorted_keys().items():
+        for m, keys in self.rows.final_keys(best_first).items():
             out[m] = np.empty_like(keys)
             out[m][self.order] = keys
         return out

@@ -188,10 +188,11 @@ class RunningTopN:
         threshold, _ = decode_keys(self.keys[rows].min(axis=1))
         self.threshold[rows] = np.where(self.frozen[rows], np.float32(np.inf), threshold)
 
-    def sorted_keys(self) -> np.ndarray:
-        """The lists after a final merge: (n_rows, n) int64 keys, best first."""
+    def final_keys(self, best_first: bool = True) -> np.ndarray:
+        """The lists after a final merge: (n_rows, n) int64 keys, best first (else in no
+        particular order, for a later :class:`RunningTopN` to resume from)."""
         self.merge()
-        return -np.sort(-self.keys, axis=1)
+        return -np.sort(-self.keys, axis=1) if best_first else self.keys
 
 
 class RowLists:
@@ -210,8 +211,9 @@ class RowLists:
                                       None if keys is None else keys[m][b:b + block])
                           for b in starts] for m in metrics}
 
-    def sorted_keys(self) -> dict[str, np.ndarray]:
-        return {m: np.concatenate([top.sorted_keys() for top in tops])
+    def final_keys(self, best_first: bool = True) -> dict[str, np.ndarray]:
+        """{metric: (hi - lo, n) keys}, see :meth:`RunningTopN.final_keys`."""
+        return {m: np.concatenate([top.final_keys(best_first) for top in tops])
                 for m, tops in self.lists.items()}
 
 
@@ -345,7 +347,7 @@ def query_block_topn(queries: np.ndarray, inv_queries: np.ndarray, candidates: n
         s = np.matmul(queries, candidates[c0:c1].T, out=tile)
         mask_excluded(s, c0, c1, self_offset, exclude)
         _update(rows, s, np.asarray(inv_candidates[c0:c1]), c0, scratch)
-    result = rows.sorted_keys()
+    result = rows.final_keys()
     fill_zero_queries(result, rows.inv, n, p, self_offset, exclude)
     return result
 

@@ -44,18 +44,21 @@ def tied(rng, p: int, k: int) -> np.ndarray:
     return x
 
 
-def tournament(x, n, groups, block, **floors):
+def tournament(x, n, groups, block, best_first=True, **floors):
     """The driver's pair graph in one process: each group with itself, every pair once, then
-    zero-norm rows filled; returns {metric: (index, scores)} of all rows."""
+    (lists sorted at the end when the calls leave them unsorted, as the driver's pair tasks
+    do) zero-norm rows filled; returns {metric: (index, scores)} of all rows."""
     inv = inverse_norms(x)
-    lists = [symmetric_topn(x, inv, n, METRICS, g, g, block=block, **floors)[0] for g in groups]
+    lists = [symmetric_topn(x, inv, n, METRICS, g, g, block=block, best_first=best_first,
+                            **floors)[0] for g in groups]
     mid = {m: np.concatenate([part[m] for part in lists]) for m in METRICS}
     for a in range(len(groups)):
         for b in range(a + 1, len(groups)):
             lists[a], lists[b] = symmetric_topn(x, inv, n, METRICS, groups[a], groups[b],
                                                 block=block, lists_g=lists[a],
-                                                lists_h=lists[b], **floors)
-    keys = {m: np.concatenate([part[m] for part in lists]) for m in METRICS}
+                                                lists_h=lists[b], best_first=best_first,
+                                                **floors)
+    keys = {m: -np.sort(-np.concatenate([part[m] for part in lists]), axis=1) for m in METRICS}
     fill_zero_queries(keys, inv, n, len(x), 0, None)
     out = {}
     for m in METRICS:
@@ -64,15 +67,16 @@ def tournament(x, n, groups, block, **floors):
     return out, mid
 
 
+@pytest.mark.parametrize("best_first", [True, False])
 @pytest.mark.parametrize("floors", [{}, {"floor_sample": 300, "floor_rank": 1},
                                     {"floor_sample": 1199, "floor_rank": 2}])
-def test_floored_tournament_equals_brute_force(floors):
+def test_floored_tournament_equals_brute_force(floors, best_first):
     rng = np.random.default_rng(5)
     p, n = 1200, 8
     x = tied(rng, p, 6)
     assert floor_plan(p, n) is not None  # the default does floor at this size
     groups = [(0, 400), (400, 800), (800, 1200)]
-    got, mid = tournament(x, n, groups, block=128, **floors)
+    got, mid = tournament(x, n, groups, block=128, best_first=best_first, **floors)
     for metric in METRICS:
         index, scores = brute_force(x, n, metric)
         np.testing.assert_array_equal(got[metric][0], index, err_msg=metric)
