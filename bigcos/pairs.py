@@ -142,14 +142,22 @@ def heldout_by_rank(rows: np.ndarray, noise: np.ndarray, n_users: int, fraction:
     Returns
     -------
     bool (m,)
+
+    Only the pairs of users with test pairs are ranked (with ``split = "users"`` a small
+    fraction of all pairs); a user's rank among its own pairs does not depend on the others.
     """
     counts = np.bincount(rows, minlength=n_users)
-    order = np.lexsort((noise, rows))
-    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
-    rank = np.empty(len(rows), np.int64)
-    rank[order] = np.arange(len(rows)) - np.repeat(starts, counts)
-    n_test = np.where(counts > 1, np.round(fraction * counts), 0).astype(np.int64)
-    return (rank < n_test[rows]) & eligible[rows]
+    n_test = np.where((counts > 1) & eligible, np.round(fraction * counts), 0).astype(np.int64)
+    picked = np.flatnonzero(n_test[rows] > 0)  # sorted by row, as rows are
+    rows_p = rows[picked]
+    counts_p = np.where(n_test > 0, counts, 0)
+    starts = np.concatenate(([0], np.cumsum(counts_p)[:-1]))
+    rank = np.empty(len(picked), np.int64)
+    rank[np.lexsort((noise[picked], rows_p))] = (np.arange(len(picked))
+                                                 - np.repeat(starts, counts_p))
+    test = np.zeros(len(rows), bool)
+    test[picked] = rank < n_test[rows_p]
+    return test
 
 
 def time_cutoff_index(n: int, fraction: float) -> int:

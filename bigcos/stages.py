@@ -189,7 +189,7 @@ def dataset_stages(job: Job, ds: Dataset, root: Path) -> list[Stage]:
                    {**asdict(ds.ingest), "items": str(items) if items else None},
                    [log] if ds.simulate is None else [], upstream,
                    lambda d, client: matrix.ingest(log, d, ds.ingest, overwrite=True,
-                                                   items=items))
+                                                   items=items, client=client))
     stages.append(ingest)
 
     f = ds.fit
