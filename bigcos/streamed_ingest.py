@@ -56,21 +56,26 @@ def effective_shard_nnz(shard_nnz: int, memory_limit: int) -> int:
     return max(1, min(shard_nnz, memory_limit // (SHARD_SHARE * SHARD_BYTES_PER_NNZ)))
 
 
-def run_tasks(client: Any, fn, args: list[tuple], threads: int) -> Iterator:
-    """Yield ``fn(*a)`` for every ``a`` of ``args`` in order, run as Dask tasks on ``client``
-    or on ``threads`` threads (``client=None``); each result is handed over as soon as it and
-    those before it are done, so the caller can reduce them one by one."""
+def run_tasks(client: Any, fn, args: list[tuple], threads: int, common: tuple = ()
+              ) -> Iterator:
+    """Yield ``fn(*a, *common)`` for every ``a`` of ``args`` in order, run as Dask tasks on
+    ``client`` or on ``threads`` threads (``client=None``); each result is handed over as soon
+    as it and those before it are done, so the caller can reduce them one by one. ``common``
+    (e.g. the renumbering arrays, ~5 bytes per user) goes to each worker once, scattered,
+    instead of with every task through the scheduler."""
     if client is not None:
-        futures = [client.submit(fn, *a, pure=False) for a in args]
+        common = tuple(client.scatter([value], broadcast=True, hash=False)[0]
+                       for value in common)
+        futures = [client.submit(fn, *a, *common, pure=False) for a in args]
         for i in range(len(futures)):
             yield futures[i].result()
             futures[i] = None
         return
     if threads <= 1 or len(args) <= 1:
-        yield from (fn(*a) for a in args)
+        yield from (fn(*a, *common) for a in args)
         return
     with ThreadPoolExecutor(threads) as pool:
-        yield from pool.map(lambda a: fn(*a), args)
+        yield from pool.map(lambda a: fn(*a, *common), args)
 
 
 @dataclass(frozen=True)
@@ -310,8 +315,8 @@ def build_streamed(log: Path, out: Path, opts, memory_limit: int, client: Any = 
     release_memory()
     largest = int(np.max(np.diff(offsets[bounds])))
     shard_threads = int(np.clip(budget // max(largest * SHARD_BYTES_PER_NNZ, 1), 1, threads))
-    nnz = list(run_tasks(client, _build_shard,
-                         [(j, remap_u, filters, n_items, split) for j in jobs], shard_threads))
+    nnz = list(run_tasks(client, _build_shard, [(j,) for j in jobs], shard_threads,
+                         common=(remap_u, filters, n_items, split)))
     shutil.rmtree(spill_dir)
     heldout = split["heldout"]
     counts.update(users=n_users, items=n_items, train_nnz=sum(t for t, _ in nnz),
@@ -356,8 +361,8 @@ def _filter_rounds(parts: list[_Part], u_count: np.ndarray, i_count: np.ndarray,
         items_ok &= i_count >= opts.min_item
         user_counts, i_count = [], np.zeros(len(items_ok), np.int64)
         for part_users, part_items in run_tasks(
-                client, _count_part, [(p, users_ok[p.start:p.stop], items_ok, len(items_ok))
-                                      for p in parts], threads):
+                client, _count_part, [(p, users_ok[p.start:p.stop]) for p in parts], threads,
+                common=(items_ok, len(items_ok))):
             user_counts.append(part_users)
             i_count += part_items
         u_count = np.concatenate(user_counts)
