@@ -7,7 +7,7 @@ keys and running lists are those of :mod:`bigcos.topn`; this module adds two thi
 
 Rows sorted by norm. Inside a call each group's rows are taken in order of norm, so each chunk
 of 64 candidates has a narrow range of norms, and one comparison per tile entry against a
-per-chunk bound serves both metrics (:func:`_update_chunked`).
+per-chunk bound serves both metrics (:func:`bigcos.topn.update_chunked`).
 
 Floors (p >= 64 N). A running threshold starting at -inf admits about
 N (1 + ln(p / N)) candidates per row (the records of a random order: ~7 N at p = 50,000).
@@ -29,15 +29,15 @@ import numpy as np
 import scipy.sparse as sp
 
 from bigcos.topn import (
-    COS_SLACK,
     EMPTY,
+    NormOrder,
     RowLists,
     TileBuffers,
     decode_keys,
     encode_keys,
     mask_excluded,
     query_block_topn,
-    warm_up,
+    update_chunked,
 )
 
 
@@ -91,7 +91,7 @@ def symmetric_topn(x: np.ndarray, inv: np.ndarray, n: int, metrics: Sequence[str
     Working memory: (10 + 24 * len(metrics)) * block**2 bytes of tiles and buffers plus
     24 * n * len(metrics) + 4 * k bytes per row of g and h (lists, and a copy of the rows in
     order of norm: tiles then hold candidates of similar norms, so one comparison per entry
-    against a per-chunk bound serves both metrics, see :func:`_update_chunked`).
+    against a per-chunk bound serves both metrics, see :func:`bigcos.topn.update_chunked`).
 
     Lists that are still floored when a call has shown their rows all p - 1 candidates
     (which a complete set of calls does) are recomputed exactly by
@@ -118,9 +118,9 @@ def symmetric_topn(x: np.ndarray, inv: np.ndarray, n: int, metrics: Sequence[str
             diagonal = same and i0 == j0
             if diagonal:
                 mask_excluded(s, j0, j1, i0, None)
-            _update_chunked(side_g.rows, s, True, i0, side_h, j0, j1, scratch)
+            update_chunked(side_g.rows, s, True, i0, side_h, j0, j1, scratch)
             if not diagonal:
-                _update_chunked(side_h.rows, s, False, j0, side_g, i0, i1, scratch)
+                update_chunked(side_h.rows, s, False, j0, side_g, i0, i1, scratch)
     out_g = _settle_floors(side_g.keys_in_row_order(best_first), x, inv, n, g,
                            (g[1] - g[0] - 1) if same else h[1] - h[0], block)
     if same:
@@ -129,31 +129,16 @@ def symmetric_topn(x: np.ndarray, inv: np.ndarray, n: int, metrics: Sequence[str
                                  g[1] - g[0], block)
 
 
-_CHUNK = 64  # candidates sharing one norm range in the filter of _update_chunked
-
-
-class _Sorted:
-    """Rows r0:r1 of x in order of norm: their embeddings (a copy), global ids, running
-    lists, and the min and max norm of each chunk of _CHUNK consecutive rows."""
+class _Sorted(NormOrder):
+    """Rows r0:r1 of x in order of norm (:class:`bigcos.topn.NormOrder`), with their
+    embeddings (a copy) and running lists."""
 
     def __init__(self, x, inv, rows, n, metrics, block, lists):
         r0, r1 = rows
-        inv_here = np.asarray(inv[r0:r1])
-        # largest norm first (zero norms before them): the dot thresholds rise early
-        self.order = np.argsort(inv_here, kind="stable")
-        self.ids = r0 + self.order
+        super().__init__(np.asarray(inv[r0:r1]), r0)
         self.x = np.ascontiguousarray(x[self.ids])
-        self.inv = inv_here[self.order]
         self.rows = RowLists(0, r1 - r0, self.inv, n, metrics, block,
                           None if lists is None else {m: k[self.order] for m, k in lists.items()})
-        self.zero = self.inv == 0
-
-    def chunks(self, c0: int, c1: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Least norm, largest norm and 'has a zero-norm row' of each chunk of c0:c1."""
-        starts = np.arange(0, c1 - c0, _CHUNK)
-        norms = self.rows.norms[c0:c1]
-        return (np.minimum.reduceat(norms, starts), np.maximum.reduceat(norms, starts),
-                np.logical_or.reduceat(self.zero[c0:c1], starts))
 
     def keys_in_row_order(self, best_first: bool) -> dict[str, np.ndarray]:
         """The lists of rows r0:r1 in their own order (not by norm)."""
@@ -162,70 +147,6 @@ class _Sorted:
             out[m] = np.empty_like(keys)
             out[m][self.order] = keys
         return out
-
-
-def _update_chunked(rows: RowLists, s: np.ndarray, by_row: bool, q0: int, cands: _Sorted,
-                    c0: int, c1: int, buffers: tuple[np.ndarray, ...]) -> None:
-    """Offer the tile ``s`` to ``rows`` (local, sorted), candidates c0:c1 of ``cands``.
-
-    One pass per tile: a score is kept when it reaches, for its query, the lower of the dot
-    threshold and the cosine threshold turned into a dot bound with the least (most, for a
-    negative bound) norm of the candidate's chunk; then each metric keeps its exact hits.
-    """
-    _, hit, _ = buffers
-    n_q = s.shape[0] if by_row else s.shape[1]
-    which, offset = divmod(q0 - rows.lo, rows.block)
-    if offset or n_q > rows.block:
-        raise ValueError(f"tile rows {q0}:{q0 + n_q} are not one block of {rows.block}")
-    local = slice(q0 - rows.lo, q0 - rows.lo + n_q)
-    inv_q, inv_c = rows.inv[local], cands.inv[c0:c1]
-    tops = {metric: lists[which] for metric, lists in rows.lists.items()}
-    per_q = (slice(None), None) if by_row else (None, slice(None))
-    per_c = (None, slice(None)) if by_row else (slice(None), None)
-    for metric, top in tops.items():
-        if top.cold:
-            warm_up(top, s, by_row, inv_q[per_q] * inv_c[per_c] if metric == "cos" else None)
-    lo, hi, any_zero = cands.chunks(c0, c1)
-    bound = None
-    with np.errstate(invalid="ignore"):
-        for metric, top in tops.items():
-            t = top.threshold.astype(np.float64)[:, None]
-            if metric == "cos":
-                b = t - np.abs(t) * COS_SLACK
-                b = np.where(np.isposinf(t), np.inf, b * rows.norms[local][:, None])
-                t = np.where(b > 0, b * lo[None, :], b * hi[None, :])
-                t = np.where((b <= 0) & any_zero[None, :], -np.inf, t)
-                t = np.where(np.isnan(t), b, t)  # +-inf * 0
-            bound = t if bound is None else np.fmin(bound, t)
-        bound = np.where(np.isfinite(bound), bound - np.abs(bound) * 1e-6, bound)
-    bound = np.nextafter(bound.astype(np.float32), np.float32(-np.inf))
-    n_c = c1 - c0
-    full = n_c // _CHUNK * _CHUNK
-    if by_row:
-        if full:
-            np.greater_equal(s[:, :full].reshape(n_q, -1, _CHUNK), bound[:, :full // _CHUNK, None],
-                             out=hit[:, :full].reshape(n_q, -1, _CHUNK))
-        if full < n_c:
-            np.greater_equal(s[:, full:], bound[:, -1:], out=hit[:, full:])
-    else:
-        bound = np.ascontiguousarray(bound.T)  # (chunks, queries): a strided one is 2x slower
-        if full:
-            np.greater_equal(s[:full].reshape(-1, _CHUNK, n_q), bound[:full // _CHUNK, None, :],
-                             out=hit[:full].reshape(-1, _CHUNK, n_q))
-        if full < n_c:
-            np.greater_equal(s[full:], bound[-1:, :], out=hit[full:])
-    hits = np.flatnonzero(hit)
-    i, j = np.divmod(hits, s.shape[1])
-    q, c = (i, j) if by_row else (j, i)
-    dots = s.reshape(-1)[hits]
-    for metric, top in tops.items():
-        scores = dots
-        if metric == "cos":
-            with np.errstate(invalid="ignore"):
-                scores = dots * (inv_q[q] * inv_c[c])
-        with np.errstate(invalid="ignore"):
-            keep = np.flatnonzero(scores >= top.threshold[q])
-        top.offer(q[keep], encode_keys(scores[keep], cands.ids[c0 + c[keep]]))
 
 
 # --------------------------------------------------------------------------- floors

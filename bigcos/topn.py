@@ -19,10 +19,13 @@ Definitions (MATH.md, "Similarities and top-N"), all in float32:
   eligible candidates, with score 0.
 
 How it is fast. Per tile of ``R x C`` scores the kernel does one GEMM and a few vectorised
-passes while the tile is hot in cache: for dot, ``S >= threshold`` per row; for cosine, one
-rescaling ``T = S * inv(c)`` and ``T >= threshold * ||q||`` (the threshold loosened by a few ulp,
-so the pass can only admit too much, never too little). Each query row keeps a running
-threshold, the score of its current N-th best; only entries at or above it become candidates.
+passes while the tile is hot in cache. The tile's candidates are taken in order of norm
+(:class:`NormOrder`), so each chunk of 64 of them has a narrow range of norms, and one
+comparison per entry, against a per-row and per-chunk bound (the lower of the dot threshold and
+the cosine threshold times the chunk's least norm, loosened by a few ulp, so the pass can only
+admit too much, never too little), finds the candidates of both metrics
+(:func:`update_chunked`). Each query row keeps a running threshold, the score of its current
+N-th best; only entries at or above it become candidates.
 Candidates are buffered and merged into the running lists only when the buffer holds as many
 entries as the lists (so about log(number of tiles) merges per row). A (score, index) pair is
 packed into one int64 *key* whose integer order is the required order, so a merge is a single
@@ -232,42 +235,103 @@ class TileBuffers:
             self.scaled[:size].reshape(shape), *(h[:size].reshape(shape) for h in self.hits))
 
 
-def _update(rows: RowLists, s: np.ndarray, inv_c: np.ndarray, c0: int,
-            buffers: tuple[np.ndarray, ...]) -> None:
-    """Offer the tile ``s`` to the lists of ``rows`` (one block): ``s[i, j]`` scores query i
-    against candidate c0+j.
+_CHUNK = 64  # candidates sharing one norm range in the filter of update_chunked
 
-    With both metrics one mask (dot hit or cosine hit) finds the entries, and each metric then
-    keeps those of its own that reach its threshold.
+
+class NormOrder:
+    """Rows r0:r0 + len(inv) of an embedding in order of norm, largest first (zero norms before
+    them): ``order`` (local row of each position), global ``ids``, their ``inv``, ``norms``
+    (float64, 0 for zero norms) and ``zero``. In this order each chunk of _CHUNK consecutive
+    candidates has a narrow range of norms, so one comparison per tile entry against a
+    per-chunk bound serves dot and cosine at once (:func:`update_chunked`); and the dot
+    thresholds of the queries rise early."""
+
+    def __init__(self, inv: np.ndarray, r0: int = 0):
+        self.order = np.argsort(inv, kind="stable")
+        self.ids = r0 + self.order
+        self.inv = inv[self.order]
+        self.zero = self.inv == 0
+        self.norms = np.zeros(len(inv), np.float64)
+        np.divide(1.0, self.inv, out=self.norms, where=~self.zero)
+
+    def column(self) -> np.ndarray:
+        """Position of each row r0 + j in this order (the tile column of candidate r0 + j)."""
+        position = np.empty(len(self.order), np.int64)
+        position[self.order] = np.arange(len(self.order))
+        return position
+
+    def chunks(self, c0: int, c1: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Least norm, largest norm and 'has a zero-norm row' of each chunk of positions
+        c0:c1."""
+        starts = np.arange(0, c1 - c0, _CHUNK)
+        norms = self.norms[c0:c1]
+        return (np.minimum.reduceat(norms, starts), np.maximum.reduceat(norms, starts),
+                np.logical_or.reduceat(self.zero[c0:c1], starts))
+
+
+def update_chunked(rows: RowLists, s: np.ndarray, by_row: bool, q0: int, cands: NormOrder,
+                   c0: int, c1: int, buffers: tuple[np.ndarray, ...]) -> None:
+    """Offer the tile ``s`` to ``rows`` (one block), candidates c0:c1 of ``cands``: ``s[i, j]``
+    (``s[j, i]`` when not ``by_row``) scores query q0 + i against candidate ``cands.ids[c0 + j]``.
+
+    One pass per tile: a score is kept when it reaches, for its query, the lower of the dot
+    threshold and the cosine threshold turned into a dot bound with the least (most, for a
+    negative bound) norm of the candidate's chunk; then each metric keeps its exact hits.
     """
-    scaled, *hit = buffers
-    tops = {metric: lists[0] for metric, lists in rows.lists.items()}
-    for (metric, top), mask in zip(tops.items(), hit, strict=False):
+    _, hit, _ = buffers
+    n_q = s.shape[0] if by_row else s.shape[1]
+    which, offset = divmod(q0 - rows.lo, rows.block)
+    if offset or n_q > rows.block:
+        raise ValueError(f"tile rows {q0}:{q0 + n_q} are not one block of {rows.block}")
+    local = slice(q0 - rows.lo, q0 - rows.lo + n_q)
+    inv_q, inv_c = rows.inv[local], cands.inv[c0:c1]
+    tops = {metric: lists[which] for metric, lists in rows.lists.items()}
+    per_q = (slice(None), None) if by_row else (None, slice(None))
+    per_c = (None, slice(None)) if by_row else (slice(None), None)
+    for metric, top in tops.items():
         if top.cold:
-            warm_up(top, s, True, rows.inv[:, None] * inv_c[None, :] if metric == "cos" else None)
-        if metric == "dot":
-            values, bound = s, top.threshold
-        else:
-            with np.errstate(invalid="ignore"):  # -inf (excluded) * 0 (zero norm): NaN, no hit
-                values = np.multiply(s, inv_c[None, :], out=scaled)
-            bound = _loosen(top.threshold, rows.norms)
-        np.greater_equal(values, bound[:, None], out=mask)
-    if len(tops) > 1:
-        np.logical_or(hit[0], hit[1], out=hit[0])
-    hits = np.flatnonzero(hit[0])
-    q, c = np.divmod(hits, s.shape[1])
+            warm_up(top, s, by_row, inv_q[per_q] * inv_c[per_c] if metric == "cos" else None)
+    lo, hi, any_zero = cands.chunks(c0, c1)
+    bound = None
+    with np.errstate(invalid="ignore"):
+        for metric, top in tops.items():
+            t = top.threshold.astype(np.float64)[:, None]
+            if metric == "cos":
+                b = t - np.abs(t) * COS_SLACK
+                b = np.where(np.isposinf(t), np.inf, b * rows.norms[local][:, None])
+                t = np.where(b > 0, b * lo[None, :], b * hi[None, :])
+                t = np.where((b <= 0) & any_zero[None, :], -np.inf, t)
+                t = np.where(np.isnan(t), b, t)  # +-inf * 0
+            bound = t if bound is None else np.fmin(bound, t)
+        bound = np.where(np.isfinite(bound), bound - np.abs(bound) * 1e-6, bound)
+    bound = np.nextafter(bound.astype(np.float32), np.float32(-np.inf))
+    n_c = c1 - c0
+    full = n_c // _CHUNK * _CHUNK
+    if by_row:
+        if full:
+            np.greater_equal(s[:, :full].reshape(n_q, -1, _CHUNK), bound[:, :full // _CHUNK, None],
+                             out=hit[:, :full].reshape(n_q, -1, _CHUNK))
+        if full < n_c:
+            np.greater_equal(s[:, full:], bound[:, -1:], out=hit[:, full:])
+    else:
+        bound = np.ascontiguousarray(bound.T)  # (chunks, queries): a strided one is 2x slower
+        if full:
+            np.greater_equal(s[:full].reshape(-1, _CHUNK, n_q), bound[:full // _CHUNK, None, :],
+                             out=hit[:full].reshape(-1, _CHUNK, n_q))
+        if full < n_c:
+            np.greater_equal(s[full:], bound[-1:, :], out=hit[full:])
+    hits = np.flatnonzero(hit)
+    i, j = np.divmod(hits, s.shape[1])
+    q, c = (i, j) if by_row else (j, i)
     dots = s.reshape(-1)[hits]
     for metric, top in tops.items():
         scores = dots
         if metric == "cos":
             with np.errstate(invalid="ignore"):
-                scores = dots * (rows.inv[q] * inv_c[c])
-        q_m, c_m = q, c
-        if len(tops) > 1:
-            with np.errstate(invalid="ignore"):
-                keep = np.flatnonzero(scores >= top.threshold[q])
-            q_m, c_m, scores = q[keep], c[keep], scores[keep]
-        top.offer(q_m, encode_keys(scores, c_m + c0))
+                scores = dots * (inv_q[q] * inv_c[c])
+        with np.errstate(invalid="ignore"):
+            keep = np.flatnonzero(scores >= top.threshold[q])
+        top.offer(q[keep], encode_keys(scores[keep], cands.ids[c0 + c[keep]]))
 
 
 def warm_up(top: RunningTopN, s: np.ndarray, by_row: bool, inv_product: np.ndarray | None):
@@ -343,10 +407,11 @@ def query_block_topn(queries: np.ndarray, inv_queries: np.ndarray, candidates: n
     buffers = TileBuffers(n_rows * width)
     for c0 in range(0, p, width):
         c1 = min(p, c0 + width)
+        cands = NormOrder(np.asarray(inv_candidates[c0:c1]), c0)
         tile, scratch = buffers.shaped((n_rows, c1 - c0))
-        s = np.matmul(queries, candidates[c0:c1].T, out=tile)
-        mask_excluded(s, c0, c1, self_offset, exclude)
-        _update(rows, s, np.asarray(inv_candidates[c0:c1]), c0, scratch)
+        s = np.matmul(queries, np.asarray(candidates[c0:c1])[cands.order].T, out=tile)
+        mask_excluded(s, c0, c1, self_offset, exclude, cands.column())
+        update_chunked(rows, s, True, 0, cands, 0, c1 - c0, scratch)
     result = rows.final_keys()
     fill_zero_queries(result, rows.inv, n, p, self_offset, exclude)
     return result
@@ -379,27 +444,20 @@ def fill_zero_queries(lists: dict[str, np.ndarray], inv_queries: np.ndarray, n: 
             keys[zero] = firsts
 
 
-def _loosen(threshold: np.ndarray, norms: np.ndarray) -> np.ndarray:
-    """Per-row bound on ``dot * inv(c)`` admitting every cosine >= threshold (float32)."""
-    t = threshold.astype(np.float64)
-    with np.errstate(invalid="ignore"):
-        t = (t - np.abs(t) * COS_SLACK) * norms
-    t = np.where(np.isposinf(threshold), np.inf, t)  # frozen rows (norm 0) accept nothing
-    return np.nextafter(t.astype(np.float32), np.float32(-np.inf))
-
-
 def mask_excluded(s: np.ndarray, c0: int, c1: int, self_offset: int | None,
-                   exclude: sp.csr_matrix | None) -> None:
-    """Set excluded pairs of the tile ``s`` (queries x candidates c0:c1) to -inf."""
+                  exclude: sp.csr_matrix | None, column: np.ndarray | None = None) -> None:
+    """Set excluded pairs of the tile ``s`` (queries x candidates c0:c1) to -inf; candidate
+    c0 + j is column ``column[j]`` of the tile (None: column j)."""
+    column = np.arange(c1 - c0) if column is None else column
     if self_offset is not None:
         lo, hi = max(c0, self_offset), min(c1, self_offset + len(s))
         if lo < hi:
             idx = np.arange(lo, hi)
-            s[idx - self_offset, idx - c0] = -np.inf
+            s[idx - self_offset, column[idx - c0]] = -np.inf
     if exclude is not None and exclude.nnz:
         rows = np.repeat(np.arange(exclude.shape[0]), np.diff(exclude.indptr))
         inside = (exclude.indices >= c0) & (exclude.indices < c1)
-        s[rows[inside], exclude.indices[inside] - c0] = -np.inf
+        s[rows[inside], column[exclude.indices[inside] - c0]] = -np.inf
 
 
 def _first_eligible(rows: np.ndarray, n: int, p: int, self_offset: int | None,
