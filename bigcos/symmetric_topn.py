@@ -88,7 +88,7 @@ def symmetric_topn(x: np.ndarray, inv: np.ndarray, n: int, metrics: Sequence[str
 
     Notes
     -----
-    Working memory: (10 + 24 * len(metrics)) * block**2 bytes of tiles and buffers plus
+    Working memory: at most (10 + 24 * len(metrics)) * block**2 bytes of tiles and buffers plus
     24 * n * len(metrics) + 4 * k bytes per row of g and h (lists, and a copy of the rows in
     order of norm: tiles then hold candidates of similar norms, so one comparison per entry
     against a per-chunk bound serves both metrics, see :func:`bigcos.topn.update_chunked`).
@@ -113,14 +113,14 @@ def symmetric_topn(x: np.ndarray, inv: np.ndarray, n: int, metrics: Sequence[str
         xi = side_g.x[i0:i1]
         for j0 in range(i0 if same else 0, len(side_h.ids), block):
             j1 = min(len(side_h.ids), j0 + block)
-            tile, scratch = buffers.shaped((i1 - i0, j1 - j0))
+            tile, hit = buffers.shaped((i1 - i0, j1 - j0))
             s = np.matmul(xi, side_h.x[j0:j1].T, out=tile)
             diagonal = same and i0 == j0
             if diagonal:
                 mask_excluded(s, j0, j1, i0, None)
-            update_chunked(side_g.rows, s, True, i0, side_h, j0, j1, scratch)
+            update_chunked(side_g.rows, s, True, i0, side_h, j0, j1, hit)
             if not diagonal:
-                update_chunked(side_h.rows, s, False, j0, side_g, i0, i1, scratch)
+                update_chunked(side_h.rows, s, False, j0, side_g, i0, i1, hit)
     out_g = _settle_floors(side_g.keys_in_row_order(best_first), x, inv, n, g,
                            (g[1] - g[0] - 1) if same else h[1] - h[0], block)
     if same:

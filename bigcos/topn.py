@@ -221,18 +221,17 @@ class RowLists:
 
 
 class TileBuffers:
-    """Scratch arrays for tiles of up to ``size`` entries, reshaped per tile."""
+    """Scratch arrays for tiles of up to ``size`` entries (scores and hit mask), reshaped per
+    tile."""
 
     def __init__(self, size: int):
         self.tile = np.empty(size, np.float32)
-        self.scaled = np.empty(size, np.float32)
-        self.hits = (np.empty(size, bool), np.empty(size, bool))
+        self.hit = np.empty(size, bool)
 
-    def shaped(self, shape: tuple[int, int]):
-        """(tile, (scaled, hit, hit)) views of ``shape``."""
+    def shaped(self, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """(tile, hit) views of ``shape``."""
         size = shape[0] * shape[1]
-        return self.tile[:size].reshape(shape), (
-            self.scaled[:size].reshape(shape), *(h[:size].reshape(shape) for h in self.hits))
+        return self.tile[:size].reshape(shape), self.hit[:size].reshape(shape)
 
 
 _CHUNK = 64  # candidates sharing one norm range in the filter of update_chunked
@@ -270,7 +269,7 @@ class NormOrder:
 
 
 def update_chunked(rows: RowLists, s: np.ndarray, by_row: bool, q0: int, cands: NormOrder,
-                   c0: int, c1: int, buffers: tuple[np.ndarray, ...]) -> None:
+                   c0: int, c1: int, hit: np.ndarray) -> None:
     """Offer the tile ``s`` to ``rows`` (one block), candidates c0:c1 of ``cands``: ``s[i, j]``
     (``s[j, i]`` when not ``by_row``) scores query q0 + i against candidate ``cands.ids[c0 + j]``.
 
@@ -278,7 +277,6 @@ def update_chunked(rows: RowLists, s: np.ndarray, by_row: bool, q0: int, cands: 
     threshold and the cosine threshold turned into a dot bound with the least (most, for a
     negative bound) norm of the candidate's chunk; then each metric keeps its exact hits.
     """
-    _, hit, _ = buffers
     n_q = s.shape[0] if by_row else s.shape[1]
     which, offset = divmod(q0 - rows.lo, rows.block)
     if offset or n_q > rows.block:
@@ -398,7 +396,7 @@ def query_block_topn(queries: np.ndarray, inv_queries: np.ndarray, candidates: n
 
     Notes
     -----
-    Working memory: about (10 + 24 * len(metrics)) * R * C bytes of tiles and buffers plus
+    Working memory: at most about (10 + 24 * len(metrics)) * R * C bytes of tiles and buffers plus
     24 * R * n * len(metrics) bytes of running lists; independent of p.
     """
     n_rows, p = len(queries), len(candidates)
@@ -408,10 +406,10 @@ def query_block_topn(queries: np.ndarray, inv_queries: np.ndarray, candidates: n
     for c0 in range(0, p, width):
         c1 = min(p, c0 + width)
         cands = NormOrder(np.asarray(inv_candidates[c0:c1]), c0)
-        tile, scratch = buffers.shaped((n_rows, c1 - c0))
+        tile, hit = buffers.shaped((n_rows, c1 - c0))
         s = np.matmul(queries, np.asarray(candidates[c0:c1])[cands.order].T, out=tile)
         mask_excluded(s, c0, c1, self_offset, exclude, cands.column())
-        update_chunked(rows, s, True, 0, cands, 0, c1 - c0, scratch)
+        update_chunked(rows, s, True, 0, cands, 0, c1 - c0, hit)
     result = rows.final_keys()
     fill_zero_queries(result, rows.inv, n, p, self_offset, exclude)
     return result
