@@ -29,11 +29,12 @@ def task(fn):
 def shared(value, client):
     """``value`` as an argument of many tasks, shipped once: scattered to the workers of
     ``client`` (not put into the task graph, which goes through the scheduler), or a Dask
-    delayed literal for threads in this process; None stays None."""
+    delayed literal for threads in this process; None stays None. A tuple or dict is shipped
+    as one object (``scatter`` alone would scatter its items, a dict's under its own keys)."""
     import dask
 
     if value is None:
         return None
     if client is not None:
-        return client.scatter(value, broadcast=True, hash=False)
+        return client.scatter([value], broadcast=True, hash=False)[0]
     return dask.delayed(value)

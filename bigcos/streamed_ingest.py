@@ -38,6 +38,7 @@ import numpy as np
 import pyarrow as pa
 
 from bigcos import pairs, shards
+from bigcos.dask_tasks import shared
 from bigcos.errors import UserError
 from bigcos.log_scan import CodeMap, scan_vocabularies, spill
 from bigcos.memory import release_memory, reuse_heap_within, rss_bytes
@@ -64,8 +65,7 @@ def run_tasks(client: Any, fn, args: list[tuple], threads: int, common: tuple = 
     (e.g. the renumbering arrays, ~5 bytes per user) goes to each worker once, scattered,
     instead of with every task through the scheduler."""
     if client is not None:
-        common = tuple(client.scatter([value], broadcast=True, hash=False)[0]
-                       for value in common)
+        common = tuple(shared(value, client) for value in common)
         futures = [client.submit(fn, *a, *common, pure=False) for a in args]
         for i in range(len(futures)):
             yield futures[i].result()

@@ -16,30 +16,17 @@ sizes.
 
 from __future__ import annotations
 
-import ctypes
-
 from distributed.diagnostics.plugin import WorkerPlugin
 
-MMAP_THRESHOLD = 32 * 2**20  # glibc's DEFAULT_MMAP_THRESHOLD_MAX on 64-bit, its largest allowed
-TRIM_THRESHOLD = 2 * MMAP_THRESHOLD  # glibc's own rule when it raises the mmap threshold
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers (malloc.h)
-
-
-def reuse_heap() -> bool:
-    """Set this process's glibc mmap and trim thresholds to :data:`MMAP_THRESHOLD` and
-    :data:`TRIM_THRESHOLD`; False where the C library is not glibc (nothing is changed there)."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
-                    and libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
-    except (OSError, AttributeError):
-        return False
+from bigcos.memory import MAX_MMAP_THRESHOLD, reuse_heap_within
 
 
 class HeapReuse(WorkerPlugin):
-    """Worker plugin: :func:`reuse_heap` in each worker when it starts or joins."""
+    """Worker plugin: glibc's mmap threshold at its ceiling (32 MiB) and the trim threshold at
+    twice that (:func:`bigcos.memory.reuse_heap_within`), in each worker when it starts or
+    joins; nothing where the C library is not glibc."""
 
     name = "bigcos-heap-reuse"
 
     def setup(self, worker) -> None:
-        reuse_heap()
+        reuse_heap_within(64 * MAX_MMAP_THRESHOLD)
