@@ -411,15 +411,34 @@ def _first_line(exc: BaseException) -> str:
 
 
 def write_table(path: Path | StorePath, table: pa.Table) -> None:
-    """Write one zstd-compressed Parquet file (local, or straight into a store)."""
+    """Write one zstd-compressed Parquet file (local, or straight into a store); see
+    :func:`dictionary_columns` for the encoding."""
     fs, where = storage.filesystem_and_path(path)
-    pq.write_table(table, where, compression=PARQUET_COMPRESSION, filesystem=fs)
+    pq.write_table(table, where, compression=PARQUET_COMPRESSION, filesystem=fs,
+                   use_dictionary=dictionary_columns(table.schema))
 
 
 def parquet_writer(path: Path | StorePath, schema: pa.Schema) -> pq.ParquetWriter:
     """A zstd ``ParquetWriter`` streaming row groups into ``path`` (local or in a store)."""
     fs, where = storage.filesystem_and_path(path)
-    return pq.ParquetWriter(where, schema, compression=PARQUET_COMPRESSION, filesystem=fs)
+    return pq.ParquetWriter(where, schema, compression=PARQUET_COMPRESSION, filesystem=fs,
+                            use_dictionary=dictionary_columns(schema))
+
+
+def dictionary_columns(schema: pa.Schema) -> list[str]:
+    """The top-level columns written with dictionary encoding: all but those holding
+    floating-point values (scores, embeddings).
+
+    Floats are nearly all distinct, so a dictionary only fills its page and falls back to plain
+    encoding: writing a neighbour list (query_id, rank, neighbor_id, score) took 2.4x as long
+    with the score dictionary-encoded (43 ms vs 18 ms for 320,000 rows) for a larger file.
+    """
+    def has_float(t: pa.DataType) -> bool:
+        if pa.types.is_floating(t):
+            return True
+        return any(has_float(t.field(i).type) for i in range(t.num_fields))
+
+    return [field.name for field in schema if not has_float(field.type)]
 
 
 def read_table(path: str | os.PathLike, columns: list[str] | None = None,

@@ -30,10 +30,10 @@ import scipy.sparse as sp
 
 from bigcos.topn import (
     EMPTY,
+    LOW32,
     NormOrder,
     RowLists,
     TileBuffers,
-    decode_keys,
     encode_keys,
     mask_excluded,
     query_block_topn,
@@ -221,15 +221,15 @@ def _settle_floors(lists: dict[str, np.ndarray], x: np.ndarray, inv: np.ndarray,
     p, r0 = len(x), rows[0]
     redo = np.zeros(rows[1] - r0, bool)
     for keys in lists.values():
-        scores, index = decode_keys(keys)
-        held = (index >= p) & (scores > -np.inf)
+        # In key space (no decoding): the low 32 bits hold 2**32 - 1 - index, which is 0 for
+        # EMPTY, in [1, 2**32 - 1 - p] for a placeholder and above that for a real candidate.
+        low = keys & LOW32
+        held = (low - 1).view(np.uint64) <= np.uint64(LOW32 - p - 1)
         if not held.any():
             continue
-        index = index[held] - seen
-        keys[held] = encode_keys(scores[held], index)
-        done = np.zeros_like(held)
-        done[held] = PLACEHOLDER_TOP - index >= p - 1
-        redo |= done.any(axis=1)
+        keys[held] += seen  # index - seen: one more batch of candidates counted
+        # seen in all = PLACEHOLDER_TOP - index = low - 1 after the update
+        redo |= (held & (low + seen - 1 >= p - 1)).any(axis=1)
     if redo.any():
         local = np.flatnonzero(redo)
         self_pairs = sp.csr_matrix((np.ones(len(local)), (np.arange(len(local)), local + r0)),

@@ -40,7 +40,7 @@ import numpy as np
 import scipy.sparse as sp
 
 METRICS = ("cos", "dot")
-_LOW32 = np.int64(0xFFFFFFFF)
+LOW32 = np.int64(0xFFFFFFFF)  # the index field of a key (low 32 bits: 2**32 - 1 - index)
 COS_SLACK = 2e-6  # relative; >> the ~4 ulp (2.4e-7) by which T * inv(q) may differ from cos
 
 
@@ -85,7 +85,7 @@ def encode_keys(scores: np.ndarray, index: np.ndarray) -> np.ndarray:
     bits = (np.asarray(scores, dtype=np.float32) + np.float32(0.0)).view(np.int32)
     bits = bits.astype(np.int64)
     bits ^= (bits >> 31) & 0x7FFFFFFF  # IEEE order -> two's-complement order
-    return (bits << 32) | (_LOW32 - np.asarray(index, dtype=np.int64))
+    return (bits << 32) | (LOW32 - np.asarray(index, dtype=np.int64))
 
 
 def decode_keys(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -104,7 +104,7 @@ def decode_keys(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     bits = keys >> 32
     bits ^= (bits >> 31) & 0x7FFFFFFF
     scores = bits.astype(np.int32).view(np.float32)
-    return scores, _LOW32 - (keys & _LOW32)
+    return scores, LOW32 - (keys & LOW32)
 
 
 #: key of (-inf, index 2**32 - 1): below every real candidate; marks an empty slot.
@@ -175,7 +175,9 @@ class RunningTopN:
             both = np.full((len(touched), n + width), EMPTY, dtype=np.int64)
             both[:, :n] = self.keys[touched]
             both[where[rows], n + slot] = keys
-            self.keys[touched] = np.partition(both, width, axis=1)[:, width:]
+            both.partition(width, axis=1)
+            self.keys[touched] = both[:, width:]
+            self._set_threshold(touched, both[:, width])  # the least kept key of each row
         else:
             # skewed (a few rows with very many candidates): sort the pairs instead
             all_rows = np.concatenate([np.repeat(touched, n), rows])
@@ -185,10 +187,13 @@ class RunningTopN:
             first = np.searchsorted(all_rows, touched)
             take = (first[:, None] + np.arange(n)).ravel()
             self.keys[touched] = all_keys[take].reshape(len(touched), n)
-        self._update_threshold(touched)
+            self._update_threshold(touched)
 
     def _update_threshold(self, rows: np.ndarray) -> None:
-        threshold, _ = decode_keys(self.keys[rows].min(axis=1))
+        self._set_threshold(rows, self.keys[rows].min(axis=1))
+
+    def _set_threshold(self, rows: np.ndarray, least_keys: np.ndarray) -> None:
+        threshold, _ = decode_keys(least_keys)
         self.threshold[rows] = np.where(self.frozen[rows], np.float32(np.inf), threshold)
 
     def final_keys(self, best_first: bool = True) -> np.ndarray:
@@ -289,20 +294,7 @@ def update_chunked(rows: RowLists, s: np.ndarray, by_row: bool, q0: int, cands: 
     for metric, top in tops.items():
         if top.cold:
             warm_up(top, s, by_row, inv_q[per_q] * inv_c[per_c] if metric == "cos" else None)
-    lo, hi, any_zero = cands.chunks(c0, c1)
-    bound = None
-    with np.errstate(invalid="ignore"):
-        for metric, top in tops.items():
-            t = top.threshold.astype(np.float64)[:, None]
-            if metric == "cos":
-                b = t - np.abs(t) * COS_SLACK
-                b = np.where(np.isposinf(t), np.inf, b * rows.norms[local][:, None])
-                t = np.where(b > 0, b * lo[None, :], b * hi[None, :])
-                t = np.where((b <= 0) & any_zero[None, :], -np.inf, t)
-                t = np.where(np.isnan(t), b, t)  # +-inf * 0
-            bound = t if bound is None else np.fmin(bound, t)
-        bound = np.where(np.isfinite(bound), bound - np.abs(bound) * 1e-6, bound)
-    bound = np.nextafter(bound.astype(np.float32), np.float32(-np.inf))
+    bound = filter_bounds(tops, rows.norms[local], *cands.chunks(c0, c1))
     n_c = c1 - c0
     full = n_c // _CHUNK * _CHUNK
     if by_row:
@@ -330,6 +322,66 @@ def update_chunked(rows: RowLists, s: np.ndarray, by_row: bool, q0: int, cands: 
         with np.errstate(invalid="ignore"):
             keep = np.flatnonzero(scores >= top.threshold[q])
         top.offer(q[keep], encode_keys(scores[keep], cands.ids[c0 + c[keep]]))
+
+
+def filter_bounds(tops: dict[str, RunningTopN], norms_q: np.ndarray, lo: np.ndarray,
+                  hi: np.ndarray, any_zero: np.ndarray) -> np.ndarray:
+    """The filter's bound per query and chunk of candidates: a float32 score (dot product)
+    below which no entry of the chunk can reach any metric's threshold.
+
+    Parameters
+    ----------
+    tops : dict of str to RunningTopN
+        The queries' lists per metric (their ``threshold``, shape (q,)).
+    norms_q : numpy.ndarray, shape (q,), float64
+        Query norms (0 for zero-norm queries, whose thresholds are +inf).
+    lo, hi, any_zero : numpy.ndarray, shape (chunks,)
+        Least and largest candidate norm of each chunk, and whether it holds a zero-norm
+        candidate (:meth:`NormOrder.chunks`).
+
+    Returns
+    -------
+    numpy.ndarray, shape (q, chunks), float32 (possibly a broadcast view)
+        The lower of the dot threshold (exact) and the cosine threshold t turned into a dot
+        bound: b * lo with b = t ||q|| for b > 0 (b * hi, or -inf with a zero-norm candidate,
+        for b <= 0), b loosened by COS_SLACK + 1e-6 relative. A float32 score s at or above a
+        real bound v is at or above any float32 rounding of a value w <= v, so the bound can
+        only admit too much, never too little: b and lo are rounded down to float32 and
+        multiplied there (the (q, chunks) work is one float32 product and one minimum).
+    """
+    bound = None
+    for metric, top in tops.items():
+        if metric == "cos":
+            part = _cos_bounds(top.threshold, norms_q, lo, hi, any_zero)
+        else:
+            part = top.threshold[:, None]
+        bound = part if bound is None else np.minimum(bound, part)
+    return np.broadcast_to(bound, (len(norms_q), len(lo)))
+
+
+def _cos_bounds(threshold: np.ndarray, norms_q: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+                any_zero: np.ndarray) -> np.ndarray:
+    """:func:`filter_bounds`' cosine part, (q, chunks) float32."""
+    t = threshold.astype(np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        b = (t - np.abs(t) * (COS_SLACK + 1e-6)) * norms_q
+        b[np.isposinf(t)] = np.inf
+        positive = (b > 0) & (b < np.finfo(np.float32).max)
+        out = np.multiply(_round_down32(np.where(positive, b, 0.0))[:, None],
+                          _round_down32(lo)[None, :])
+        other = np.flatnonzero(~positive)
+        if len(other):  # -inf, +inf (frozen), <= 0 or huge: in float64, on these rows only
+            bo = b[other, None]
+            t = np.where(bo > 0, bo * lo[None, :], bo * hi[None, :])
+            t = np.where((bo <= 0) & any_zero[None, :], -np.inf, t)
+            out[other] = np.where(np.isnan(t), bo, t)  # +-inf * 0
+    return out
+
+
+def _round_down32(x: np.ndarray) -> np.ndarray:
+    """float32 values <= x (x float64, finite and non-negative)."""
+    x32 = x.astype(np.float32)
+    return np.where(x32 > x, np.nextafter(x32, np.float32(0)), x32)
 
 
 def warm_up(top: RunningTopN, s: np.ndarray, by_row: bool, inv_product: np.ndarray | None):

@@ -171,6 +171,13 @@ def test_neighbors_command_writes_the_dataset(model, tmp_path):
     table = read_neighbors(out).to_pandas()
     assert set(table["metric"].astype(str)) == {"cos"}
     assert len(table[table["kind"] == "item-item"]) == 6 * 2
+    # ids and ranks are dictionary-encoded, scores (nearly all distinct floats) are not
+    part = next(out.rglob("part-*.parquet"))
+    meta = pq.ParquetFile(part).metadata.row_group(0)
+    encodings = {meta.column(i).path_in_schema: meta.column(i).encodings
+                 for i in range(meta.num_columns)}
+    assert "RLE_DICTIONARY" not in encodings["score"], encodings
+    assert all("RLE_DICTIONARY" in encodings[c] for c in ("query_id", "rank", "neighbor_id"))
     # checked before any cluster: an unreachable scheduler is never contacted
     code, text = run("neighbors", directory, "--out", out, "--scheduler", "tcp://127.0.0.1:9")
     assert code == 1 and "already exists" in text and text.count("\n") == 1, text
