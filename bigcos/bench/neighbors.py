@@ -25,6 +25,10 @@ every worker, peak RSS of each, bytes written, and a check of ``--check-queries`
 rows against brute force (identical lists, ties to the smaller index). No peers, no scale runs.
 This is the p = 1,000,000 run: ``bigcos bench neighbors --items 1000000 -k 64 --full``.
 
+Beside bigcos, two *numpy floor* rows (:func:`numpy_floor`, threads of this process): the half
+product alone, and with the two numpy passes per side of a tile that bigcos's filter makes
+before it touches a list. What bigcos adds above the second row is list upkeep and writing.
+
 The flop bound is ``2 p**2 k`` over the sgemm rate measured in the same run (a 4096 x k by
 k x 4096 product on all BLAS threads), so ``x_bound`` is comparable across machine states.
 """
@@ -233,6 +237,7 @@ def neighbors(p, k, n, workers, peers, peer_names, scale, full_max, sample, repe
                            flop_bound_s=float(f"{2 * p * p * k / rate:.3g}"))
             m.extra["x_bound"] = round(m.seconds * rate / (2 * p * p * k), 2)
             rows.append(m.row())
+            rows += _floor_rows(x, context["workers"], rate, repeat)
             ours = {metric: read_lists(tmp / "out", metric, p, n) for metric in ("cos", "dot")}
             if peers:
                 rows += _peers(x, n, ours, repeat, peer_names or PEERS)
@@ -343,6 +348,51 @@ def _peers(x: np.ndarray, n: int, ours: dict[str, np.ndarray], repeat: int,
             m.extra.update(items=len(x), metric=metric,
                            agreement_with_bigcos=agreement(ours[metric], np.asarray(ids), n))
             rows.append(m.row())
+    return rows
+
+
+def numpy_floor(x: np.ndarray, threads: int, filter_passes: bool, block: int = 1024) -> None:
+    """What no numpy kernel of bigcos's design can beat: every square tile (``block`` rows)
+    of the half product x x^T, on ``threads`` threads of one-thread BLAS, and with
+    ``filter_passes`` the two numpy passes per side of a tile that bigcos's filter makes
+    before it touches a list (one comparison per entry against a per-(row, chunk of 64)
+    bound, then ``flatnonzero``; the bound here admits nothing). No lists, nothing written."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from threadpoolctl import threadpool_limits
+
+    p = len(x)
+    starts = range(0, p, block)
+    tiles = [(i, j) for i in starts for j in starts if j >= i]
+
+    def run(part: list[tuple[int, int]]) -> None:
+        tile, hit = np.empty((block, block), np.float32), np.empty((block, block), bool)
+        never = np.full((block, block // 64), np.inf, np.float32)
+        for i, j in part:
+            xi, xj = x[i:i + block], x[j:j + block]
+            t, h = tile[:len(xi), :len(xj)], hit[:len(xi), :len(xj)]
+            np.matmul(xi, xj.T, out=t)
+            if filter_passes and t.shape == (block, block):
+                np.greater_equal(t.reshape(block, -1, 64), never[:, :, None],
+                                 out=h.reshape(block, -1, 64))
+                np.flatnonzero(h)
+                np.greater_equal(t.reshape(-1, 64, block), never.T[:, None, :],
+                                 out=h.reshape(-1, 64, block))
+                np.flatnonzero(h)
+
+    with threadpool_limits(1), ThreadPoolExecutor(threads) as pool:
+        list(pool.map(run, [tiles[w::threads] for w in range(threads)]))
+
+
+def _floor_rows(x: np.ndarray, threads: int, rate: float, repeat: int) -> list[dict]:
+    """Rows of :func:`numpy_floor` without and with the filter passes, against the bound."""
+    p, k = x.shape
+    rows = []
+    for passes, label in ((False, "half GEMM"), (True, "half GEMM + 2 filter passes per side")):
+        m, _ = best_of(repeat, f"numpy floor: {label} ({threads} threads)",
+                       lambda passes=passes: numpy_floor(x, threads, passes))
+        m.extra.update(items=p, x_bound=round(m.seconds * rate / (2 * p * p * k), 2))
+        rows.append(m.row())
     return rows
 
 
