@@ -38,3 +38,15 @@ def shared(value, client):
     if client is not None:
         return client.scatter([value], broadcast=True, hash=False)[0]
     return dask.delayed(value)
+
+
+def where_tasks_run(client) -> dict:
+    """What a run records of where its tasks ran: {"scheduler": address, "workers": count,
+    "threads": total} on a cluster, {"scheduler": "threads", "workers": cores} here."""
+    import os
+
+    if client is None:
+        return {"scheduler": "threads", "workers": os.cpu_count()}
+    workers = client.scheduler_info().get("workers", {})
+    return {"scheduler": client.scheduler.address, "workers": len(workers),
+            "threads": sum(w.get("nthreads", 0) for w in workers.values())}

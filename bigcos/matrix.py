@@ -303,6 +303,17 @@ def in_memory_bytes(log: Path, opts: IngestOptions) -> int:
 IN_MEMORY_BYTES_PER_ROW = {False: 60, True: 110}
 
 
+def streams(log: str | os.PathLike, opts: IngestOptions) -> bool:
+    """Whether :func:`ingest` builds ``log`` out of core (:mod:`bigcos.streamed_ingest`):
+    ``streaming="on"``, or "auto" and the in-memory build would exceed ``opts.memory_limit``
+    beside what this process already holds. Only that build runs Dask tasks."""
+    from bigcos.memory import rss_bytes
+
+    if opts.streaming != "auto":
+        return opts.streaming == "on"
+    return in_memory_bytes(storage.as_path(log), opts) > memory_limit_bytes(opts) - rss_bytes()
+
+
 def ingest(log: str | os.PathLike, out: str | os.PathLike, options: IngestOptions | None = None,
            overwrite: bool = False, items: str | os.PathLike | None = None,
            client=None) -> Interactions:
@@ -336,7 +347,7 @@ def ingest(log: str | os.PathLike, out: str | os.PathLike, options: IngestOption
         peak memory about the COO form of the log plus the CSR result. Built out of core:
         ``train``/``test`` are read from the shards when first used (peak: ``memory_limit``).
     """
-    from bigcos.memory import rss_bytes
+    from bigcos.dask_tasks import where_tasks_run
     from bigcos.streamed_ingest import build_streamed, effective_shard_nnz
 
     opts = options or IngestOptions()
@@ -347,8 +358,7 @@ def ingest(log: str | os.PathLike, out: str | os.PathLike, options: IngestOption
         raise UserError(f"{items}: no such item metadata file")
     limit = memory_limit_bytes(opts)
     shard_nnz = effective_shard_nnz(opts.shard_nnz, limit)
-    streamed = opts.streaming == "on" or (
-        opts.streaming == "auto" and in_memory_bytes(log, opts) > limit - rss_bytes())
+    streamed = streams(log, opts)
     if streamed and isinstance(storage.as_path(out), storage.StorePath):
         raise UserError(f"{out}: the out-of-core ingest (streaming '{opts.streaming}', a log "
                         f"beyond the memory limit) writes a local directory; give a local out "
@@ -370,7 +380,8 @@ def ingest(log: str | os.PathLike, out: str | os.PathLike, options: IngestOption
             inputs["items"] = str(storage.resolve(items))
         io.write_manifest(tmp, "ingest", parameters=opts.__dict__, timings=timings,
                           inputs=inputs, counts=counts, shards=section,
-                          build={"streamed": streamed, "memory_limit_bytes": limit})
+                          build={"streamed": streamed, "memory_limit_bytes": limit,
+                                 "tasks": where_tasks_run(client) if streamed else None})
     if streamed:
         return _ShardedInteractions(Path(out), result.user_ids, result.item_ids,
                                     result.heldout_users)

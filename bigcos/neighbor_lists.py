@@ -61,7 +61,7 @@ import scipy.sparse as sp
 
 from bigcos import io, storage
 from bigcos.blocked_topn import Blocking, check_metrics
-from bigcos.dask_tasks import run_tasks, task
+from bigcos.dask_tasks import run_tasks, task, where_tasks_run
 from bigcos.errors import UserError
 from bigcos.neighbor_graphs import (
     SYMMETRIC_GROUPS,
@@ -227,7 +227,7 @@ def neighbors(model_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, *
                              for m, d in zip(models, model_dirs, strict=True)}}
         return io.write_manifest(tmp, "neighbors", parameters, timings,
                                  filename=io.DATASET_MANIFEST, inputs=inputs,
-                                 counts=counts, scheduler=_scheduler_info(client))
+                                 counts=counts, scheduler=where_tasks_run(client))
 
 
 def _sampled_users_only(model, kinds: tuple[str, ...], max_queries: int | None,
@@ -327,14 +327,6 @@ def _warn_short_lists(n: int, counts: dict[str, Any]) -> None:
     if short:
         log.warning("N = %d exceeds the candidates of %s: lists hold at most that many "
                     "neighbours", n, ", ".join(f"{k} ({v})" for k, v in short.items()))
-
-
-def _scheduler_info(client) -> dict[str, Any]:
-    if client is None:
-        return {"scheduler": "threads", "workers": os.cpu_count()}
-    workers = client.scheduler_info().get("workers", {})
-    return {"scheduler": client.scheduler.address, "workers": len(workers),
-            "threads": sum(w.get("nthreads", 0) for w in workers.values())}
 
 
 # --------------------------------------------------------------------------- reading

@@ -289,3 +289,44 @@ def test_killed_worker_during_svd_passes_gives_identical_sigma(four_workers, tmp
         assert_same_fits(tmp_path / "threads", tmp_path / out, list(reference.models))
         print(f"keep_segments={keep}: fit {seconds:.1f} s, killed {killed}, "
               f"{plugin['slices']} pass tasks for {info['passes']} passes x {per_pass}")
+
+
+@pytest.mark.cluster
+def test_ingest_command_builds_its_shards_on_a_cluster(four_workers, tmp_path):
+    """`bigcos ingest` streams on the given scheduler's workers, or on a LocalCluster of
+    --workers (--worker-memory-limit theirs, --memory-limit the ingest's), and writes the
+    bytes of the threads build; an in-memory build says it did not use the cluster."""
+    import json
+
+    import numpy as np
+    import pandas as pd
+
+    address, _ = four_workers
+    rng = np.random.default_rng(3)
+    users = rng.integers(0, 20_000, 200_000)
+    pd.DataFrame({"user_id": users, "item_id": rng.zipf(1.4, len(users)) % 3_000,
+                  "value": rng.uniform(1, 5, len(users)).astype(np.float32),
+                  "timestamp": np.arange(len(users))}).to_parquet(tmp_path / "log.parquet")
+    common = [str(tmp_path / "log.parquet"), "--split", "users", "--shard-nnz", "40000"]
+    outs = {}
+    for name, extra in (("threads", ["--streaming", "on"]),
+                        ("scheduler", ["--streaming", "on", "--scheduler", address]),
+                        ("local", ["--streaming", "on", "--workers", "2",
+                                   "--worker-memory-limit", "1GiB", "--memory-limit", "2GiB"]),
+                        ("in-memory", ["--workers", "2"])):
+        outs[name] = tmp_path / name
+        result = CliRunner().invoke(main, ["ingest", *common, "--out", str(outs[name]), *extra])
+        assert result.exit_code == 0, (name, result.output)
+        assert ("built in memory in this process" in result.output) == (name == "in-memory")
+    tasks = {name: json.loads((out / "manifest.json").read_text())["build"]["tasks"]
+             for name, out in outs.items()}
+    assert tasks["threads"]["scheduler"] == "threads"
+    assert tasks["scheduler"]["scheduler"] == address and tasks["scheduler"]["workers"] == 4
+    assert tasks["local"]["scheduler"].startswith("tcp://") and tasks["local"]["workers"] == 2
+    assert tasks["in-memory"] is None
+    files = sorted(p.relative_to(outs["threads"]) for p in outs["threads"].rglob("*")
+                   if p.is_file() and p.name != "manifest.json")
+    assert len([f for f in files if "shards" in str(f)]) >= 4
+    for name in ("scheduler", "local", "in-memory"):
+        for f in files:
+            assert (outs[name] / f).read_bytes() == (outs["threads"] / f).read_bytes(), (name, f)

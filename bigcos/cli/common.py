@@ -19,26 +19,35 @@ def overwrite_option(f):
 CLUSTER_GIVEN = "bigcos.cluster_given"  # ctx.meta key: ClusterOptions fields set by the user
 
 
-def dask_options(f):
+def dask_options(f=None, *, memory_flag: str = "--memory-limit"):
     """Add --scheduler/--workers/--threads-per-worker/--memory-limit/--spill-dir/
     --dashboard-address/--tls-ca-file/--tls-cert/--tls-key (defaults and help from
     :class:`~bigcos.cluster.ClusterOptions`) and pass a single ``cluster: ClusterOptions``
     argument to the command instead. The names of the fields the user set (flag or
-    environment) are kept in ``ctx.meta[CLUSTER_GIVEN]``."""
+    environment) are kept in ``ctx.meta[CLUSTER_GIVEN]``. ``memory_flag`` renames the
+    workers' memory limit for a command with a --memory-limit of its own
+    (``@dask_options(memory_flag="--worker-memory-limit")``)."""
+    if f is None:
+        return functools.partial(dask_options, memory_flag=memory_flag)
 
-    def option(flag: str, name: str, **kwargs):
-        return click.option(flag, name, help=help_of(ClusterOptions, name),
-                            default=default_of(ClusterOptions, name),
-                            show_default=default_of(ClusterOptions, name) is not None, **kwargs)
+    def option(flag: str, param: str, help_name: str | None = None, **kwargs):
+        field = help_name or param  # the ClusterOptions field behind the parameter
+        return click.option(flag, param, help=help_of(ClusterOptions, field),
+                            default=default_of(ClusterOptions, field),
+                            show_default=default_of(ClusterOptions, field) is not None, **kwargs)
 
     pem = click.Path(exists=True, dir_okay=False)
     names = ("scheduler", "workers", "threads_per_worker", "memory_limit", "spill_dir",
              "dashboard_address", "tls_ca_file", "tls_cert", "tls_key")
+    # the click parameter of each field (the renamed memory limit gets a name of its own)
+    params = {name: name for name in names}
+    if memory_flag != "--memory-limit":
+        params["memory_limit"] = "cluster_memory_limit"
 
     @option("--scheduler", "scheduler", envvar="DASK_SCHEDULER_ADDRESS")
     @option("--workers", "workers", type=click.IntRange(min=1))
     @option("--threads-per-worker", "threads_per_worker", type=click.IntRange(min=1))
-    @option("--memory-limit", "memory_limit")
+    @option(memory_flag, params["memory_limit"], help_name="memory_limit")
     @option("--spill-dir", "spill_dir", type=click.Path(file_okay=False))
     @option("--dashboard-address", "dashboard_address")
     @option("--tls-ca-file", "tls_ca_file", type=pem)
@@ -50,10 +59,10 @@ def dask_options(f):
 
         ctx = click.get_current_context()
         ctx.meta[CLUSTER_GIVEN] = {
-            name for name in names
-            if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE,
-                                                  ParameterSource.ENVIRONMENT)}
-        values = {name: kwargs.pop(name) for name in names}
+            name for name, param in params.items()
+            if ctx.get_parameter_source(param) in (ParameterSource.COMMANDLINE,
+                                                   ParameterSource.ENVIRONMENT)}
+        values = {name: kwargs.pop(param) for name, param in params.items()}
         values["scheduler"] = values["scheduler"] or None
         return f(*args, cluster=ClusterOptions(**values), **kwargs)
 

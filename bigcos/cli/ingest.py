@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import click
 
-from bigcos.cli.common import overwrite_option
+from bigcos.cli.common import dask_options, overwrite_option
 from bigcos.io import read_manifest
-from bigcos.matrix import IngestOptions
+from bigcos.matrix import IngestOptions, streams
 from bigcos.matrix import ingest as ingest_log
 from bigcos.options import defaults, help_of
 
@@ -48,9 +48,10 @@ def _h(name: str) -> str:
 @click.option("--items", "items_table", type=click.Path(path_type=str), default=None,
               help="Item metadata Parquet (titles, genres) to record for reports and `similar`.")
 @overwrite_option
+@dask_options(memory_flag="--worker-memory-limit")
 def ingest(log, out, user_col, item_col, value_col, time_col, duplicates, threshold, min_user,
            min_item, split, test_fraction, heldout_users, seed, shard_nnz, memory_limit,
-           streaming, items_table, overwrite):
+           streaming, items_table, overwrite, cluster):
     """Load the interaction log LOG (a Parquet file or a directory of Parquet files, hive
     partitions included) into CSR matrices with id vocabularies.
 
@@ -59,13 +60,17 @@ def ingest(log, out, user_col, item_col, value_col, time_col, duplicates, thresh
     users.parquet, items.parquet and manifest.json (its "shards" section lists each shard's
     rows and non-zeros). Ids may be integers or strings; rows and columns follow their sorted
     order. A log whose in-memory build would exceed --memory-limit is streamed through spill
-    files in OUT, with the same result.
+    files in OUT, with the same result; its partition and shard tasks run on a Dask cluster
+    (--scheduler, whose workers must see LOG and OUT; --workers; or a LocalCluster above 20M
+    rows; --worker-memory-limit is the workers' limit), else on threads here.
 
     \b
     Example:
       bigcos ingest data/ml-latest-small/interactions.parquet --out out/matrix \\
           --threshold 4 --split users --items data/ml-latest-small/items.parquet
       bigcos ingest big-log/ --out out/big --memory-limit 4GiB
+      bigcos ingest /shared/log/ --out /shared/big --memory-limit 4GiB \\
+          --scheduler tcp://scheduler:8786
     """
     options = IngestOptions(user_col=user_col, item_col=item_col, value_col=value_col or None,
                             time_col=time_col or None, duplicates=duplicates,
@@ -73,7 +78,18 @@ def ingest(log, out, user_col, item_col, value_col, time_col, duplicates, thresh
                             split=split, test_fraction=test_fraction,
                             heldout_users=heldout_users, seed=seed, shard_nnz=shard_nnz,
                             memory_limit=memory_limit, streaming=streaming)
-    ingest_log(log, out, options, overwrite=overwrite, items=items_table)
+    from bigcos import io
+    from bigcos.cluster import job_client, wants_cluster
+
+    if not streams(log, options):
+        if wants_cluster(cluster, 0):
+            click.echo("the log fits --memory-limit: built in memory in this process, not on "
+                       "the cluster (--streaming on builds it there)")
+        ingest_log(log, out, options, overwrite=overwrite, items=items_table)
+    else:
+        with job_client(cluster, io.open_dataset(log).count_rows()) as client:
+            ingest_log(log, out, options, overwrite=overwrite, items=items_table,
+                       client=client)
     manifest = read_manifest(out)
     counts, n_shards = manifest["counts"], len(manifest["shards"]["files"])
     test = f", test nnz {counts['test_nnz']:,}" if split != "none" else ""

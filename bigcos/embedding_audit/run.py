@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from bigcos import canonical, io, storage
+from bigcos.dask_tasks import where_tasks_run
 from bigcos.embedding_audit import family as fam
 from bigcos.embedding_audit import inputs, page, shards, tables, verdicts
 from bigcos.embedding_audit.lists import ListJob, blocking_for, compute_lists
@@ -234,7 +235,7 @@ def audit(embeddings: str | os.PathLike, out: str | os.PathLike, *,
                                   "matrix": matrix, "items": items, "source": emb.source,
                                   "model_params": emb.params},
                           counts=counts, warnings=emb.warnings, skipped=skipped,
-                          tables=sorted(result), scheduler=_scheduler(client))
+                          tables=sorted(result), scheduler=where_tasks_run(client))
     return AuditResult(storage.as_path(out), result, emb.warnings, skipped)
 
 
@@ -271,13 +272,6 @@ def _local(path, scratch: Path):
     else:
         target.write_bytes(source.read_bytes())
     return str(target)
-
-
-def _scheduler(client) -> dict:
-    if client is None:
-        return {"scheduler": "threads", "workers": os.cpu_count()}
-    return {"scheduler": client.scheduler.address,
-            "workers": len(client.scheduler_info().get("workers", {}))}
 
 
 _SECTIONS = (
