@@ -7,6 +7,8 @@ this process); nothing here looks for a default client.
 
 from __future__ import annotations
 
+import os
+
 
 def run_tasks(tasks: list, client) -> list:
     """Compute Dask ``tasks`` on ``client`` (None: threads in this process), one BLAS thread
@@ -43,8 +45,6 @@ def shared(value, client):
 def where_tasks_run(client) -> dict:
     """What a run records of where its tasks ran: {"scheduler": address, "workers": count,
     "threads": total} on a cluster, {"scheduler": "threads", "workers": cores} here."""
-    import os
-
     if client is None:
         return {"scheduler": "threads", "workers": os.cpu_count()}
     workers = client.scheduler_info().get("workers", {})

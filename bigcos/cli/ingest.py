@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from bigcos.cli.common import dask_options, overwrite_option
-from bigcos.io import read_manifest
+from bigcos.io import open_dataset, read_manifest
 from bigcos.matrix import IngestOptions, streams
 from bigcos.matrix import ingest as ingest_log
 from bigcos.options import defaults, help_of
@@ -78,7 +78,6 @@ def ingest(log, out, user_col, item_col, value_col, time_col, duplicates, thresh
                             split=split, test_fraction=test_fraction,
                             heldout_users=heldout_users, seed=seed, shard_nnz=shard_nnz,
                             memory_limit=memory_limit, streaming=streaming)
-    from bigcos import io
     from bigcos.cluster import job_client, wants_cluster
 
     if not streams(log, options):
@@ -87,7 +86,7 @@ def ingest(log, out, user_col, item_col, value_col, time_col, duplicates, thresh
                        "the cluster (--streaming on builds it there)")
         ingest_log(log, out, options, overwrite=overwrite, items=items_table)
     else:
-        with job_client(cluster, io.open_dataset(log).count_rows()) as client:
+        with job_client(cluster, open_dataset(log).count_rows()) as client:
             ingest_log(log, out, options, overwrite=overwrite, items=items_table,
                        client=client)
     manifest = read_manifest(out)
